@@ -1,0 +1,5 @@
+import sys
+
+from rrt.cli import main
+
+sys.exit(main())
