@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "rrt.convert",
     "rrt.relax",
     "rrt.params",
+    "rrt.evaluate",
 ]
 
 
