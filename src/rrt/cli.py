@@ -1,4 +1,4 @@
-"""The ``rrt`` command line: one subcommand per workflow stage, each with explicit input and output paths.
+"""The ``rrt`` command line: one subcommand per workflow stage, with explicit inputs and outputs.
 
 Every stage module exposes ``add_cli(subparsers)``, which registers its subcommand and sets
 ``func`` to a function taking the parsed arguments. A :class:`rrt.errors.UserError` becomes one

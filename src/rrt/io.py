@@ -1,4 +1,4 @@
-"""Atomic outputs: a killed job never leaves a half-written file that Snakemake would take as done."""
+"""Atomic outputs: a killed job never leaves a half-written file that Snakemake takes as done."""
 
 from __future__ import annotations
 

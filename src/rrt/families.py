@@ -1,0 +1,92 @@
+"""The one table of family differences: where a family keeps its decoder layers and which of a
+layer's linears belong to attention and to the MLP.
+
+Everything else (masks, rotary, embedding scaling, logit softcapping, sliding windows) is left to
+the family's own ``transformers`` forward, which the recursive model reuses unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from rrt.errors import UserError
+
+
+@dataclass(frozen=True)
+class Family:
+    """How one architecture family lays out its decoder block."""
+
+    name: str
+    layers: str  # path of the decoder-layer ModuleList inside the *ForCausalLM model
+    attention: tuple[str, ...]  # the block's attention linears, relative to a decoder layer
+    mlp: tuple[str, ...]  # the block's MLP linears, relative to a decoder layer
+
+    @property
+    def linears(self) -> tuple[str, ...]:
+        return self.attention + self.mlp
+
+    def kind(self, linear: str) -> str:
+        """'attention' or 'mlp': the rank group of a linear (paper app. G sets them apart)."""
+        return "attention" if linear in self.attention else "mlp"
+
+
+_LLAMA_LIKE_ATTENTION = (
+    "self_attn.q_proj",
+    "self_attn.k_proj",
+    "self_attn.v_proj",
+    "self_attn.o_proj",
+)
+_LLAMA_LIKE_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+
+
+def _llama_like(name: str) -> Family:
+    return Family(name, "model.layers", _LLAMA_LIKE_ATTENTION, _LLAMA_LIKE_MLP)
+
+
+# Keyed by the source config's `model_type`.
+FAMILIES: dict[str, Family] = {
+    "llama": _llama_like("Llama (TinyLlama, Llama 3.x, SmolLM2)"),
+    "qwen2": _llama_like("Qwen2"),
+    "qwen3": _llama_like("Qwen3"),
+    "gemma": _llama_like("Gemma"),
+    "gemma2": _llama_like("Gemma 2"),
+    "gemma3_text": _llama_like("Gemma 3 (text)"),
+    "gpt_neox": Family(
+        "GPT-NeoX (Pythia)",
+        "gpt_neox.layers",
+        ("attention.query_key_value", "attention.dense"),
+        ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+    ),
+}
+
+
+def supported() -> str:
+    """The supported families in words, for error messages."""
+    return ", ".join(f"{f.name} [{mt}]" for mt, f in FAMILIES.items())
+
+
+def family_of(model_type: str) -> Family:
+    """The adapter for a source ``model_type``, or a clear error naming the supported families."""
+    try:
+        return FAMILIES[model_type]
+    except KeyError:
+        raise UserError(
+            f"unsupported architecture {model_type!r}; supported model_type values: {supported()}"
+        ) from None
+
+
+def check_layer(family: Family, layer: nn.Module) -> None:
+    """Fail loudly if a decoder layer holds a linear that the adapter does not name.
+
+    Guards against the public pitfall of LoRA silently applied to attention only.
+    """
+    found = {n for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
+    missing = found - set(family.linears)
+    absent = set(family.linears) - found
+    if missing or absent:
+        raise UserError(
+            f"{family.name}: decoder layer {type(layer).__name__} has linears {sorted(found)}, "
+            f"the adapter expects {sorted(family.linears)}"
+        )

@@ -1,0 +1,161 @@
+"""Recursive model -> relaxed recursive model: a LoRA per virtual position (paper sec. 2.3).
+
+Position l's LoRA on each linear of the block starts from the truncated SVD of the residual
+between the source layer and the shared layer it now runs: U_r, S_r, V_r = SVD(W_l - W'_{l mod K});
+B_l = U_r S_r, A_l = V_r^T, scaling 1 (alpha = r), so that at full rank the relaxed model
+computes the source model's linears exactly (eq. 5). Where the residual is zero (stepwise's
+source layers) A is Gaussian and B zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from rrt import store
+from rrt.convert import source_dtype, source_layers
+from rrt.errors import UserError
+from rrt.modeling import LORA_KINDS, RecursiveForCausalLM
+
+
+def parse_rank(value: int | str | dict[str, int]) -> dict[str, int]:
+    """A rank for every module kind from ``64``, ``"attention=64,mlp=128"`` or a dict."""
+    if isinstance(value, dict):
+        ranks = dict(value)
+    elif isinstance(value, int) or str(value).strip().lstrip("-").isdigit():
+        ranks = dict.fromkeys(LORA_KINDS, int(value))
+    else:
+        ranks = {}
+        for part in str(value).split(","):
+            kind, _, number = part.partition("=")
+            if not number.strip().lstrip("-").isdigit():
+                raise UserError(
+                    f"rank {value!r}: write an integer or kind=integer pairs such as "
+                    f"'attention=64,mlp=128'"
+                )
+            ranks[kind.strip()] = int(number)
+    unknown = set(ranks) - set(LORA_KINDS)
+    if unknown:
+        raise UserError(f"rank kinds {sorted(unknown)} unknown; allowed: {', '.join(LORA_KINDS)}")
+    negative = {k: v for k, v in ranks.items() if v < 0}
+    if negative:
+        raise UserError(f"rank must be >= 0, got {negative}")
+    return {kind: ranks.get(kind, 0) for kind in LORA_KINDS}
+
+
+def svd_init(
+    residual: torch.Tensor, rank: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [r, in], B [out, r]) with B A the best rank-r approximation of ``residual`` (eq. 5)."""
+    out_features, in_features = residual.shape
+    if not residual.any():
+        a = torch.randn(rank, in_features, generator=generator, dtype=torch.float64) / rank
+        return a, torch.zeros(out_features, rank, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(residual.to(torch.float64), full_matrices=False)
+    return vh[:rank], u[:, :rank] * s[:rank]
+
+
+def relax(
+    recursive: RecursiveForCausalLM,
+    source: PreTrainedModel,
+    rank: int | str | dict[str, int],
+    relax_vectors: bool = False,
+    seed: int = 0,
+) -> RecursiveForCausalLM:
+    """The relaxed model: ``recursive`` plus per-position LoRAs initialised from ``source``.
+
+    ``relax_vectors`` also gives every position the norm weights and biases of its source layer
+    (the paper ties them); only then is full rank exact when those differ across source layers.
+    """
+    if not isinstance(recursive, RecursiveForCausalLM):
+        raise UserError(
+            f"relax needs a recursive model (rrt convert), got {type(recursive).__name__}"
+        )
+    ranks = parse_rank(rank)
+    text = recursive.config.text_config
+    if (source.config.model_type, source.config.num_hidden_layers) != (
+        text.model_type,
+        text.num_hidden_layers,
+    ):
+        raise UserError(
+            f"source ({source.config.model_type}, {source.config.num_hidden_layers} layers) is not "
+            "the model the recursive one was converted from "
+            f"({text.model_type}, {text.num_hidden_layers} layers)"
+        )
+    config = copy.deepcopy(recursive.config)
+    config.lora_rank, config.relax_vectors = ranks, relax_vectors
+    dtype = next(recursive.parameters()).dtype
+    model = RecursiveForCausalLM(config).to(dtype)
+    prefix = model.family.layers + "."
+    outside = {k: v for k, v in recursive.lm.state_dict().items() if not k.startswith(prefix)}
+    model.lm.load_state_dict(outside, strict=False)
+
+    generator = torch.Generator().manual_seed(seed)
+    originals = source_layers(source)
+    matrices = {f"{name}.weight" for name in model.family.linears}
+    with torch.no_grad():
+        for position, original in enumerate(originals):
+            wanted = original.state_dict()
+            shared = recursive.position_parameters(position)
+            for name, target in model.position_parameters(position).items():
+                keep_source = relax_vectors and name not in matrices
+                target.copy_(wanted[name] if keep_source else shared[name])
+            for linear in model.family.linears:
+                views = model.lora(position, linear)
+                if views is None:
+                    continue
+                a_view, b_view = views
+                residual = wanted[f"{linear}.weight"] - shared[f"{linear}.weight"]
+                a, b = svd_init(residual, a_view.shape[0], generator)
+                a_view.copy_(a)
+                b_view.copy_(b)
+    return model.eval()
+
+
+def _relax_cli(args: argparse.Namespace) -> None:
+    ranks = parse_rank(args.rank)
+    recursive = store.load_model(args.recursive)
+    source = store.load_model(args.source)
+    model = relax(recursive, source, ranks, relax_vectors=args.relax_vectors, seed=args.seed)
+    prov = store.provenance(
+        "relax",
+        {
+            "source": args.source,
+            "recursive": args.recursive,
+            "rank": ranks,
+            "relax_vectors": args.relax_vectors,
+            "seed": args.seed,
+        },
+    )
+    store.save_model(
+        model,
+        args.out,
+        prov,
+        tokenizer=store.load_tokenizer(args.recursive) or store.load_tokenizer(args.source),
+        dtype=source_dtype(args.recursive),
+    )
+    print(f"relaxed model (rank {ranks}) written to {args.out}")
+
+
+def add_cli(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("relax", help="add SVD-initialised per-position LoRAs to a recursive model")
+    p.add_argument(
+        "--source", required=True, help="the source model directory the recursive model came from"
+    )
+    p.add_argument("--recursive", required=True, help="recursive model directory (rrt convert)")
+    p.add_argument(
+        "--rank", required=True, help="LoRA rank: R, or attention=R1,mlp=R2 (0 = pure recursive)"
+    )
+    p.add_argument(
+        "--relax-vectors",
+        action="store_true",
+        help="also give each position its source layer's norms and biases (the paper ties them)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the Gaussian A where the residual is zero"
+    )
+    p.add_argument("--out", required=True, help="output model directory")
+    p.set_defaults(func=_relax_cli)

@@ -1,0 +1,123 @@
+"""Loading and saving model directories, with provenance written beside every artifact."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from rrt.errors import UserError
+from rrt.io import atomic_path, write_json
+
+PROVENANCE = "provenance.json"
+_LIBRARIES = ("rrt", "torch", "transformers", "tokenizers", "lm_eval", "accelerate", "numpy")
+
+
+def git_commit() -> str | None:
+    """The commit of the checkout this package runs from, with '+dirty' for local changes."""
+    root = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return sha + ("+dirty" if dirty else "")
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in _LIBRARIES:
+        try:
+            out[lib] = metadata.version(lib.replace("_", "-"))
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def provenance(step: str, params: dict[str, Any]) -> dict[str, Any]:
+    """What produced an artifact: the step, its resolved parameters, code and library versions."""
+    return {
+        "step": step,
+        "params": params,
+        "argv": sys.argv,
+        "git_commit": git_commit(),
+        "versions": versions(),
+        "host": platform.node(),
+    }
+
+
+def model_dir(path: str | os.PathLike[str]) -> Path:
+    """Check that ``path`` holds a saved model, or fail with one clear line."""
+    path = Path(path)
+    if not path.is_dir():
+        raise UserError(f"no model directory at {str(path)!r}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{str(path)!r} holds no model: config.json not found")
+    return path
+
+
+def load_config(path: str | os.PathLike[str]) -> Any:
+    """A config from a model directory or a config JSON file (no weights needed)."""
+    import rrt  # noqa: F401  (registers the recursive model type)
+
+    path = Path(path)
+    if path.is_file():
+        try:
+            return AutoConfig.from_pretrained(str(path))
+        except (ValueError, OSError, KeyError) as err:
+            raise UserError(f"{str(path)!r} is not a model config JSON: {err}") from None
+    return AutoConfig.from_pretrained(str(model_dir(path)))
+
+
+def load_model(
+    path: str | os.PathLike[str], dtype: torch.dtype | str = torch.float32
+) -> PreTrainedModel:
+    """Load any model the workflow makes (source, recursive, relaxed) in ``dtype``."""
+    import rrt  # noqa: F401  (registers the recursive model type)
+
+    path = model_dir(path)
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    model.eval()
+    return model
+
+
+def load_tokenizer(path: str | os.PathLike[str]) -> Any | None:
+    """The tokenizer saved beside a model, or None if the directory holds none."""
+    path = Path(path)
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def save_model(
+    model: PreTrainedModel,
+    out: str | os.PathLike[str],
+    prov: dict[str, Any],
+    tokenizer: Any | None = None,
+    dtype: torch.dtype | None = None,
+) -> None:
+    """Save a model directory atomically: weights (safetensors), config, tokenizer, provenance."""
+    if dtype is not None:
+        model = model.to(dtype)
+    with atomic_path(out) as tmp:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        write_json(tmp / PROVENANCE, prov)
