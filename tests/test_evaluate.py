@@ -146,13 +146,28 @@ def test_paper_overrides_include_the_shipped_yaml_and_drop_missing_splits(
         write_paper_overrides(tmp_path / "empty", ["arc_easy"], tmp_path)
 
 
-def test_unknown_task_name_lists_close_matches(loaded, task_dir: Path) -> None:
+def test_unknown_task_name_lists_close_matches(
+    loaded, task_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from lm_eval.tasks import TaskManager
+
+    # The harness's default index takes 10-20 s to build; a small stand-in keeps this test fast
+    # (the slow test below uses the real one).
+    small = TaskManager(include_path=str(task_dir), include_defaults=False)
+    monkeypatch.setattr("rrt.evaluate._default_task_manager", lambda: small)
     model, tokenizer = loaded
-    with pytest.raises(UserError, match=r"unknown task 'hellaswg'.*hellaswag") as err:
-        evaluate(model, tokenizer, ["hellaswg"], task_dir=task_dir)
+    with pytest.raises(UserError, match=r"unknown task 'embedded_clozee'.*embedded_cloze") as err:
+        evaluate(model, tokenizer, ["embedded_clozee"])
     assert "\n" not in str(err.value)
-    with pytest.raises(UserError, match=r"'embedded_clozee'.*embedded_cloze"):
-        evaluate(model, tokenizer, ["embedded_clozee"], task_dir=task_dir)
+    with pytest.raises(UserError, match=r"unknown task 'papr'.*close matches: paper"):
+        evaluate(model, tokenizer, ["papr"])
+
+
+@pytest.mark.slow
+def test_unknown_task_name_lists_close_matches_from_the_harness_index(loaded) -> None:
+    model, tokenizer = loaded
+    with pytest.raises(UserError, match=r"unknown task 'hellaswg'.*hellaswag"):
+        evaluate(model, tokenizer, ["hellaswg"])
 
 
 def test_embedded_suite_without_task_dir_says_how_to_make_it(loaded) -> None:

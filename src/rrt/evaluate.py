@@ -431,6 +431,7 @@ def evaluate(
             "limit": limit,
             "batch_size": batch_size,
             "batch_sizes": results["config"].get("batch_sizes", []),
+            "max_length": lm.max_length,
             "bootstrap_iters": bootstrap_iters,
             "seeds": seeds,
             "elapsed_s": round(elapsed, 3),
