@@ -103,6 +103,9 @@ def convert(
 def _convert_cli(args: argparse.Namespace) -> None:
     if args.init not in INITS:
         raise UserError(f"unknown --init {args.init!r}; choose one of {', '.join(INITS)}")
+    config = store.load_config(args.source)  # fail on bad arguments before loading weights
+    family_of(config.model_type)
+    check_loops(config.num_hidden_layers, args.loops)
     source = store.load_model(args.source)
     model = convert(source, loops=args.loops, init=args.init, seed=args.seed)
     prov = store.provenance(

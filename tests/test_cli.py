@@ -1,0 +1,107 @@
+"""`rrt convert / relax / params` from the command line, and their errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from _families import source_model, tokens
+
+from rrt.cli import main
+from rrt.params import build_on_meta, count_parameters
+from rrt.store import PROVENANCE, load_config, load_model
+
+GEMMA_2B = Path(__file__).parent / "data" / "gemma-2b-config.json"
+
+# Paper sec. 3 / app. I: Gemma 2B non-embedding parameters, B = 2, relaxed at r = 64..512.
+PAPER_GEMMA_2B = [
+    (None, None, 1.99e9),
+    (2, 0, 0.99e9),
+    (2, 64, 1.07e9),
+    (2, 128, 1.15e9),
+    (2, 256, 1.30e9),
+    (2, 512, 1.60e9),
+]
+
+
+@pytest.mark.parametrize(("loops", "rank", "paper"), PAPER_GEMMA_2B)
+def test_gemma_2b_parameter_counts_match_the_paper_within_one_percent(loops, rank, paper):
+    counts = count_parameters(build_on_meta(load_config(GEMMA_2B), loops, rank))
+    assert abs(counts["non_embedding"] - paper) / paper < 0.01
+    assert counts["total"] == counts["non_embedding"] + counts["embedding"]
+    assert (counts["lora"] > 0) == bool(rank)
+
+
+def test_params_cli_prints_json_from_a_config_alone(capsys):
+    assert main(["params", str(GEMMA_2B), "--loops", "2", "--rank", "attention=64,mlp=0"]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert set(counts) >= {"total", "non_embedding", "lora"}
+    # attention-only LoRA at r=64: q, o 64*(2048+2048); k, v 64*(2048+256); 18 positions
+    assert counts["lora"] == 18 * 64 * (2 * 4096 + 2 * 2304)
+
+
+@pytest.fixture(scope="module")
+def source_dir(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("source")
+    source_model("qwen2", vectors="random").save_pretrained(path)
+    return path
+
+
+def test_convert_relax_and_params_from_the_command_line(source_dir, tmp_path, capsys):
+    recursive, relaxed = tmp_path / "recursive", tmp_path / "relaxed"
+    assert main(["convert", "--source", str(source_dir), "--loops", "3", "--init", "average",
+                 "--out", str(recursive)]) == 0  # fmt: skip
+    assert main(["relax", "--source", str(source_dir), "--recursive", str(recursive),
+                 "--rank", "1000", "--relax-vectors", "--out", str(relaxed)]) == 0  # fmt: skip
+    prov = json.loads((relaxed / PROVENANCE).read_text())
+    assert prov["step"] == "relax" and prov["params"]["relax_vectors"] is True
+    assert "torch" in prov["versions"]
+    source, model = load_model(source_dir), load_model(relaxed)
+    x = tokens()
+    with torch.no_grad():
+        assert (model(x).logits - source(x).logits).abs().max() < 1e-4
+    capsys.readouterr()
+    assert main(["params", str(relaxed)]) == 0
+    counts = json.loads(capsys.readouterr().out)
+    assert counts == count_parameters(model)
+    assert not list(tmp_path.glob(".*.tmp"))  # atomic writes leave no temporaries
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["convert", "--loops", "4"], "--loops 4 does not divide the source's 6 layers"),
+        (["convert", "--loops", "2", "--init", "best"], "unknown --init 'best'"),
+        (["relax", "--rank", "-3"], "rank must be >= 0"),
+        (["relax", "--rank", "big"], "rank 'big': write an integer"),
+    ],
+)
+def test_bad_input_exits_with_one_clear_line(source_dir, tmp_path, capsys, args, message):
+    args = [*args, "--source", str(source_dir), "--out", str(tmp_path / "out")]
+    if args[0] == "relax":
+        args += ["--recursive", str(source_dir)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_path_with_no_model_fails_without_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "rrt", "convert", "--source", str(tmp_path / "nothing"),
+         "--loops", "2", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no model directory at" in result.stderr
+    assert "Traceback" not in result.stderr
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "rrt", "params", str(empty)], capture_output=True, text=True
+    )
+    assert result.returncode == 2 and "config.json not found" in result.stderr
