@@ -235,3 +235,18 @@ def test_importing_rrt_registers_the_auto_classes():
     from transformers import AutoConfig
 
     assert AutoConfig.for_model("rrt").__class__ is rrt.RecursiveConfig
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])
+@torch.no_grad()
+def test_each_loops_exit_logits_equal_running_only_that_many_loops(family):
+    source = source_model(family)
+    model = relax(convert(source, loops=3, init="average"), source, rank=4)
+    x = tokens()
+    exits = model.loop_logits(x)
+    assert len(exits) == 3
+    for loop, logits in enumerate(exits, start=1):
+        model.set_exit_loop(loop)
+        assert max_diff(logits, model(x).logits) < 1e-5
+    model.set_exit_loop(None)
+    assert torch.equal(exits[-1], model(x).logits)

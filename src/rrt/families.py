@@ -20,6 +20,7 @@ class Family:
 
     name: str
     layers: str  # path of the decoder-layer ModuleList inside the *ForCausalLM model
+    final_norm: str  # path of the norm before the head, shared by every loop's exit
     attention: tuple[str, ...]  # the block's attention linears, relative to a decoder layer
     mlp: tuple[str, ...]  # the block's MLP linears, relative to a decoder layer
 
@@ -42,7 +43,7 @@ _LLAMA_LIKE_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
 def _llama_like(name: str) -> Family:
-    return Family(name, "model.layers", _LLAMA_LIKE_ATTENTION, _LLAMA_LIKE_MLP)
+    return Family(name, "model.layers", "model.norm", _LLAMA_LIKE_ATTENTION, _LLAMA_LIKE_MLP)
 
 
 # Keyed by the source config's `model_type`.
@@ -56,6 +57,7 @@ FAMILIES: dict[str, Family] = {
     "gpt_neox": Family(
         "GPT-NeoX (Pythia)",
         "gpt_neox.layers",
+        "gpt_neox.final_layer_norm",
         ("attention.query_key_value", "attention.dense"),
         ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
     ),

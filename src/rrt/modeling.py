@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, ClassVar
 
 import torch
@@ -173,13 +174,19 @@ class VirtualLayer:
     ) -> None:
         self.layer, self.loop, self.state, self.looped = layer, loop, state, looped
         self.own = {name: value for module, name, value in state if module is layer}
+        self.sink: list[torch.Tensor] | None = (
+            None  # set on a loop's last position to record its exit
+        )
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         for module, name, value in self.state:
             setattr(module, name, value)
         for module in self.looped:
             module.loop = self.loop
-        return self.layer(*args, **kwargs)
+        out = self.layer(*args, **kwargs)
+        if self.sink is not None:
+            self.sink.append(out)
+        return out
 
     def __getattr__(self, name: str) -> Any:
         # The family's forward may read e.g. `decoder_layer.attention_type` before calling.
@@ -211,6 +218,18 @@ class LoopedLayers(nn.ModuleList):
         if isinstance(idx, slice):
             return self.virtual()[idx]
         return super().__getitem__(idx)
+
+    @contextmanager
+    def recording(self, sink: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+        """Append the hidden state leaving each loop to ``sink`` while the block is active."""
+        ends = self.positions[len(self) - 1 :: len(self)]
+        for position in ends:
+            position.sink = sink
+        try:
+            yield sink
+        finally:
+            for position in ends:
+                position.sink = None
 
     def extra_repr(self) -> str:
         return f"{len(self)} shared layers x {len(self.positions) // len(self)} loops"
@@ -375,6 +394,22 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
             return None
         loop = position // k
         return module.lora_A[loop], module.lora_B[loop]
+
+    def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of an exit: the shared final norm and head (and the family's softcapping)."""
+        logits = self.get_output_embeddings()(self.lm.get_submodule(self.family.final_norm)(hidden))
+        cap = getattr(self.config.text_config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def loop_logits(self, input_ids: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
+        """Logits of every loop's exit in one forward pass, the last being the full-depth logits.
+
+        Early-exit training (paper sec. 3.7) puts a loss on each of them.
+        """
+        hidden: list[torch.Tensor] = []
+        with self.looped_layers.recording(hidden):
+            out = self(input_ids, use_cache=False, **kwargs)
+        return [self.exit_logits(h) for h in hidden[:-1]] + [out.logits]
 
     # --- transformers plumbing ----------------------------------------------------------------
 
