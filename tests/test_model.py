@@ -250,3 +250,30 @@ def test_each_loops_exit_logits_equal_running_only_that_many_loops(family):
         assert max_diff(logits, model(x).logits) < 1e-5
     model.set_exit_loop(None)
     assert torch.equal(exits[-1], model(x).logits)
+
+
+def test_saved_model_loads_with_trust_remote_code_in_a_python_without_rrt(tmp_path):
+    import subprocess
+    import sys
+
+    source = source_model("gemma")
+    model = relax(convert(source, loops=2, init="average"), source, rank=3)
+    model.save_pretrained(tmp_path)
+    x = tokens()
+    with torch.no_grad():
+        expected = model(x).logits
+    torch.save({"x": x, "logits": expected}, tmp_path / "check.pt")
+    script = f"""
+import sys, torch
+from transformers import AutoModelForCausalLM
+assert "rrt" not in sys.modules
+path = {str(tmp_path)!r}
+m = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, dtype=torch.float32)
+check = torch.load({str(tmp_path / "check.pt")!r})
+with torch.no_grad():
+    assert torch.equal(m(check["x"]).logits, check["logits"])
+print("OK", type(m).__name__)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "OK RecursiveForCausalLM" in result.stdout

@@ -18,6 +18,7 @@ import copy
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +32,20 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 from rrt.families import Family, check_layer, family_of
 
 LORA_KINDS = ("attention", "mlp")
+
+# Written beside every saved model so that `from_pretrained(path, trust_remote_code=True)` finds
+# the classes in a Python that has not imported rrt (rrt must still be installed there).
+REMOTE_CODE_FILE = "modeling_rrt.py"
+REMOTE_CODE = '''"""Loads a Relaxed Recursive Transformer saved by rrt (needs rrt installed)."""
+
+from rrt.modeling import RecursiveConfig, RecursiveForCausalLM
+
+__all__ = ["RecursiveConfig", "RecursiveForCausalLM"]
+'''
+AUTO_MAP = {
+    "AutoConfig": "modeling_rrt.RecursiveConfig",
+    "AutoModelForCausalLM": "modeling_rrt.RecursiveForCausalLM",
+}
 
 
 @strict
@@ -412,6 +427,13 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         return [self.exit_logits(h) for h in hidden[:-1]] + [out.logits]
 
     # --- transformers plumbing ----------------------------------------------------------------
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """``PreTrainedModel.save_pretrained`` plus the remote-code shim and its ``auto_map``."""
+        self.config.auto_map = dict(AUTO_MAP)
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        (Path(save_directory) / REMOTE_CODE_FILE).write_text(REMOTE_CODE)
+        return out
 
     def get_input_embeddings(self) -> nn.Module:
         return self.lm.get_input_embeddings()
