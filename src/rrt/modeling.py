@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -419,12 +419,10 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
     def loop_logits(self, input_ids: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
         """Logits of every loop's exit in one forward pass, the last being the full-depth logits.
 
-        Early-exit training (paper sec. 3.7) puts a loss on each of them.
+        Early-exit training (paper sec. 3.7) puts a loss on each of them. Training code calls
+        ``model(..., return_loop_logits=True)`` instead, so that a DDP wrapper's forward runs.
         """
-        hidden: list[torch.Tensor] = []
-        with self.looped_layers.recording(hidden):
-            out = self(input_ids, use_cache=False, **kwargs)
-        return [self.exit_logits(h) for h in hidden[:-1]] + [out.logits]
+        return self(input_ids, use_cache=False, return_loop_logits=True, **kwargs).loop_logits
 
     # --- transformers plumbing ----------------------------------------------------------------
 
@@ -460,16 +458,24 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        return_loop_logits: bool = False,
         **kwargs: Any,
     ) -> Any:
-        return self.lm(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            past_key_values=past_key_values,
-            inputs_embeds=inputs_embeds,
-            labels=labels,
-            use_cache=use_cache,
-            logits_to_keep=logits_to_keep,
-            **kwargs,
-        )
+        """The family's forward over the looped layers. ``return_loop_logits`` adds
+        ``loop_logits``: every loop's exit logits, the last being ``logits``."""
+        hidden: list[torch.Tensor] = []
+        with self.looped_layers.recording(hidden) if return_loop_logits else nullcontext():
+            out = self.lm(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                position_ids=position_ids,
+                past_key_values=past_key_values,
+                inputs_embeds=inputs_embeds,
+                labels=labels,
+                use_cache=use_cache,
+                logits_to_keep=logits_to_keep,
+                **kwargs,
+            )
+        if return_loop_logits:
+            out.loop_logits = [self.exit_logits(h) for h in hidden[:-1]] + [out.logits]
+        return out
