@@ -1,0 +1,153 @@
+"""Pretraining from scratch: the embedded default's source model and the reduced-size baselines.
+
+Why: with no hub access the method still needs a "pretrained model" to convert, so the
+embedded default pretrains transformers' own ``LlamaForCausalLM`` on the generated corpus,
+exactly as a hub model would arrive (save_pretrained + tokenizer). The paper's reduced-size
+baseline (sec. 3, app. I) is the same recipe with N/B layers, trained from scratch on the same
+tokens: ``rrt pretrain --layers 4`` for B = 2 of an 8-layer source.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, set_seed
+
+from rrt.corpus import read_meta
+from rrt.errors import UserError
+from rrt.tokenizer import fingerprint, load_tokenizer
+from rrt.train import (
+    TrainConfig,
+    add_config_arguments,
+    config_from_arguments,
+    token_file,
+    train,
+)
+
+
+@dataclass
+class ModelShape:
+    """The Llama pretrained here. Defaults mirror ``source.embedded`` in config/config.yaml."""
+
+    layers: int = 8  # B = 2 and B = 4 both divide it
+    hidden_size: int = 256
+    heads: int = 4
+    kv_heads: int = 2
+    intermediate_size: int = 768
+    rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+
+    def check(self) -> None:
+        for name in ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"model {name} must be positive, got {getattr(self, name)}")
+        if self.hidden_size % self.heads or self.heads % self.kv_heads:
+            raise UserError(
+                f"hidden_size {self.hidden_size} must divide by heads {self.heads}, "
+                f"and heads by kv_heads {self.kv_heads}"
+            )
+
+
+def reduced_layers(layers: int, loops: int) -> int:
+    """N/B: the depth of the reduced-size baseline of a model looped B times."""
+    if loops <= 0 or layers % loops:
+        raise UserError(f"loops B={loops} must be a positive divisor of the {layers} layers")
+    return layers // loops
+
+
+def llama_config(
+    shape: ModelShape, tokenizer: PreTrainedTokenizerBase, max_positions: int
+) -> LlamaConfig:
+    shape.check()
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=shape.hidden_size,
+        intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads,
+        num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=max_positions,
+        rope_theta=shape.rope_theta,
+        tie_word_embeddings=shape.tie_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def pretrain(
+    corpus: str | Path,
+    tokenizer_dir: str | Path,
+    out: str | Path,
+    shape: ModelShape,
+    config: TrainConfig,
+) -> dict[str, Any]:
+    """Pretrain a fresh Llama of ``shape`` on ``corpus``; resumes a killed run by itself."""
+    meta = read_meta(corpus)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    config.plan()  # fail on a bad budget before tokenizing anything
+    train_tokens = token_file(corpus, tokenizer_dir, "train")
+    validation_tokens = token_file(corpus, tokenizer_dir, "validation")
+    set_seed(config.seed)
+    model = LlamaForCausalLM(llama_config(shape, tokenizer, config.seq_len))
+    run_info = {
+        "model": asdict(shape),
+        "architecture": "LlamaForCausalLM",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "corpus_sha256": {s: meta["splits"][s]["sha256"] for s in ("train", "validation")},
+        "tokenizer": fingerprint(tokenizer_dir),
+    }
+    return train(
+        model,
+        tokenizer,
+        train_tokens=train_tokens,
+        validation_tokens=validation_tokens,
+        out=out,
+        config=config,
+        run_info=run_info,
+    )
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "pretrain",
+        help="pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
+    p.add_argument(
+        "--tokenizer", required=True, type=Path, help="folder written by `rrt tokenizer`"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default). On a shared machine 1 can beat 2, "
+        "since oversubscribed threads wait on each other; keep it fixed across a resume",
+    )
+    add_config_arguments(p, ModelShape, ModelShape())
+    add_config_arguments(p, TrainConfig, TrainConfig())
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    shape = config_from_arguments(ModelShape, args)
+    config = config_from_arguments(TrainConfig, args)
+    metrics = pretrain(args.corpus, args.tokenizer, args.out, shape, config)
+    validation = metrics.get("validation", {}).get("loss")
+    print(
+        f"pretrained {metrics['run']['parameters']:,} parameters on {metrics['tokens']:,} tokens "
+        f"in {metrics['train_seconds']:.0f} s ({metrics['tokens_per_second']:.0f} tokens/s); "
+        f"validation loss {validation if validation is None else round(validation, 4)}; "
+        f"saved to {args.out}"
+    )

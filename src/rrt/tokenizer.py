@@ -1,0 +1,114 @@
+"""The embedded default's tokenizer: byte-level BPE trained on the corpus's train split.
+
+Why: the source model needs a vocabulary of its own (no hub download), small enough that the
+embedding does not dominate a small model, and saved in the standard Hugging Face format so
+``AutoTokenizer.from_pretrained`` (and lm-eval) load it like any hub tokenizer.
+
+One special token, ``<|endoftext|>``, separates documents and serves as BOS and EOS (as in
+GPT-2): pretraining puts it before every document, and lm-eval's rolling perplexity puts the
+BOS token before every document too, so both see documents the same way. Padding gets its own
+token. No post-processor adds special tokens, so ``encode`` returns the text's tokens only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from rrt.corpus import read_meta, read_texts
+from rrt.errors import UserError
+from rrt.io import atomic_path
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+MIN_VOCAB = 256 + 2  # every byte, plus the special tokens
+
+
+@dataclass
+class TokenizerConfig:
+    """Defaults mirror ``tokenizer`` in config/config.yaml."""
+
+    vocab_size: int = 1024
+    model_max_length: int = 256  # the source model's context: lm-eval truncates to it
+
+
+def train_tokenizer(
+    texts: Iterator[str], config: TokenizerConfig, length: int | None = None
+) -> PreTrainedTokenizerFast:
+    """Train byte-level BPE on ``texts`` (deterministic: the BPE trainer breaks ties by order)."""
+    if config.vocab_size < MIN_VOCAB:
+        raise UserError(
+            f"vocab size {config.vocab_size} is too small; byte-level BPE needs >= {MIN_VOCAB}"
+        )
+    if config.vocab_size > 65535:
+        raise UserError(f"vocab size {config.vocab_size} is too large; the token files hold uint16")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=config.vocab_size,
+        special_tokens=[EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=length)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=EOS,
+        eos_token=EOS,
+        pad_token=PAD,
+        unk_token=None,
+        model_max_length=config.model_max_length,
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def build_tokenizer(corpus: str | Path, out: str | Path, config: TokenizerConfig) -> Path:
+    """Train on ``corpus``'s train split and save to ``out`` (atomically) with save_pretrained."""
+    meta = read_meta(corpus)
+    tokenizer = train_tokenizer(
+        read_texts(corpus, "train"), config, length=meta["splits"]["train"]["documents"]
+    )
+    with atomic_path(out) as tmp:
+        tokenizer.save_pretrained(tmp)
+    return Path(out)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a tokenizer folder, with a clear error when there is none."""
+    if not (Path(path) / "tokenizer.json").is_file():
+        raise UserError(
+            f"{path} holds no tokenizer (tokenizer.json); make one with `rrt tokenizer`"
+        )
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def fingerprint(path: str | Path) -> str:
+    """A short hash of the tokenizer's vocabulary and merges: token caches key on it."""
+    return hashlib.sha256((Path(path) / "tokenizer.json").read_bytes()).hexdigest()[:16]
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    defaults = TokenizerConfig()
+    p = subparsers.add_parser(
+        "tokenizer",
+        help="train the byte-level BPE tokenizer on a corpus's train split",
+        description=__doc__,
+    )
+    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
+    p.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained)")
+    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
+    p.add_argument("--model-max-length", type=int, default=defaults.model_max_length)
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    config = TokenizerConfig(vocab_size=args.vocab_size, model_max_length=args.model_max_length)
+    out = build_tokenizer(args.corpus, args.out, config)
+    print(f"tokenizer with {config.vocab_size} tokens written to {out}")

@@ -1,0 +1,553 @@
+"""One causal-LM trainer: pretraining the embedded source model now, uptraining later.
+
+Why transformers' ``Trainer``: it brings AdamW, the cosine schedule with warmup, gradient
+accumulation and clipping, mixed precision on GPUs, and checkpoints that hold the optimizer,
+scheduler and RNG states. What this module adds:
+
+- a **loss hook** (:data:`LossFn`): any ``(model, batch) -> (loss, {name: component})``, so
+  uptraining can add forward-KL distillation and early-exit losses (paper sec. 2.3, app. J)
+  without touching the loop; every component lands in the per-step log;
+- a **token budget**: steps = budget / tokens per step, with gradient accumulation reaching the
+  tokens per step from a micro-batch that fits in memory;
+- **packed data** from a token file written once per corpus and tokenizer, in an order fixed by
+  the seed, so a resumed run sees exactly the batches an unbroken run would;
+- **atomic checkpoints**: the Trainer writes ``checkpoint-N`` in place and picks the highest
+  ``checkpoint-N`` on resume, so a kill during a save would leave a half checkpoint that resume
+  takes; here each checkpoint is written into a staging folder and renamed into place, so every
+  ``checkpoint-N`` is complete, and a rerun resumes from the last one by itself;
+- per-step metrics through ``Trainer.log``, so every ``TrainerCallback.on_log`` sees them (a
+  JSONL file and the progress bar here; an MLflow callback later).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+    default_data_collator,
+)
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
+from transformers.utils import logging as hf_logging
+
+from rrt.corpus import read_meta, read_texts
+from rrt.errors import UserError
+from rrt.io import atomic_path, write_json
+from rrt.tokenizer import fingerprint
+
+LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
+"""A training objective: the loss to minimise and its named components (detached is fine)."""
+
+STEPS_FILE = "steps.jsonl"
+STAGING = "staging"  # never matches Trainer's checkpoint pattern, so resume never picks it
+
+
+def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Next-token cross-entropy, the model's own (labels are shifted inside the model)."""
+    loss = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    return loss, {"ce": loss.detach()}
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+@dataclass
+class TrainConfig:
+    """Everything that decides a training run. Defaults mirror ``train`` in config/config.yaml."""
+
+    tokens: int = 2_500_000  # token budget; steps = ceil(tokens / tokens_per_step)
+    seq_len: int = 256  # tokens per packed sequence
+    tokens_per_step: int = 8192  # tokens per optimizer step, reached by gradient accumulation
+    micro_batch_size: int = 16  # sequences per forward pass
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 20
+    weight_decay: float = 0.1
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    save_every: int = 25  # optimizer steps between checkpoints
+    keep_checkpoints: int = 2
+    eval_tokens: int = 131_072  # validation tokens for the final loss (0: skip)
+
+    def plan(self) -> TrainPlan:
+        """Steps and accumulation from the budget, or a UserError naming the bad value."""
+        for name in ("tokens", "seq_len", "tokens_per_step", "micro_batch_size", "save_every"):
+            if getattr(self, name) <= 0:
+                raise UserError(f"train {name} must be positive, got {getattr(self, name)}")
+        micro_tokens = self.micro_batch_size * self.seq_len
+        if self.tokens_per_step % micro_tokens:
+            raise UserError(
+                f"tokens_per_step {self.tokens_per_step} must be a multiple of micro_batch_size "
+                f"x seq_len = {micro_tokens}"
+            )
+        accumulation = self.tokens_per_step // micro_tokens
+        steps = math.ceil(self.tokens / self.tokens_per_step)
+        return TrainPlan(steps, accumulation, steps * accumulation * self.micro_batch_size)
+
+
+@dataclass(frozen=True)
+class TrainPlan:
+    steps: int
+    accumulation: int
+    sequences: int  # micro-batch sequences over the whole run
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
+    """One ``--field-name`` option per dataclass field, typed and defaulted from ``defaults``."""
+    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        kind = type(value) if value is not None else str
+        if kind is bool:
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=value,
+            )
+        else:
+            group.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                dest=f.name,
+                type=kind,
+                default=value,
+                help="(default: %(default)s)",
+            )
+
+
+def config_from_arguments(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# --------------------------------------------------------------------------------------------
+# Data: a token file per corpus split and tokenizer, cut into fixed-length blocks
+# --------------------------------------------------------------------------------------------
+def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Path:
+    """The split's tokens as one uint16 array, written once and cached in the corpus folder.
+
+    Every document is preceded by the tokenizer's BOS (else EOS) token, the separator that
+    lm-eval also puts before a document. The file name carries a hash of the split's content
+    and of the tokenizer, so a changed corpus or tokenizer never reuses a stale file.
+    """
+    from transformers import AutoTokenizer
+
+    meta = read_meta(corpus)
+    key = f"{meta['splits'][split]['sha256']}:{fingerprint(tokenizer_dir)}"
+    path = Path(corpus) / f"tokens-{split}-{_short_hash(key)}.npy"
+    if path.is_file():
+        return path
+    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    sep = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    if sep is None or len(tokenizer) > np.iinfo(np.uint16).max:
+        raise UserError(f"{tokenizer_dir}: need a BOS or EOS token and a vocabulary under 65536")
+    chunks: list[np.ndarray] = []
+    batch: list[str] = []
+
+    def flush() -> None:
+        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+        flat = [t for doc in ids for t in (sep, *doc)]
+        chunks.append(np.asarray(flat, dtype=np.uint16))
+        batch.clear()
+
+    for text in read_texts(corpus, split):
+        batch.append(text)
+        if len(batch) == 2048:
+            flush()
+    if batch:
+        flush()
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, np.concatenate(chunks) if chunks else np.zeros(0, np.uint16))
+    return path
+
+
+def _short_hash(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+class PackedBlocks(torch.utils.data.Dataset):
+    """``length`` blocks of ``seq_len`` tokens from a token file, in an order fixed by ``seed``.
+
+    Each pass over the file is a fresh permutation seeded by (seed, pass), so the budget may
+    exceed the file; ``seed=None`` keeps file order (for evaluation). Item i depends on i alone,
+    which is what lets a resumed run skip to exactly where the killed one stopped.
+    """
+
+    def __init__(
+        self, path: str | Path, seq_len: int, length: int | None, seed: int | None
+    ) -> None:
+        self.tokens = np.load(path, mmap_mode="r")
+        self.seq_len = seq_len
+        self.blocks = len(self.tokens) // seq_len
+        if self.blocks == 0:
+            raise UserError(
+                f"{path} holds {len(self.tokens)} tokens, fewer than one block of {seq_len}"
+            )
+        self.length = self.blocks if length is None else length
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:
+        return self.length
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders = {epoch: rng.permutation(self.blocks)}
+        return self._orders[epoch]
+
+    def __getitem__(self, i: int) -> dict[str, Tensor]:
+        epoch, j = divmod(i, self.blocks)
+        block = j if self.seed is None else int(self._order(epoch)[j])
+        start = block * self.seq_len
+        ids = torch.from_numpy(self.tokens[start : start + self.seq_len].astype(np.int64))
+        return {"input_ids": ids, "labels": ids}
+
+
+# --------------------------------------------------------------------------------------------
+# The Trainer with a loss hook and atomic checkpoints
+# --------------------------------------------------------------------------------------------
+class LossHookTrainer(Trainer):
+    """``Trainer`` whose loss comes from ``loss_fn`` and whose checkpoints appear atomically."""
+
+    # compute_loss returns a mean over the micro-batch: training_step divides by accumulation.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *args: Any,
+        loss_fn: LossFn,
+        tokens_per_step: int,
+        keep_checkpoints: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.loss_fn = loss_fn
+        self.tokens_per_step = tokens_per_step
+        self.keep_checkpoints = max(1, keep_checkpoints)
+        self.model_accepts_loss_kwargs = False  # no token counting: every block is full
+        self._components: dict[str, Tensor] = {}
+        self._staging: Path | None = None
+        self._clock = 0.0
+        self._train_seconds: float | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        self._clock = time.perf_counter()
+        self._train_seconds = None
+        return super().train(*args, **kwargs)
+
+    # ---- loss -------------------------------------------------------------------------------
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Tensor],
+        return_outputs: bool = False,
+        num_items_in_batch: Tensor | int | None = None,
+    ) -> Tensor | tuple[Tensor, Any]:
+        loss, components = self.loss_fn(model, inputs)
+        if model.training:
+            share = 1.0 / self.current_gradient_accumulation_steps
+            for name, value in components.items():
+                value = value.detach().float() * share
+                self._components[name] = self._components.get(name, 0.0) + value
+        return (loss, None) if return_outputs else loss
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> torch.utils.data.Sampler:
+        # PackedBlocks already orders blocks by the seed; a sequential sampler keeps that order
+        # a pure function of the step, which exact resumption relies on.
+        return torch.utils.data.SequentialSampler(train_dataset or self.train_dataset)
+
+    # ---- per-step metrics -------------------------------------------------------------------
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add loss components, tokens and throughput to each step's training log."""
+        if "loss" in logs:
+            if self._train_seconds is None:  # first log of this process: continue the history
+                timed = [h for h in self.state.log_history if "train_seconds" in h]
+                self._train_seconds = timed[-1]["train_seconds"] if timed else 0.0
+                self._logged_step = timed[-1]["step"] if timed else 0
+            now = time.perf_counter()
+            elapsed, self._clock = now - self._clock, now
+            self._train_seconds += elapsed
+            done = (self.state.global_step - self._logged_step) * self.tokens_per_step
+            self._logged_step = self.state.global_step
+            logs.update({k: float(v) for k, v in self._components.items()})
+            self._components.clear()
+            logs["tokens"] = self.state.global_step * self.tokens_per_step
+            logs["tokens_per_second"] = done / elapsed if elapsed > 0 else 0.0
+            logs["train_seconds"] = self._train_seconds
+        super().log(logs, start_time)
+
+    # ---- atomic checkpoints -----------------------------------------------------------------
+    def _get_output_dir(self, trial: Any) -> str:
+        return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        run_dir = Path(self.args.output_dir)
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        self._staging = run_dir / STAGING
+        shutil.rmtree(self._staging, ignore_errors=True)
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            staged, self._staging = self._staging / name, None
+        final = run_dir / name
+        if final.exists():
+            _remove(final)
+        os.replace(staged, final)  # the commit point: before it, resume sees the previous one
+        shutil.rmtree(run_dir / STAGING, ignore_errors=True)
+        for old in sorted(_checkpoints(run_dir), key=_step_of)[: -self.keep_checkpoints]:
+            _remove(old)
+
+
+def _checkpoints(run_dir: Path) -> list[Path]:
+    return [
+        p for p in run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir() and _step_of(p) >= 0
+    ]
+
+
+def _step_of(path: Path) -> int:
+    suffix = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+    return int(suffix) if suffix.isdigit() else -1
+
+
+def _remove(path: Path) -> None:
+    """Rename first, so a kill mid-delete never leaves a half checkpoint under its own name."""
+    trash = path.with_name(f".trash-{path.name}")
+    shutil.rmtree(trash, ignore_errors=True)
+    os.replace(path, trash)
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Callbacks: the step log and the progress bar
+# --------------------------------------------------------------------------------------------
+class StepLog(TrainerCallback):
+    """Appends each step's metrics to a JSONL file; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        kept = []
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by the kill
+                if record["step"] > state.global_step:
+                    break
+                kept.append(line + "\n")
+        with atomic_path(self.path) as tmp:
+            tmp.write_text("".join(kept))
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if logs and "loss" in logs:
+            with open(self.path, "a") as f:
+                f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class ProgressBar(TrainerCallback):
+    """A tqdm bar over optimizer steps with the loss and tokens/s."""
+
+    def __init__(self) -> None:
+        self.bar: tqdm | None = None
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.bar = tqdm(
+            total=state.max_steps, initial=state.global_step, unit="step", file=sys.stderr
+        )
+
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.update(state.global_step - self.bar.n)
+            postfix = {"loss": f"{logs['loss']:.3f}"}
+            if "tokens_per_second" in logs:
+                postfix["tok/s"] = f"{logs['tokens_per_second']:.0f}"
+            self.bar.set_postfix(postfix, refresh=False)
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def work_dir(out: str | Path) -> Path:
+    """Where checkpoints and the live step log go while ``out`` is being trained."""
+    out = Path(out)
+    return out.with_name(out.name + ".work")
+
+
+@torch.no_grad()
+def evaluate_loss(
+    model: nn.Module, blocks: PackedBlocks, batch_size: int, loss_fn: LossFn = causal_lm_loss
+) -> dict[str, float]:
+    """Mean of each loss component over ``blocks`` (all blocks are full, so means compose)."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    batches = 0
+    for start in range(0, len(blocks), batch_size):
+        items = [blocks[i] for i in range(start, min(start + batch_size, len(blocks)))]
+        batch = {k: torch.stack([it[k] for it in items]).to(device) for k in items[0]}
+        loss, components = loss_fn(model, batch)
+        for name, value in {"loss": loss, **components}.items():
+            sums[name] = sums.get(name, 0.0) + float(value) * len(items)
+        batches += len(items)
+    model.train(was_training)
+    return {name: total / batches for name, total in sums.items()}
+
+
+def train(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    train_tokens: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    validation_tokens: str | Path | None = None,
+    loss_fn: LossFn = causal_lm_loss,
+    callbacks: Iterable[TrainerCallback] = (),
+    run_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train ``model`` on packed ``train_tokens`` and save it with ``tokenizer`` to ``out``.
+
+    Resumes by itself from the last checkpoint in :func:`work_dir` (``out`` + ``.work``) when a
+    previous run with the same configuration was killed. ``out`` appears atomically, holding the
+    model (save_pretrained), the tokenizer, ``metrics.json`` and the step log ``steps.jsonl``.
+    ``run_info`` (model shape, data paths) is checked on resume and kept in metrics.json.
+    """
+    plan = config.plan()
+    out, work = Path(out), work_dir(out)
+    work.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / STAGING, ignore_errors=True)
+    identity = {"config": asdict(config), "run": run_info or {}}
+    _check_same_run(work / "run.json", identity)
+
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
+    torch.manual_seed(config.seed)
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=str(work),
+        max_steps=plan.steps,
+        per_device_train_batch_size=config.micro_batch_size,
+        gradient_accumulation_steps=plan.accumulation,
+        learning_rate=config.lr,
+        lr_scheduler_type="cosine_with_min_lr",
+        lr_scheduler_kwargs={"min_lr_rate": config.min_lr_ratio},
+        warmup_steps=config.warmup_steps,
+        optim="adamw_torch",
+        weight_decay=config.weight_decay,
+        adam_beta1=config.adam_beta1,
+        adam_beta2=config.adam_beta2,
+        max_grad_norm=config.grad_clip,
+        bf16=cuda and torch.cuda.is_bf16_supported(),  # fp32 on CPU: exact and resumable
+        use_cpu=not cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        logging_strategy="steps",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=config.save_every,
+        save_total_limit=None,  # LossHookTrainer keeps the newest keep_checkpoints itself
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    dataset = PackedBlocks(train_tokens, config.seq_len, plan.sequences, config.seed)
+    steps_file = work / STEPS_FILE
+    trainer = LossHookTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        data_collator=default_data_collator,
+        callbacks=[StepLog(steps_file), ProgressBar(), *callbacks],
+        loss_fn=loss_fn,
+        tokens_per_step=config.tokens_per_step,
+        keep_checkpoints=config.keep_checkpoints,
+    )
+    trainer.remove_callback(PrinterCallback)  # ProgressBar and StepLog report instead
+    resume = get_last_checkpoint(str(work))
+    started = time.perf_counter()
+    trainer.train(resume_from_checkpoint=resume)
+    wall = time.perf_counter() - started
+
+    steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
+    metrics: dict[str, Any] = {
+        "steps": plan.steps,
+        "tokens": plan.steps * config.tokens_per_step,
+        "train_seconds": steps[-1]["train_seconds"] if steps else 0.0,
+        "wall_seconds_this_run": wall,
+        "resumed_from_step": _step_of(Path(resume)) if resume else None,
+        "final_step": steps[-1] if steps else None,
+    }
+    metrics["tokens_per_second"] = (
+        metrics["tokens"] / metrics["train_seconds"] if metrics["train_seconds"] else None
+    )
+    if validation_tokens is not None and config.eval_tokens > 0:
+        blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)
+        blocks.length = max(1, min(blocks.blocks, config.eval_tokens // config.seq_len))
+        metrics["validation"] = evaluate_loss(model, blocks, config.micro_batch_size, loss_fn)
+        metrics["validation_tokens"] = blocks.length * config.seq_len
+    metrics.update(identity)
+
+    with atomic_path(out) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        shutil.copyfile(steps_file, tmp / STEPS_FILE)
+        write_json(tmp / "metrics.json", metrics)
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _check_same_run(path: Path, identity: dict[str, Any]) -> None:
+    """Refuse to resume a run with different settings: its checkpoints would not fit."""
+    identity = json.loads(json.dumps(identity))  # as it reads back from JSON
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        if previous != identity:
+            changed = sorted(
+                f"{section}.{k}"
+                for section in ("config", "run")
+                for k in set(previous.get(section, {})) | set(identity.get(section, {}))
+                if previous.get(section, {}).get(k) != identity.get(section, {}).get(k)
+            )
+            raise UserError(
+                f"{path.parent} holds checkpoints of a run with other settings "
+                f"({', '.join(changed)}); delete that folder or rerun with the same settings"
+            )
+    else:
+        write_json(path, identity)
