@@ -15,9 +15,15 @@ from rrt.errors import UserError
 
 # Modules that register a subcommand, in the order `rrt --help` lists them.
 COMMAND_MODULES = [
+    "rrt.corpus",
+    "rrt.tokenizer",
+    "rrt.pretrain",
+    "rrt.tasks",
+    "rrt.baseline",
     "rrt.convert",
     "rrt.relax",
     "rrt.params",
+    "rrt.uptrain",
     "rrt.evaluate",
 ]
 

@@ -1,0 +1,227 @@
+"""Uptraining (paper app. E, I) and early-exit post-training (sec. 3.7, app. J).
+
+All weights train (shared block and LoRAs alike) on a token budget with
+``(1 - w) * CE + w * T^2 * KL(teacher || student)``, the teacher being the full-size source model
+(forward KL was the paper's best). With ``early_exit`` the objective becomes the paper's
+"aggressive" post-training loss: the final loop keeps weight 1, and every intermediate loop's
+exit (through the shared final norm and head) adds ``exit_weight`` times its own CE plus a
+self-distillation KL from the detached final loop. The same trainer uptrains the full-size and
+the reduced-size baselines: any causal LM works where early exit is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from transformers import set_seed
+
+from rrt import store
+from rrt.errors import UserError
+from rrt.modeling import RecursiveForCausalLM
+from rrt.params import count_parameters
+from rrt.tokenizer import fingerprint, load_tokenizer
+from rrt.train import (
+    LossFn,
+    PackedBlocks,
+    TrainConfig,
+    add_config_arguments,
+    config_from_arguments,
+    evaluate_loss,
+    token_file,
+    train,
+)
+
+
+@dataclass
+class UptrainLoss:
+    """The uptraining objective. Defaults mirror ``uptrain.loss`` in config/config.yaml."""
+
+    kd_weight: float = 0.5  # w: the paper gives no mix, we take half CE, half forward KL
+    temperature: float = 1.0
+    early_exit: bool = False  # the aggressive early-exit post-training loss (sec. 3.7)
+    exit_weight: float = 0.1  # weight of each intermediate loop's exit
+
+    def check(self, has_teacher: bool) -> None:
+        if not 0.0 <= self.kd_weight <= 1.0:
+            raise UserError(f"kd_weight must be in [0, 1], got {self.kd_weight}")
+        if self.temperature <= 0:
+            raise UserError(f"temperature must be positive, got {self.temperature}")
+        if self.exit_weight < 0:
+            raise UserError(f"exit_weight must be >= 0, got {self.exit_weight}")
+        if self.kd_weight > 0 and not has_teacher:
+            raise UserError(f"kd_weight {self.kd_weight} needs a --teacher (or set --kd-weight 0)")
+
+
+def next_token_ce(logits: Tensor, labels: Tensor) -> Tensor:
+    """Mean cross-entropy of predicting token t+1 from position t."""
+    return F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100
+    )
+
+
+def forward_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: float = 1.0) -> Tensor:
+    """T^2 * KL(p_teacher || p_student) per next-token position, averaged (Hinton et al.)."""
+    t = F.log_softmax(teacher_logits[:, :-1].float() / temperature, dim=-1)
+    s = F.log_softmax(student_logits[:, :-1].float() / temperature, dim=-1)
+    return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
+
+
+def uptrain_loss(loss: UptrainLoss, teacher: nn.Module | None = None) -> LossFn:
+    """The loss hook for :func:`rrt.train.train`; components are logged per step."""
+
+    def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        ids, labels = batch["input_ids"], batch["labels"]
+        out = (
+            model(input_ids=ids, return_loop_logits=True)
+            if loss.early_exit
+            else model(input_ids=ids)
+        )
+        exits = out.loop_logits if loss.early_exit else [out.logits]
+        final = exits[-1]
+        ce = next_token_ce(final, labels)
+        components = {"ce": ce.detach()}
+        total = ce
+        if teacher is not None and loss.kd_weight > 0:
+            with torch.no_grad():
+                teacher_logits = teacher(input_ids=ids).logits
+            kd = forward_kl(teacher_logits, final, loss.temperature)
+            total = (1 - loss.kd_weight) * ce + loss.kd_weight * kd
+            components["kd"] = kd.detach()
+        target = final.detach()
+        for loop, logits in enumerate(exits[:-1], start=1):
+            exit_ce = next_token_ce(logits, labels)
+            self_distill = forward_kl(target, logits)
+            total = total + loss.exit_weight * (exit_ce + self_distill)
+            components[f"ce_loop{loop}"] = exit_ce.detach()
+            components[f"sd_loop{loop}"] = self_distill.detach()
+        return total, components
+
+    return loss_fn
+
+
+@torch.no_grad()
+def exit_metrics(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    """Next-token CE and accuracy of every loop's exit (one loop for a non-recursive model)."""
+    ids, labels = batch["input_ids"], batch["labels"]
+    if isinstance(model, RecursiveForCausalLM):
+        exits = model.loop_logits(ids)
+    else:
+        exits = [model(input_ids=ids).logits]
+    out: dict[str, Tensor] = {}
+    for loop, logits in enumerate(exits, start=1):
+        out[f"ce_loop{loop}"] = next_token_ce(logits, labels)
+        predicted = logits[:, :-1].argmax(-1)
+        out[f"acc_loop{loop}"] = (predicted == labels[:, 1:]).float().mean()
+    return out[f"ce_loop{len(exits)}"], out
+
+
+def held_out_exits(
+    model: nn.Module, tokens: str | Path, seq_len: int, max_tokens: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Per-loop held-out CE and next-token accuracy over the first ``max_tokens`` tokens."""
+    blocks = PackedBlocks(tokens, seq_len, None, None)
+    blocks.length = max(1, min(blocks.blocks, max_tokens // seq_len))
+    metrics = evaluate_loss(model, blocks, batch_size, exit_metrics)
+    metrics.pop("loss")
+    return metrics
+
+
+def uptrain(
+    model_dir: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    config: TrainConfig,
+    loss: UptrainLoss,
+    teacher_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Uptrain the model in ``model_dir`` on ``corpus``; resumes a killed run by itself."""
+    loss.check(has_teacher=teacher_dir is not None)
+    config.plan()  # fail on a bad budget before loading anything
+    tokenizer_dir = Path(tokenizer_dir or model_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    set_seed(config.seed)
+    model = store.load_model(model_dir)
+    if loss.early_exit and not isinstance(model, RecursiveForCausalLM):
+        raise UserError(
+            f"--early-exit needs a recursive model; {model_dir} is {type(model).__name__}"
+        )
+    teacher = None
+    if teacher_dir is not None and loss.kd_weight > 0:
+        teacher = store.load_model(teacher_dir)
+        teacher.requires_grad_(False)
+        if teacher.config.vocab_size != model.config.get_text_config().vocab_size:
+            raise UserError(f"teacher {teacher_dir} has another vocabulary than {model_dir}")
+        if torch.cuda.is_available():
+            teacher.to("cuda", dtype=torch.bfloat16)
+    model.train()
+    train_tokens = token_file(corpus, tokenizer_dir, "train")
+    validation_tokens = token_file(corpus, tokenizer_dir, "validation")
+    run_info = {
+        "model": str(model_dir),
+        "teacher": str(teacher_dir) if teacher else None,
+        "loss": asdict(loss),
+        "parameters": count_parameters(model),
+        "tokenizer": fingerprint(tokenizer_dir),
+    }
+    metrics = train(
+        model,
+        tokenizer,
+        train_tokens=train_tokens,
+        validation_tokens=validation_tokens,
+        out=out,
+        config=config,
+        loss_fn=uptrain_loss(loss, teacher),
+        run_info=run_info,
+    )
+    model.eval()
+    metrics["held_out_exits"] = held_out_exits(
+        model, validation_tokens, config.seq_len, config.eval_tokens, config.micro_batch_size
+    )
+    _rewrite_metrics(Path(out), metrics)
+    return metrics
+
+
+def _rewrite_metrics(out: Path, metrics: dict[str, Any]) -> None:
+    from rrt.io import write_json
+
+    write_json(out / "metrics.json", metrics)
+    write_json(out / store.PROVENANCE, store.provenance("uptrain", metrics.get("run", {})))
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "uptrain",
+        help="uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--model", required=True, type=Path, help="model folder to start from")
+    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
+    add_config_arguments(p, UptrainLoss, UptrainLoss())
+    add_config_arguments(p, TrainConfig, TrainConfig())
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    loss = config_from_arguments(UptrainLoss, args)
+    config = config_from_arguments(TrainConfig, args)
+    metrics = uptrain(args.model, args.corpus, args.out, config, loss, args.teacher, args.tokenizer)
+    validation = metrics.get("validation", {})
+    exits = metrics["held_out_exits"]
+    print(
+        f"uptrained on {metrics['tokens']:,} tokens in {metrics['train_seconds']:.0f} s "
+        f"({metrics['tokens_per_second']:.0f} tokens/s); held-out CE "
+        f"{validation.get('ce', float('nan')):.4f}; per-loop accuracy "
+        + ", ".join(f"{v:.3f}" for k, v in exits.items() if k.startswith("acc"))
+        + f"; saved to {args.out}"
+    )
