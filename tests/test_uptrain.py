@@ -165,3 +165,17 @@ def test_killed_uptraining_resumes_to_the_same_final_loss(workspace, tmp_path):
     assert resumed["resumed_from_step"] >= 4
     assert resumed["final_step"]["loss"] == pytest.approx(reference["final_step"]["loss"], rel=1e-4)
     assert resumed["validation"]["ce"] == pytest.approx(reference["validation"]["ce"], rel=1e-4)
+
+
+def test_uptraining_defaults_are_the_ones_in_config_yaml():
+    import dataclasses
+
+    import yaml
+
+    from rrt.uptrain import UPTRAIN_RECIPE
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    section = config["uptrain"]
+    assert section["loss"] == dataclasses.asdict(UptrainLoss())
+    recipe = {**config["train"], **{k: v for k, v in section.items() if k != "loss"}}
+    assert recipe == dataclasses.asdict(UPTRAIN_RECIPE)

@@ -37,6 +37,9 @@ from rrt.train import (
     train,
 )
 
+# The pretraining recipe with uptraining's budget and learning rate (``uptrain`` in config.yaml).
+UPTRAIN_RECIPE = TrainConfig(tokens=1_048_576, lr=1e-3)
+
 
 @dataclass
 class UptrainLoss:
@@ -208,7 +211,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
     add_config_arguments(p, UptrainLoss, UptrainLoss())
-    add_config_arguments(p, TrainConfig, TrainConfig())
+    add_config_arguments(p, TrainConfig, UPTRAIN_RECIPE)
     p.set_defaults(func=_run)
 
 
