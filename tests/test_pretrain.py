@@ -1,0 +1,157 @@
+"""`rrt pretrain`: a Llama source (or reduced baseline) that loads like a hub model, and resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from _embedded import RECIPE, SHAPE, corpus, recipe_args, shape_args, tokenizer
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
+
+from rrt.cli import main
+from rrt.errors import UserError
+from rrt.pretrain import ModelShape, reduced_layers
+from rrt.train import work_dir
+
+CONFIG_YAML = Path(__file__).parents[1] / "config" / "config.yaml"
+# Long enough (in steps) that a kill lands mid-run; tiny steps keep it a few seconds.
+LONG = replace(RECIPE, tokens=60 * RECIPE.tokens_per_step, save_every=3)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pretrain")
+    corpus_dir = corpus(root)
+    return {"corpus": corpus_dir, "tokenizer": tokenizer(corpus_dir, root)}
+
+
+def _args(data, out: Path, recipe=RECIPE, shape=SHAPE) -> list[str]:
+    return [
+        "pretrain", "--corpus", str(data["corpus"]), "--tokenizer", str(data["tokenizer"]),
+        "--out", str(out), "--threads", "1", *shape_args(shape), *recipe_args(recipe),
+    ]  # fmt: skip
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "rrt", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, work: Path, step: int) -> None:
+    """SIGKILL the run as soon as checkpoint-``step`` (or a later one) exists."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if any(int(p.name.split("-")[1]) >= step for p in work.glob("checkpoint-*")):
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return
+        assert proc.poll() is None, f"the run ended before checkpoint-{step}: {proc.stderr.read()}"
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError(f"no checkpoint-{step} within two minutes")
+
+
+def _unbroken(data, out: Path) -> dict:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the subprocesses run (--threads 1): same float sums
+    try:
+        assert main(_args(data, out, LONG)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_a_killed_pretraining_resumes_from_its_last_checkpoint_and_ends_at_the_same_loss(
+    data, tmp_path
+):
+    out = tmp_path / "killed"
+    proc = _start(_args(data, out, LONG))
+    _kill_after_checkpoint(proc, work_dir(out), step=6)
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()  # a killed run leaves no output that looks finished
+    last = max(int(p.name.split("-")[1]) for p in work_dir(out).glob("checkpoint-*"))
+
+    rerun = _start(_args(data, out, LONG))
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] == last >= 6  # continued, not started over
+
+    unbroken = _unbroken(data, tmp_path / "unbroken")
+    assert resumed["final_step"]["loss"] == pytest.approx(unbroken["final_step"]["loss"], abs=1e-6)
+    assert resumed["validation"]["loss"] == pytest.approx(unbroken["validation"]["loss"], abs=1e-6)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, LONG.plan().steps + 1))
+
+
+def test_pretrained_source_loads_with_auto_classes_and_generates(data, tmp_path):
+    out = tmp_path / "source"
+    assert main(_args(data, out)) == 0
+    model = AutoModelForCausalLM.from_pretrained(str(out))
+    tok = AutoTokenizer.from_pretrained(str(out))
+    assert isinstance(model, LlamaForCausalLM)
+    assert model.config.num_hidden_layers == SHAPE.layers
+    assert model.config.num_key_value_heads == SHAPE.kv_heads
+    assert model.config.vocab_size == len(tok)
+    assert model.config.max_position_embeddings == RECIPE.seq_len
+    ids = tok("Anna was in the", return_tensors="pt")["input_ids"]
+    generated = model.generate(ids, max_new_tokens=3, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 3
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["run"]["model"] == asdict(SHAPE)
+    assert metrics["tokens"] == RECIPE.tokens and metrics["validation"]["loss"] > 0
+    assert (out / "steps.jsonl").is_file()
+
+
+def test_reduced_baseline_has_n_over_b_layers():
+    assert reduced_layers(8, 2) == 4 and reduced_layers(8, 4) == 2
+    with pytest.raises(UserError, match="B=3"):
+        reduced_layers(8, 3)
+
+
+def test_a_shape_that_heads_cannot_split_is_a_one_line_cli_error(data, tmp_path, capsys):
+    bad = replace(SHAPE, heads=3)
+    assert main(_args(data, tmp_path / "m", shape=bad)) == 2
+    err = capsys.readouterr().err.strip()
+    assert "heads 3" in err and "\n" not in err
+
+
+def test_config_yaml_source_and_reduced_sections_mirror_the_defaults():
+    config = yaml.safe_load(CONFIG_YAML.read_text())
+    assert config["source"]["embedded"] == asdict(ModelShape())
+    for loops in config["reduced"]["loops"]:
+        reduced_layers(config["source"]["embedded"]["layers"], loops)
+
+
+@pytest.mark.slow
+def test_a_run_killed_at_random_moments_still_ends_at_the_unbroken_loss(data, tmp_path):
+    out = tmp_path / "killed"
+    rng = random.Random(0)
+    kills = 0
+    while not out.exists() and kills < 20:
+        proc = _start(_args(data, out, LONG))
+        try:
+            proc.wait(timeout=rng.uniform(4.0, 9.0))  # startup takes a few seconds
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            kills += 1
+    assert out.exists() and kills >= 2
+    resumed = json.loads((out / "metrics.json").read_text())
+    unbroken = _unbroken(data, tmp_path / "unbroken")
+    assert resumed["final_step"]["loss"] == pytest.approx(unbroken["final_step"]["loss"], abs=1e-6)
