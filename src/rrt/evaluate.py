@@ -382,6 +382,7 @@ def evaluate(
             include_paths.append(Path(overrides))
         task_objs = load_tasks(names, include_paths, suites)
         lm = HFLM(
+            backend="causal",  # every model the workflow makes is a causal LM, rrt included
             pretrained=model,
             tokenizer=tokenizer,
             batch_size=batch_size,
