@@ -189,7 +189,7 @@ def test_hub_task_offline_names_dataset_and_local_data_option(loaded, tmp_path: 
     assert "\n" not in str(err.value)
 
 
-def test_missing_model_directory_is_one_line_error(
+def test_missing_model_directory_and_bad_values_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["evaluate", "--model", str(tmp_path / "nope"), "--tasks", "paper"]
@@ -199,6 +199,8 @@ def test_missing_model_directory_is_one_line_error(
     argv[2] = str(tmp_path)
     assert main([*argv, "--out", str(tmp_path / "r.json"), "--batch-size", "0"]) == 2
     assert "--batch-size 0 is not 'auto' or a positive integer" in capsys.readouterr().err
+    assert main([*argv, "--out", str(tmp_path / "r.json"), "--threads", "-1"]) == 2
+    assert "--threads must be 0" in capsys.readouterr().err
 
 
 def test_exit_loop_rejects_a_model_that_is_not_recursive(loaded, task_dir: Path) -> None:

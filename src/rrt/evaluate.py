@@ -358,6 +358,7 @@ def evaluate(
     paper's own task definitions at local JSONL (see :func:`write_paper_overrides`).
     """
     import lm_eval
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -433,6 +434,7 @@ def evaluate(
             "batch_size": batch_size,
             "batch_sizes": results["config"].get("batch_sizes", []),
             "max_length": lm.max_length,
+            "torch_threads": torch.get_num_threads(),
             "bootstrap_iters": bootstrap_iters,
             "seeds": seeds,
             "elapsed_s": round(elapsed, 3),
@@ -619,6 +621,12 @@ def run(args: argparse.Namespace) -> None:
     if not str(args.out).endswith(".json"):
         raise UserError(f"--out {args.out} must name a .json file")
     batch_size = _parse_batch_size(args.batch_size)
+    if args.threads < 0:
+        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     model, tokenizer = load_model(args.model, args.tokenizer, args.device)
     evaluation = evaluate(
@@ -671,6 +679,12 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--exit-loop", type=int, help="recursive models: exit every token after loop b")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
     p.add_argument("--seed", type=int, help="one seed for python, numpy, torch and few-shot draws")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="CPU threads for torch (0: torch's default); on a shared machine 1 can beat 2",
+    )
     p.add_argument(
         "--bootstrap-iters",
         type=int,
