@@ -55,14 +55,15 @@ def make_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def make_model_dir(path: Path, seed: int = 0) -> Path:
-    """Save a tiny random LlamaForCausalLM and its tokenizer as one save_pretrained directory."""
-    tokenizer = make_tokenizer()
+def make_model(
+    tokenizer: PreTrainedTokenizerFast, layers: int = 2, seed: int = 0
+) -> LlamaForCausalLM:
+    """A tiny random LlamaForCausalLM over ``tokenizer``'s vocabulary."""
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
         intermediate_size=64,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=256,
@@ -71,7 +72,13 @@ def make_model_dir(path: Path, seed: int = 0) -> Path:
         pad_token_id=tokenizer.pad_token_id,
     )
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
+    return LlamaForCausalLM(config).eval()
+
+
+def make_model_dir(path: Path, seed: int = 0) -> Path:
+    """Save a tiny random LlamaForCausalLM and its tokenizer as one save_pretrained directory."""
+    tokenizer = make_tokenizer()
+    model = make_model(tokenizer, seed=seed)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -6,8 +6,7 @@ import json
 
 import pytest
 import torch
-from _eval_fixtures import make_embedded_tasks, make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM
+from _eval_fixtures import make_embedded_tasks, make_model, make_tokenizer
 
 from rrt.convert import convert
 from rrt.relax import relax
@@ -16,17 +15,7 @@ from rrt.relax import relax
 @pytest.fixture(scope="module")
 def relaxed_and_tokenizer():
     tokenizer = make_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    torch.manual_seed(0)
-    source = LlamaForCausalLM(config).eval()
+    source = make_model(tokenizer, layers=4)
     return relax(convert(source, loops=2, init="average"), source, rank=4), tokenizer
 
 
