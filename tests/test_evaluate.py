@@ -10,7 +10,13 @@ from _eval_fixtures import EMBEDDED_TASKS, make_embedded_tasks, make_model_dir, 
 
 from rrt.cli import main
 from rrt.errors import UserError
-from rrt.evaluate import evaluate, load_model, load_suites, write_paper_overrides
+from rrt.evaluate import (
+    CPU_AUTO_BATCH_SIZE,
+    evaluate,
+    load_model,
+    load_suites,
+    write_paper_overrides,
+)
 
 BATCH = 4
 BOOTSTRAP = 100
@@ -101,10 +107,9 @@ def test_embedded_suite_report_matches_lm_eval_own_result(
 
 def test_paper_suite_runs_shipped_definitions_on_local_data(loaded, paper_data: Path) -> None:
     model, tokenizer = loaded
-    result = evaluate(
-        model, tokenizer, ["paper"], paper_data=paper_data, batch_size=BATCH, bootstrap_iters=0
-    )
+    result = evaluate(model, tokenizer, ["paper"], paper_data=paper_data, bootstrap_iters=0)
     report = result.report
+    assert report["run"]["batch_sizes"] == [CPU_AUTO_BATCH_SIZE]  # auto on a CPU: no probe
     paper = load_suites()["paper"]
     assert list(report["tasks"]) == [t.name for t in paper.tasks]
     headline = {name: task["headline"]["metric"] for name, task in report["tasks"].items()}
