@@ -259,3 +259,16 @@ def test_suites_file_holds_the_paper_metric_choice() -> None:
     }
     embedded = {t.name: t.in_average for t in suites["embedded"].tasks}
     assert embedded == {**dict.fromkeys(EMBEDDED_TASKS, True), "embedded_perplexity": False}
+
+
+def test_config_yaml_evaluate_section_mirrors_the_defaults():
+    import yaml
+
+    from rrt import evaluate as ev
+
+    config = yaml.safe_load((Path(__file__).parents[1] / "config" / "config.yaml").read_text())
+    assert config["evaluate"] == {
+        "cpu_batch_size": ev.CPU_AUTO_BATCH_SIZE,
+        "bootstrap_iters": ev.DEFAULT_BOOTSTRAP_ITERS,
+        "threads": ev.DEFAULT_THREADS,
+    }

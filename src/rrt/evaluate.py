@@ -60,6 +60,7 @@ DEFAULT_BOOTSTRAP_ITERS = 1000
 # of memory, which a CPU never does, so it spent ~55 s to pick 64, slower here than 8-32
 # (embedded source model, 100 items a task: auto 84 s, 64: 30 s, 32: 25 s, 16: 23 s, 8: 22 s).
 CPU_AUTO_BATCH_SIZE = 16
+DEFAULT_THREADS = 0  # torch's default; ``evaluate`` in config/config.yaml mirrors these three
 
 
 @dataclass(frozen=True)
@@ -696,7 +697,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--threads",
         type=int,
-        default=0,
+        default=DEFAULT_THREADS,
         help="CPU threads for torch (0: torch's default); on a shared machine 1 can beat 2",
     )
     p.add_argument(
