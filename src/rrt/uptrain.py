@@ -183,10 +183,11 @@ def uptrain(
         loss_fn=uptrain_loss(loss, teacher),
         run_info=run_info,
     )
-    model.eval()
-    metrics["held_out_exits"] = held_out_exits(
-        model, validation_tokens, config.seq_len, config.eval_tokens, config.micro_batch_size
-    )
+    if config.eval_tokens > 0:
+        model.eval()
+        metrics["held_out_exits"] = held_out_exits(
+            model, validation_tokens, config.seq_len, config.eval_tokens, config.micro_batch_size
+        )
     _rewrite_metrics(Path(out), metrics)
     return metrics
 
@@ -219,12 +220,14 @@ def _run(args: argparse.Namespace) -> None:
     loss = config_from_arguments(UptrainLoss, args)
     config = config_from_arguments(TrainConfig, args)
     metrics = uptrain(args.model, args.corpus, args.out, config, loss, args.teacher, args.tokenizer)
-    validation = metrics.get("validation", {})
-    exits = metrics["held_out_exits"]
+    held_out = "no held-out evaluation (--eval-tokens 0)"
+    if "held_out_exits" in metrics:
+        accuracy = [v for k, v in metrics["held_out_exits"].items() if k.startswith("acc")]
+        held_out = (
+            f"held-out CE {metrics['validation']['ce']:.4f}; per-loop next-token accuracy "
+            + ", ".join(f"{v:.3f}" for v in accuracy)
+        )
     print(
         f"uptrained on {metrics['tokens']:,} tokens in {metrics['train_seconds']:.0f} s "
-        f"({metrics['tokens_per_second']:.0f} tokens/s); held-out CE "
-        f"{validation.get('ce', float('nan')):.4f}; per-loop accuracy "
-        + ", ".join(f"{v:.3f}" for k, v in exits.items() if k.startswith("acc"))
-        + f"; saved to {args.out}"
+        f"({metrics['tokens_per_second']:.0f} tokens/s); {held_out}; saved to {args.out}"
     )
