@@ -34,10 +34,10 @@ class ModelShape:
     """The Llama pretrained here. Defaults mirror ``source.embedded`` in config/config.yaml."""
 
     layers: int = 8  # B = 2 and B = 4 both divide it
-    hidden_size: int = 256
+    hidden_size: int = 128
     heads: int = 4
     kv_heads: int = 2
-    intermediate_size: int = 768
+    intermediate_size: int = 384
     rope_theta: float = 10000.0
     tie_embeddings: bool = False
 
@@ -128,8 +128,9 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--threads",
         type=int,
         default=0,
-        help="CPU threads for torch (0: torch's default). On a shared machine 1 can beat 2, "
-        "since oversubscribed threads wait on each other; keep it fixed across a resume",
+        help="CPU threads for torch (0: torch's default). On a machine shared with other torch "
+        "jobs, 1 thread (or OMP_WAIT_POLICY=PASSIVE) avoids spinning OpenMP threads starving "
+        "each other; keep it the same across a resume, float sums depend on it",
     )
     add_config_arguments(p, ModelShape, ModelShape())
     add_config_arguments(p, TrainConfig, TrainConfig())

@@ -75,21 +75,21 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
 class TrainConfig:
     """Everything that decides a training run. Defaults mirror ``train`` in config/config.yaml."""
 
-    tokens: int = 2_500_000  # token budget; steps = ceil(tokens / tokens_per_step)
+    tokens: int = 2_000_000  # token budget; steps = ceil(tokens / tokens_per_step)
     seq_len: int = 256  # tokens per packed sequence
-    tokens_per_step: int = 8192  # tokens per optimizer step, reached by gradient accumulation
-    micro_batch_size: int = 16  # sequences per forward pass
+    tokens_per_step: int = 2048  # tokens per optimizer step, reached by gradient accumulation
+    micro_batch_size: int = 8  # sequences per forward pass
     lr: float = 3e-3
     min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 20
+    warmup_steps: int = 30
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
     grad_clip: float = 1.0
     seed: int = 0
-    save_every: int = 25  # optimizer steps between checkpoints
+    save_every: int = 100  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
-    eval_tokens: int = 131_072  # validation tokens for the final loss (0: skip)
+    eval_tokens: int = 65_536  # validation tokens for the final loss (0: skip)
 
     def plan(self) -> TrainPlan:
         """Steps and accumulation from the budget, or a UserError naming the bad value."""
