@@ -24,7 +24,7 @@ SMALL = TasksConfig(seed=0, items=60, perplexity_documents=20, max_tokens=256)
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
-    corpus_dir = corpus(root, replace(CORPUS, test_documents=400))
+    corpus_dir = corpus(root, replace(CORPUS, test_documents=500))
     tok_dir = tokenizer(corpus_dir, root)
     tasks_dir = root / "tasks"
     write_tasks(corpus_dir, tasks_dir, replace(SMALL, items=300), tok_dir)
@@ -72,7 +72,7 @@ def test_right_answers_continue_the_story_and_wrong_ones_do_not(data):
             for i, choice in enumerate(row["choices"]):
                 # Right: the story itself; wrong: a fluent ending that contradicts it.
                 assert doc.startswith(row["context"] + choice) == (i == row["gold"]), row
-    stories = held_out_stories(replace(CORPUS, test_documents=400), "test")
+    stories = held_out_stories(replace(CORPUS, test_documents=500), "test")
     for row in _rows(data["tasks"], "embedded_qa"):
         story = stories[row["story"]]
         assert row["context"].startswith(story.body + "\n\nQuestion: ")
