@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rrt import store
-from rrt.convert import source_dtype, source_layers
+from rrt.convert import copy_outside_layers, source_dtype, source_layers
 from rrt.errors import UserError
 from rrt.modeling import LORA_KINDS, RecursiveForCausalLM
 
@@ -89,9 +89,7 @@ def relax(
     config.lora_rank, config.relax_vectors = ranks, relax_vectors
     dtype = next(recursive.parameters()).dtype
     model = RecursiveForCausalLM(config).to(dtype)
-    prefix = model.family.layers + "."
-    outside = {k: v for k, v in recursive.lm.state_dict().items() if not k.startswith(prefix)}
-    model.lm.load_state_dict(outside, strict=False)
+    copy_outside_layers(model, recursive.lm)
 
     generator = torch.Generator().manual_seed(seed)
     originals = source_layers(source)
