@@ -114,6 +114,27 @@ def test_uptrain_writes_a_model_with_metrics_and_lowers_the_loss(workspace, tmp_
     assert metrics["run"]["teacher"] == str(workspace["source"])
 
 
+def test_uptraining_is_tracked_in_mlflow_with_its_held_out_exits(workspace, tmp_path):
+    from mlflow import MlflowClient
+
+    from rrt.tracking import Tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "uptrained"
+    uptrain(
+        workspace["recursive"], workspace["corpus"], out, TrainConfig(**TINY_TRAIN),
+        UptrainLoss(kd_weight=0.0), tracking=Tracking(uri, "uptrain-test", "recursive-up"),
+    )  # fmt: skip
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("uptrain-test").experiment_id])
+    assert run.data.tags["rrt.stage"] == "uptrain" and run.info.status == "FINISHED"
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("acc_loop1", "ce_loop2"):
+        logged = run.data.metrics[f"final.held_out_exits.{key}"]
+        assert logged == pytest.approx(saved["held_out_exits"][key])
+    assert json.loads(run.data.params["run.loss.kd_weight"]) == 0.0
+
+
 def test_bad_uptrain_settings_fail_clearly(workspace, tmp_path):
     config = TrainConfig(**TINY_TRAIN)
     with pytest.raises(UserError, match="needs a --teacher"):

@@ -15,8 +15,8 @@ scheduler and RNG states. What this module adds:
   ``checkpoint-N`` on resume, so a kill during a save would leave a half checkpoint that resume
   takes; here each checkpoint is written into a staging folder and renamed into place, so every
   ``checkpoint-N`` is complete, and a rerun resumes from the last one by itself;
-- per-step metrics through ``Trainer.log``, so every ``TrainerCallback.on_log`` sees them (a
-  JSONL file and the progress bar here; an MLflow callback later).
+- per-step metrics through ``Trainer.log``, so every ``TrainerCallback.on_log`` sees them: a
+  JSONL file, the progress bar and, when tracking is on, an MLflow run (:mod:`rrt.tracking`).
 """
 
 from __future__ import annotations
@@ -50,10 +50,12 @@ from transformers import (
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 from transformers.utils import logging as hf_logging
 
+from rrt import store
 from rrt.corpus import read_meta, read_texts
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 from rrt.tokenizer import fingerprint
+from rrt.tracking import Tracking, TrainingRun
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 """A training objective: the loss to minimise and its named components (detached is fine)."""
@@ -440,6 +442,9 @@ def train(
     loss_fn: LossFn = causal_lm_loss,
     callbacks: Iterable[TrainerCallback] = (),
     run_info: dict[str, Any] | None = None,
+    final_metrics: Callable[[nn.Module], dict[str, Any]] | None = None,
+    tracking: Tracking | None = None,
+    stage: str = "train",
 ) -> dict[str, Any]:
     """Train ``model`` on packed ``train_tokens`` and save it with ``tokenizer`` to ``out``.
 
@@ -447,6 +452,8 @@ def train(
     previous run with the same configuration was killed. ``out`` appears atomically, holding the
     model (save_pretrained), the tokenizer, ``metrics.json`` and the step log ``steps.jsonl``.
     ``run_info`` (model shape, data paths) is checked on resume and kept in metrics.json.
+    ``final_metrics(model)`` adds stage-specific results to metrics.json before ``out`` appears.
+    With ``tracking`` on, the run is logged to MLflow as ``stage`` (and reopened on resume).
     """
     plan = config.plan()
     out, work = Path(out), work_dir(out)
@@ -488,6 +495,10 @@ def train(
     )
     dataset = PackedBlocks(train_tokens, config.seq_len, plan.sequences, config.seed)
     steps_file = work / STEPS_FILE
+    tracker = None
+    if tracking is not None and tracking.enabled:
+        tracker = TrainingRun(tracking, work, stage, identity)
+        callbacks = [*callbacks, tracker]
     trainer = LossHookTrainer(
         model=model,
         args=args,
@@ -502,9 +513,38 @@ def train(
     trainer.remove_callback(PrinterCallback)  # ProgressBar and StepLog report instead
     resume = get_last_checkpoint(str(work))
     started = time.perf_counter()
-    trainer.train(resume_from_checkpoint=resume)
-    wall = time.perf_counter() - started
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+        wall = time.perf_counter() - started
+        metrics = _metrics(config, plan, steps_file, wall, resume)
+        if validation_tokens is not None and config.eval_tokens > 0:
+            blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)
+            blocks.length = max(1, min(blocks.blocks, config.eval_tokens // config.seq_len))
+            metrics["validation"] = evaluate_loss(model, blocks, config.micro_batch_size, loss_fn)
+            metrics["validation_tokens"] = blocks.length * config.seq_len
+        if final_metrics is not None:
+            metrics.update(final_metrics(model))
+        metrics.update(identity)
 
+        with atomic_path(out) as tmp:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+            shutil.copyfile(steps_file, tmp / STEPS_FILE)
+            write_json(tmp / "metrics.json", metrics)
+            write_json(tmp / store.PROVENANCE, store.provenance(stage, identity))
+        if tracker is not None:
+            tracker.finish(metrics, out, plan.steps)
+    except Exception:
+        if tracker is not None:
+            tracker.fail()
+        raise
+    shutil.rmtree(work, ignore_errors=True)
+    return metrics
+
+
+def _metrics(
+    config: TrainConfig, plan: TrainPlan, steps_file: Path, wall: float, resume: str | None
+) -> dict[str, Any]:
     steps = [json.loads(line) for line in steps_file.read_text().splitlines()]
     metrics: dict[str, Any] = {
         "steps": plan.steps,
@@ -517,19 +557,6 @@ def train(
     metrics["tokens_per_second"] = (
         metrics["tokens"] / metrics["train_seconds"] if metrics["train_seconds"] else None
     )
-    if validation_tokens is not None and config.eval_tokens > 0:
-        blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)
-        blocks.length = max(1, min(blocks.blocks, config.eval_tokens // config.seq_len))
-        metrics["validation"] = evaluate_loss(model, blocks, config.micro_batch_size, loss_fn)
-        metrics["validation_tokens"] = blocks.length * config.seq_len
-    metrics.update(identity)
-
-    with atomic_path(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        shutil.copyfile(steps_file, tmp / STEPS_FILE)
-        write_json(tmp / "metrics.json", metrics)
-    shutil.rmtree(work, ignore_errors=True)
     return metrics
 
 

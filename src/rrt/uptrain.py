@@ -22,10 +22,12 @@ from torch import Tensor, nn
 from transformers import set_seed
 
 from rrt import store
+from rrt import tracking as mlflow_tracking
 from rrt.errors import UserError
 from rrt.modeling import RecursiveForCausalLM
 from rrt.params import count_parameters
 from rrt.tokenizer import fingerprint, load_tokenizer
+from rrt.tracking import Tracking
 from rrt.train import (
     LossFn,
     PackedBlocks,
@@ -73,6 +75,21 @@ def forward_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: floa
     t = F.log_softmax(teacher_logits[:, :-1].float() / temperature, dim=-1)
     s = F.log_softmax(student_logits[:, :-1].float() / temperature, dim=-1)
     return (t.exp() * (t - s)).sum(-1).mean() * temperature**2
+
+
+def load_teacher(teacher_dir: str | Path, vocab_size: int) -> nn.Module:
+    """The frozen full-size teacher, in bf16 on a GPU (its logits only feed the KL)."""
+    teacher = store.load_model(teacher_dir)
+    teacher.requires_grad_(False)
+    if teacher.config.get_text_config().vocab_size != vocab_size:
+        raise UserError(
+            f"teacher {teacher_dir} has a vocabulary of "
+            f"{teacher.config.get_text_config().vocab_size} tokens, "
+            f"the student {vocab_size}: distillation needs the same tokenizer"
+        )
+    if torch.cuda.is_available():
+        teacher.to("cuda", dtype=torch.bfloat16)
+    return teacher
 
 
 def uptrain_loss(loss: UptrainLoss, teacher: nn.Module | None = None) -> LossFn:
@@ -143,6 +160,7 @@ def uptrain(
     loss: UptrainLoss,
     teacher_dir: str | Path | None = None,
     tokenizer_dir: str | Path | None = None,
+    tracking: Tracking | None = None,
 ) -> dict[str, Any]:
     """Uptrain the model in ``model_dir`` on ``corpus``; resumes a killed run by itself."""
     loss.check(has_teacher=teacher_dir is not None)
@@ -157,15 +175,19 @@ def uptrain(
         )
     teacher = None
     if teacher_dir is not None and loss.kd_weight > 0:
-        teacher = store.load_model(teacher_dir)
-        teacher.requires_grad_(False)
-        if teacher.config.vocab_size != model.config.get_text_config().vocab_size:
-            raise UserError(f"teacher {teacher_dir} has another vocabulary than {model_dir}")
-        if torch.cuda.is_available():
-            teacher.to("cuda", dtype=torch.bfloat16)
+        teacher = load_teacher(teacher_dir, model.config.get_text_config().vocab_size)
     model.train()
     train_tokens = token_file(corpus, tokenizer_dir, "train")
     validation_tokens = token_file(corpus, tokenizer_dir, "validation")
+
+    def final_metrics(trained: nn.Module) -> dict[str, Any]:
+        if config.eval_tokens <= 0:
+            return {}
+        exits = held_out_exits(
+            trained, validation_tokens, config.seq_len, config.eval_tokens, config.micro_batch_size
+        )
+        return {"held_out_exits": exits}
+
     run_info = {
         "model": str(model_dir),
         "teacher": str(teacher_dir) if teacher else None,
@@ -173,7 +195,7 @@ def uptrain(
         "parameters": count_parameters(model),
         "tokenizer": fingerprint(tokenizer_dir),
     }
-    metrics = train(
+    return train(
         model,
         tokenizer,
         train_tokens=train_tokens,
@@ -182,21 +204,10 @@ def uptrain(
         config=config,
         loss_fn=uptrain_loss(loss, teacher),
         run_info=run_info,
+        final_metrics=final_metrics,
+        tracking=tracking,
+        stage="uptrain",
     )
-    if config.eval_tokens > 0:
-        model.eval()
-        metrics["held_out_exits"] = held_out_exits(
-            model, validation_tokens, config.seq_len, config.eval_tokens, config.micro_batch_size
-        )
-    _rewrite_metrics(Path(out), metrics)
-    return metrics
-
-
-def _rewrite_metrics(out: Path, metrics: dict[str, Any]) -> None:
-    from rrt.io import write_json
-
-    write_json(out / "metrics.json", metrics)
-    write_json(out / store.PROVENANCE, store.provenance("uptrain", metrics.get("run", {})))
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -213,13 +224,17 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
     add_config_arguments(p, UptrainLoss, UptrainLoss())
     add_config_arguments(p, TrainConfig, UPTRAIN_RECIPE)
+    mlflow_tracking.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
     loss = config_from_arguments(UptrainLoss, args)
     config = config_from_arguments(TrainConfig, args)
-    metrics = uptrain(args.model, args.corpus, args.out, config, loss, args.teacher, args.tokenizer)
+    tracking = mlflow_tracking.from_arguments(args)
+    metrics = uptrain(
+        args.model, args.corpus, args.out, config, loss, args.teacher, args.tokenizer, tracking
+    )
     held_out = "no held-out evaluation (--eval-tokens 0)"
     if "held_out_exits" in metrics:
         accuracy = [v for k, v in metrics["held_out_exits"].items() if k.startswith("acc")]
