@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The embedded default end to end, offline on the CPU: corpus -> tokenizer -> tasks -> pretrained
-# source (and the reduced-size baseline) -> recursive (B=2, stepwise) and relaxed (average + SVD
-# LoRA) models -> uptraining with distillation -> early-exit post-training -> evaluation.
+# source (and the reduced-size baseline, distilled from it) -> recursive (B=2, stepwise) and
+# relaxed (average + SVD LoRA) models -> uptraining with distillation -> early-exit
+# post-training -> evaluation.
 # Usage: scripts/embedded_default.sh [RESULTS_DIR]   (default results/embedded)
 # Each step is skipped when its output exists, so a killed run continues where it stopped
 # (pretraining and uptraining also resume from their last checkpoint). Budgets are the defaults
 # of config/config.yaml; the *_ARGS variables below add options (the tests shrink everything).
 # Until the Snakemake workflow lands this script is the main job; every step is one rrt command.
+# With MLFLOW_TRACKING_URI set (e.g. sqlite:///$PWD/mlflow.db), every training step is an MLflow run.
 set -euo pipefail
 R=${1:-results/embedded}
 cd "$(dirname "$0")/.."
@@ -25,7 +27,7 @@ step "$R/tokenizer" rrt tokenizer --corpus "$R/corpus" --out "$R/tokenizer" $TOK
 step "$R/tasks"     rrt tasks --corpus "$R/corpus" --tokenizer "$R/tokenizer" --out "$R/tasks" $TASKS_ARGS
 step "$R/source"    rrt pretrain --corpus "$R/corpus" --tokenizer "$R/tokenizer" --out "$R/source" $PRETRAIN_ARGS
 LAYERS=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['num_hidden_layers'])" "$R/source/config.json")
-step "$R/reduced"   rrt pretrain --corpus "$R/corpus" --tokenizer "$R/tokenizer" --out "$R/reduced" $PRETRAIN_ARGS --layers $((LAYERS / 2))
+step "$R/reduced"   rrt pretrain --corpus "$R/corpus" --tokenizer "$R/tokenizer" --out "$R/reduced" $PRETRAIN_ARGS --layers $((LAYERS / 2)) --teacher "$R/source"
 step "$R/recursive" rrt convert --source "$R/source" --loops 2 --init stepwise --out "$R/recursive"
 step "$R/recursive-avg" rrt convert --source "$R/source" --loops 2 --init average --out "$R/recursive-avg"
 step "$R/relaxed"   rrt relax --source "$R/source" --recursive "$R/recursive-avg" --rank "$RANK" --out "$R/relaxed"

@@ -159,3 +159,30 @@ def test_a_run_killed_at_random_moments_still_ends_at_the_unbroken_loss(data, tm
     resumed = json.loads((out / "metrics.json").read_text())
     unbroken = _unbroken(data, tmp_path / "unbroken")
     assert resumed["final_step"]["loss"] == pytest.approx(unbroken["final_step"]["loss"], abs=1e-6)
+
+
+def test_reduced_baseline_distils_from_a_teacher_with_the_uptraining_loss(data, tmp_path):
+    source, reduced = tmp_path / "source", tmp_path / "reduced"
+    assert main(_args(data, source)) == 0
+    half = replace(SHAPE, layers=SHAPE.layers // 2)
+    args = [*_args(data, reduced, shape=half), "--teacher", str(source), "--kd-weight", "0.3"]
+    assert main(args) == 0
+    metrics = json.loads((reduced / "metrics.json").read_text())
+    assert metrics["run"]["teacher"] == str(source)
+    assert metrics["run"]["loss"]["kd_weight"] == 0.3
+    assert {"loss", "ce", "kd"} <= set(metrics["validation"])
+    validation = metrics["validation"]
+    assert validation["loss"] == pytest.approx(0.7 * validation["ce"] + 0.3 * validation["kd"])
+    steps = [json.loads(line) for line in (reduced / "steps.jsonl").read_text().splitlines()]
+    assert all("kd" in s for s in steps)
+
+
+def test_a_teacher_with_another_vocabulary_is_refused(data, tmp_path, capsys):
+    teacher = tmp_path / "teacher"
+    config = LlamaForCausalLM.config_class(
+        vocab_size=17, hidden_size=8, intermediate_size=16, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1,
+    )  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(teacher)
+    assert main([*_args(data, tmp_path / "out"), "--teacher", str(teacher)]) == 2
+    assert "vocabulary of 17 tokens" in capsys.readouterr().err

@@ -4,7 +4,8 @@ Why: with no hub access the method still needs a "pretrained model" to convert, 
 embedded default pretrains transformers' own ``LlamaForCausalLM`` on the generated corpus,
 exactly as a hub model would arrive (save_pretrained + tokenizer). The paper's reduced-size
 baseline (sec. 3, app. I) is the same recipe with N/B layers, trained from scratch on the same
-tokens: ``rrt pretrain --layers 4`` for B = 2 of an 8-layer source.
+tokens: ``rrt pretrain --layers 4`` for B = 2 of an 8-layer source, distilled from the source
+like the recursive models (``--teacher``), as in the paper.
 """
 
 from __future__ import annotations
@@ -17,16 +18,20 @@ from typing import Any
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, set_seed
 
+from rrt import tracking as mlflow_tracking
 from rrt.corpus import read_meta
 from rrt.errors import UserError
 from rrt.tokenizer import fingerprint, load_tokenizer
+from rrt.tracking import Tracking
 from rrt.train import (
     TrainConfig,
     add_config_arguments,
+    causal_lm_loss,
     config_from_arguments,
     token_file,
     train,
 )
+from rrt.uptrain import UptrainLoss, load_teacher, uptrain_loss
 
 
 @dataclass
@@ -85,21 +90,38 @@ def pretrain(
     out: str | Path,
     shape: ModelShape,
     config: TrainConfig,
+    tracking: Tracking | None = None,
+    teacher_dir: str | Path | None = None,
+    loss: UptrainLoss | None = None,
 ) -> dict[str, Any]:
-    """Pretrain a fresh Llama of ``shape`` on ``corpus``; resumes a killed run by itself."""
+    """Pretrain a fresh Llama of ``shape`` on ``corpus``; resumes a killed run by itself.
+
+    With ``teacher_dir`` the objective is uptraining's CE + forward KL (``loss``), which is how
+    the paper trains its reduced-size baselines.
+    """
     meta = read_meta(corpus)
     tokenizer = load_tokenizer(tokenizer_dir)
     config.plan()  # fail on a bad budget before tokenizing anything
+    loss = loss or UptrainLoss()
+    if teacher_dir is not None:
+        loss.check(has_teacher=True)
+        if loss.early_exit:
+            raise UserError("--early-exit is for recursive models, not for pretraining")
     train_tokens = token_file(corpus, tokenizer_dir, "train")
     validation_tokens = token_file(corpus, tokenizer_dir, "validation")
     set_seed(config.seed)
     model = LlamaForCausalLM(llama_config(shape, tokenizer, config.seq_len))
+    loss_fn = causal_lm_loss
+    if teacher_dir is not None and loss.kd_weight > 0:
+        loss_fn = uptrain_loss(loss, load_teacher(teacher_dir, model.config.vocab_size))
     run_info = {
         "model": asdict(shape),
         "architecture": "LlamaForCausalLM",
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_sha256": {s: meta["splits"][s]["sha256"] for s in ("train", "validation")},
         "tokenizer": fingerprint(tokenizer_dir),
+        "teacher": str(teacher_dir) if teacher_dir is not None else None,
+        "loss": asdict(loss) if teacher_dir is not None else None,
     }
     return train(
         model,
@@ -109,6 +131,9 @@ def pretrain(
         out=out,
         config=config,
         run_info=run_info,
+        loss_fn=loss_fn,
+        tracking=tracking,
+        stage="pretrain",
     )
 
 
@@ -125,6 +150,23 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.add_argument(
+        "--teacher",
+        type=Path,
+        help="distil from this model (the reduced-size baseline learns from the source)",
+    )
+    p.add_argument(
+        "--kd-weight",
+        type=float,
+        default=UptrainLoss.kd_weight,
+        help="with --teacher: w in (1 - w) CE + w forward KL (default: %(default)s)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=float,
+        default=UptrainLoss.temperature,
+        help="with --teacher: distillation temperature (default: %(default)s)",
+    )
+    p.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -134,6 +176,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(p, ModelShape, ModelShape())
     add_config_arguments(p, TrainConfig, TrainConfig())
+    mlflow_tracking.add_arguments(p)
     p.set_defaults(func=_run)
 
 
@@ -144,11 +187,15 @@ def _run(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     shape = config_from_arguments(ModelShape, args)
     config = config_from_arguments(TrainConfig, args)
-    metrics = pretrain(args.corpus, args.tokenizer, args.out, shape, config)
-    validation = metrics.get("validation", {}).get("loss")
+    tracking = mlflow_tracking.from_arguments(args)
+    loss = UptrainLoss(kd_weight=args.kd_weight, temperature=args.temperature)
+    metrics = pretrain(
+        args.corpus, args.tokenizer, args.out, shape, config, tracking, args.teacher, loss
+    )
+    validation = metrics.get("validation", {}).get("ce")  # with a teacher "loss" mixes in KD
     print(
         f"pretrained {metrics['run']['parameters']:,} parameters on {metrics['tokens']:,} tokens "
         f"in {metrics['train_seconds']:.0f} s ({metrics['tokens_per_second']:.0f} tokens/s); "
-        f"validation loss {validation if validation is None else round(validation, 4)}; "
+        f"validation CE {validation if validation is None else round(validation, 4)}; "
         f"saved to {args.out}"
     )
