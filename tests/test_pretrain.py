@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -186,3 +187,48 @@ def test_a_teacher_with_another_vocabulary_is_refused(data, tmp_path, capsys):
     LlamaForCausalLM(config).save_pretrained(teacher)
     assert main([*_args(data, tmp_path / "out"), "--teacher", str(teacher)]) == 2
     assert "vocabulary of 17 tokens" in capsys.readouterr().err
+
+
+def _torchrun(args: list[str]) -> subprocess.Popen:
+    """Two data-parallel CPU processes (gloo) under torchrun."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               "--nproc_per_node", "2", "-m", "rrt", *args]  # fmt: skip
+    return subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+
+
+def test_data_parallel_training_killed_and_resumed_ends_at_the_one_process_loss(data, tmp_path):
+    # Same tokens per optimizer step: 2 processes x 1 micro-batch instead of 1 x 2 accumulated.
+    recipe = replace(LONG, tokens_per_step=2 * RECIPE.micro_batch_size * RECIPE.seq_len)
+    out = tmp_path / "ddp"
+    proc = _torchrun(_args(data, out, recipe))
+    deadline = time.monotonic() + 120
+    while not list(work_dir(out).glob("checkpoint-*")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.monotonic() < deadline, "no checkpoint within two minutes"
+        time.sleep(0.01)
+    launcher = psutil.Process(proc.pid)  # torchrun starts its workers in sessions of their own
+    for process in [*launcher.children(recursive=True), launcher]:  # all at once, as on preemption
+        process.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+
+    rerun = _torchrun(_args(data, out, recipe))
+    assert rerun.wait(timeout=300) == 0, rerun.stderr.read()[-3000:]
+    resumed = json.loads((out / "metrics.json").read_text())
+    assert resumed["resumed_from_step"] >= recipe.save_every
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(_args(data, tmp_path / "one", recipe)) == 0
+    finally:
+        torch.set_num_threads(threads)
+    one = json.loads((tmp_path / "one" / "metrics.json").read_text())
+    assert resumed["tokens"] == one["tokens"] and resumed["steps"] == one["steps"]
+    assert resumed["final_step"]["loss"] == pytest.approx(one["final_step"]["loss"], abs=1e-5)
+    assert resumed["validation"]["ce"] == pytest.approx(one["validation"]["ce"], abs=1e-5)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == list(range(1, recipe.plan().steps + 1))

@@ -76,6 +76,14 @@ def test_plan_turns_the_token_budget_into_steps_and_accumulation():
     assert plan.sequences == 40 * 2 * 4
 
 
+def test_data_parallel_processes_share_the_accumulation_and_keep_the_tokens_per_step():
+    config = TrainConfig(tokens=10_000, seq_len=32, tokens_per_step=256, micro_batch_size=4)
+    plan = config.plan(world_size=2)
+    assert (plan.steps, plan.accumulation, plan.sequences) == (40, 1, 40 * 1 * 4 * 2)
+    with pytest.raises(UserError, match="4 x 32 x 4 = 512"):
+        config.plan(world_size=4)
+
+
 def test_plan_rejects_a_step_size_that_micro_batches_cannot_reach():
     with pytest.raises(UserError, match="tokens_per_step 100 .* 128"):
         TrainConfig(seq_len=32, tokens_per_step=100, micro_batch_size=4).plan()

@@ -192,6 +192,8 @@ def _run(args: argparse.Namespace) -> None:
     metrics = pretrain(
         args.corpus, args.tokenizer, args.out, shape, config, tracking, args.teacher, loss
     )
+    if not metrics:  # a data-parallel process other than the main one
+        return
     validation = metrics.get("validation", {}).get("ce")  # with a teacher "loss" mixes in KD
     print(
         f"pretrained {metrics['run']['parameters']:,} parameters on {metrics['tokens']:,} tokens "

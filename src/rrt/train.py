@@ -93,27 +93,33 @@ class TrainConfig:
     keep_checkpoints: int = 2
     eval_tokens: int = 65_536  # validation tokens for the final loss (0: skip)
 
-    def plan(self) -> TrainPlan:
-        """Steps and accumulation from the budget, or a UserError naming the bad value."""
+    def plan(self, world_size: int = 1) -> TrainPlan:
+        """Steps and per-process accumulation from the budget, or a UserError naming the bad value.
+
+        With ``world_size`` data-parallel processes each micro-batch step covers ``world_size``
+        micro-batches, so accumulation shrinks and the tokens per optimizer step stay the same.
+        """
         for name in ("tokens", "seq_len", "tokens_per_step", "micro_batch_size", "save_every"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train {name} must be positive, got {getattr(self, name)}")
-        micro_tokens = self.micro_batch_size * self.seq_len
+        micro_tokens = self.micro_batch_size * self.seq_len * world_size
         if self.tokens_per_step % micro_tokens:
             raise UserError(
                 f"tokens_per_step {self.tokens_per_step} must be a multiple of micro_batch_size "
-                f"x seq_len = {micro_tokens}"
+                f"x seq_len x processes = {self.micro_batch_size} x {self.seq_len} x "
+                f"{world_size} = {micro_tokens}"
             )
         accumulation = self.tokens_per_step // micro_tokens
         steps = math.ceil(self.tokens / self.tokens_per_step)
-        return TrainPlan(steps, accumulation, steps * accumulation * self.micro_batch_size)
+        sequences = steps * accumulation * self.micro_batch_size * world_size
+        return TrainPlan(steps, accumulation, sequences)
 
 
 @dataclass(frozen=True)
 class TrainPlan:
     steps: int
-    accumulation: int
-    sequences: int  # micro-batch sequences over the whole run
+    accumulation: int  # micro-batches per optimizer step in each process
+    sequences: int  # sequences over the whole run, all processes together
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
@@ -295,7 +301,8 @@ class LossHookTrainer(Trainer):
             self._train_seconds += elapsed
             done = (self.state.global_step - self._logged_step) * self.tokens_per_step
             self._logged_step = self.state.global_step
-            logs.update({k: float(v) for k, v in self._components.items()})
+            for name, value in sorted(self._components.items()):  # same order in every process
+                logs[name] = float(self.accelerator.reduce(value, reduction="mean"))
             self._components.clear()
             logs["tokens"] = self.state.global_step * self.tokens_per_step
             logs["tokens_per_second"] = done / elapsed if elapsed > 0 else 0.0
@@ -307,21 +314,29 @@ class LossHookTrainer(Trainer):
         return str(self._staging) if self._staging is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model: nn.Module, trial: Any) -> None:
+        # Every process writes into the staging folder (each its own RNG state); the main one
+        # renames it into place once all have finished, and nobody goes on before that.
         run_dir = Path(self.args.output_dir)
         name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        main = self.args.process_index == 0
         self._staging = run_dir / STAGING
-        shutil.rmtree(self._staging, ignore_errors=True)
+        if main:
+            shutil.rmtree(self._staging, ignore_errors=True)
+        self.accelerator.wait_for_everyone()
         try:
             super()._save_checkpoint(model, trial)
         finally:
             staged, self._staging = self._staging / name, None
-        final = run_dir / name
-        if final.exists():
-            _remove(final)
-        os.replace(staged, final)  # the commit point: before it, resume sees the previous one
-        shutil.rmtree(run_dir / STAGING, ignore_errors=True)
-        for old in sorted(_checkpoints(run_dir), key=_step_of)[: -self.keep_checkpoints]:
-            _remove(old)
+        self.accelerator.wait_for_everyone()
+        if main:
+            final = run_dir / name
+            if final.exists():
+                _remove(final)
+            os.replace(staged, final)  # the commit point: before it, resume sees the previous one
+            shutil.rmtree(run_dir / STAGING, ignore_errors=True)
+            for old in sorted(_checkpoints(run_dir), key=_step_of)[: -self.keep_checkpoints]:
+                _remove(old)
+        self.accelerator.wait_for_everyone()
 
 
 def _checkpoints(run_dir: Path) -> list[Path]:
@@ -454,13 +469,20 @@ def train(
     ``run_info`` (model shape, data paths) is checked on resume and kept in metrics.json.
     ``final_metrics(model)`` adds stage-specific results to metrics.json before ``out`` appears.
     With ``tracking`` on, the run is logged to MLflow as ``stage`` (and reopened on resume).
+
+    Data parallel: started by ``torchrun``/``accelerate launch``, every process runs this
+    function; the Trainer shards the batches, and only the main process logs, evaluates and
+    writes ``out`` (the others return an empty dict).
     """
-    plan = config.plan()
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    main = int(os.environ.get("RANK", "0")) == 0
+    plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(work / STAGING, ignore_errors=True)
     identity = {"config": asdict(config), "run": run_info or {}}
-    _check_same_run(work / "run.json", identity)
+    if main:
+        shutil.rmtree(work / STAGING, ignore_errors=True)
+        _check_same_run(work / "run.json", identity)
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     torch.manual_seed(config.seed)
@@ -492,20 +514,26 @@ def train(
         disable_tqdm=True,
         dataloader_num_workers=0,
         remove_unused_columns=False,
+        ddp_find_unused_parameters=False,  # every weight takes part in every step
     )
+    if args.world_size != world_size:
+        raise UserError(
+            f"the Trainer sees {args.world_size} processes but WORLD_SIZE is {world_size}: "
+            "start data-parallel runs with torchrun or accelerate launch"
+        )
     dataset = PackedBlocks(train_tokens, config.seq_len, plan.sequences, config.seed)
     steps_file = work / STEPS_FILE
     tracker = None
-    if tracking is not None and tracking.enabled:
+    if main and tracking is not None and tracking.enabled:
         tracker = TrainingRun(tracking, work, stage, identity)
-        callbacks = [*callbacks, tracker]
+    reporters = [StepLog(steps_file), ProgressBar(), *([tracker] if tracker else [])]
     trainer = LossHookTrainer(
         model=model,
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
         data_collator=default_data_collator,
-        callbacks=[StepLog(steps_file), ProgressBar(), *callbacks],
+        callbacks=[*(reporters if main else []), *callbacks],
         loss_fn=loss_fn,
         tokens_per_step=config.tokens_per_step,
         keep_checkpoints=config.keep_checkpoints,
@@ -516,6 +544,8 @@ def train(
     try:
         trainer.train(resume_from_checkpoint=resume)
         wall = time.perf_counter() - started
+        if not main:
+            return {}
         metrics = _metrics(config, plan, steps_file, wall, resume)
         if validation_tokens is not None and config.eval_tokens > 0:
             blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)

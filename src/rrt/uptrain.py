@@ -78,7 +78,7 @@ def forward_kl(teacher_logits: Tensor, student_logits: Tensor, temperature: floa
 
 
 def load_teacher(teacher_dir: str | Path, vocab_size: int) -> nn.Module:
-    """The frozen full-size teacher, in bf16 on a GPU (its logits only feed the KL)."""
+    """The frozen full-size teacher; :func:`uptrain_loss` moves it to the student's device."""
     teacher = store.load_model(teacher_dir)
     teacher.requires_grad_(False)
     if teacher.config.get_text_config().vocab_size != vocab_size:
@@ -87,8 +87,6 @@ def load_teacher(teacher_dir: str | Path, vocab_size: int) -> nn.Module:
             f"{teacher.config.get_text_config().vocab_size} tokens, "
             f"the student {vocab_size}: distillation needs the same tokenizer"
         )
-    if torch.cuda.is_available():
-        teacher.to("cuda", dtype=torch.bfloat16)
     return teacher
 
 
@@ -108,6 +106,9 @@ def uptrain_loss(loss: UptrainLoss, teacher: nn.Module | None = None) -> LossFn:
         components = {"ce": ce.detach()}
         total = ce
         if teacher is not None and loss.kd_weight > 0:
+            if teacher.device != ids.device:  # once: the Trainer placed the student and batch
+                dtype = torch.bfloat16 if ids.device.type == "cuda" else torch.float32
+                teacher.to(ids.device, dtype=dtype)  # bf16 on a GPU: its logits only feed the KL
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids).logits
             kd = forward_kl(teacher_logits, final, loss.temperature)
@@ -235,6 +236,8 @@ def _run(args: argparse.Namespace) -> None:
     metrics = uptrain(
         args.model, args.corpus, args.out, config, loss, args.teacher, args.tokenizer, tracking
     )
+    if not metrics:  # a data-parallel process other than the main one
+        return
     held_out = "no held-out evaluation (--eval-tokens 0)"
     if "held_out_exits" in metrics:
         accuracy = [v for k, v in metrics["held_out_exits"].items() if k.startswith("acc")]
