@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
+from dataclasses import replace
 
 import pytest
 from _embedded import RECIPE, corpus, recipe_args, shape_args, tokenizer
@@ -12,6 +15,7 @@ from mlflow import MlflowClient
 
 from rrt.errors import UserError
 from rrt.tracking import RUN_ID_FILE, Tracking, TrainingRun, flatten
+from rrt.train import work_dir
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +76,34 @@ def test_pretraining_logs_params_every_step_and_final_metrics_to_mlflow(data, st
     assert {"metrics.json", "provenance.json"} <= artifacts
 
 
+def test_an_interrupted_job_is_marked_killed_and_its_rerun_finishes_the_same_run(
+    data, store_uri, tmp_path
+):
+    out = tmp_path / "source"
+    recipe = replace(RECIPE, tokens=200 * RECIPE.tokens_per_step, save_every=5)
+    command = [sys.executable, "-m", "rrt", "pretrain", "--corpus", str(data["corpus"]),
+               "--tokenizer", str(data["tokenizer"]), "--out", str(out), *shape_args(),
+               *recipe_args(recipe), "--threads", "1", "--mlflow-uri", store_uri,
+               "--mlflow-experiment", "interrupt-test"]  # fmt: skip
+    proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(work_dir(out).glob("checkpoint-*")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()[-2000:]
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C
+    assert proc.wait(timeout=60) == 130
+    lines = proc.stderr.read().strip().splitlines()
+    assert "interrupted" in lines[-1] and "Traceback" not in "".join(lines)
+    client, (run,) = _runs(store_uri, "interrupt-test")
+    assert run.info.status == "KILLED"
+
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    client, (again,) = _runs(store_uri, "interrupt-test")
+    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
+    history = client.get_metric_history(run.info.run_id, "loss")
+    assert sorted(m.step for m in history) == list(range(1, recipe.plan().steps + 1))
+
+
 def test_a_resumed_job_reopens_its_run_and_does_not_log_replayed_steps_twice(store_uri, tmp_path):
     tracking = Tracking(store_uri, "resume-test", "job")
     first = TrainingRun(tracking, tmp_path, "uptrain", {"config": {"lr": 0.1}})
@@ -85,7 +117,7 @@ def test_a_resumed_job_reopens_its_run_and_does_not_log_replayed_steps_twice(sto
         again.on_log(None, _State(step), None, logs={"loss": 4.0 - step})
     history = again.client.get_metric_history(again.run_id, "loss")
     assert sorted(m.step for m in history) == [1, 2, 3, 4]
-    again.fail()
+    again.end("FAILED")
     assert again.client.get_run(again.run_id).info.status == "FAILED"
 
 

@@ -2,7 +2,8 @@
 
 Every stage module exposes ``add_cli(subparsers)``, which registers its subcommand and sets
 ``func`` to a function taking the parsed arguments. A :class:`rrt.errors.UserError` becomes one
-line on stderr and exit status 2; anything else is a bug and keeps its traceback.
+line on stderr and exit status 2, Ctrl-C one line and 130; anything else is a bug and keeps its
+traceback.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"rrt {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"rrt {args.command}: interrupted; outputs are written atomically, and the same "
+            "command again resumes a training step from its last checkpoint",
+            file=sys.stderr,
+        )
+        return 130
     return 0
 
 

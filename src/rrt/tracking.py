@@ -176,6 +176,6 @@ class TrainingRun(TrainerCallback):
                 self.client.log_artifact(self.run_id, str(name))
         self.client.set_terminated(self.run_id, status="FINISHED")
 
-    def fail(self) -> None:
-        """Mark the run failed (an error, not a kill: a killed job's run stays RUNNING)."""
-        self.client.set_terminated(self.run_id, status="FAILED")
+    def end(self, status: str) -> None:
+        """Mark the run FAILED (an error) or KILLED (Ctrl-C); resuming sets it RUNNING again."""
+        self.client.set_terminated(self.run_id, status=status)

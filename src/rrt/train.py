@@ -411,6 +411,9 @@ class ProgressBar(TrainerCallback):
             self.bar.set_postfix(postfix, refresh=False)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
@@ -526,7 +529,8 @@ def train(
     tracker = None
     if main and tracking is not None and tracking.enabled:
         tracker = TrainingRun(tracking, work, stage, identity)
-    reporters = [StepLog(steps_file), ProgressBar(), *([tracker] if tracker else [])]
+    progress = ProgressBar()
+    reporters = [StepLog(steps_file), progress, *([tracker] if tracker else [])]
     trainer = LossHookTrainer(
         model=model,
         args=args,
@@ -564,9 +568,10 @@ def train(
             write_json(tmp / store.PROVENANCE, store.provenance(stage, identity))
         if tracker is not None:
             tracker.finish(metrics, out, plan.steps)
-    except Exception:
-        if tracker is not None:
-            tracker.fail()
+    except BaseException as err:
+        progress.close()  # before the error's message, not after it at exit
+        if tracker is not None:  # a kill by signal never gets here: its run stays RUNNING
+            tracker.end("KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
     shutil.rmtree(work, ignore_errors=True)
     return metrics
