@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 CORPUS_ARGS=${CORPUS_ARGS:-}; TOKENIZER_ARGS=${TOKENIZER_ARGS:-}; TASKS_ARGS=${TASKS_ARGS:-}
 PRETRAIN_ARGS=${PRETRAIN_ARGS:-}; UPTRAIN_ARGS=${UPTRAIN_ARGS:-}; EARLY_EXIT_ARGS=${EARLY_EXIT_ARGS:---tokens 262144 --lr 5e-4}
-EVAL_ARGS=${EVAL_ARGS:---threads 1}; RANK=${RANK:-32}
+EVAL_ARGS=${EVAL_ARGS:---threads 1}; LORA_RANK=${LORA_RANK:-32}  # not RANK: torchrun's
 mkdir -p "$R"
 step() { local out=$1; shift; if [ -e "$out" ]; then echo "== $out exists, skipped"; else echo "== $*"; "$@"; fi; }
 
@@ -30,7 +30,7 @@ LAYERS=$(python -c "import json,sys; print(json.load(open(sys.argv[1]))['num_hid
 step "$R/reduced"   rrt pretrain --corpus "$R/corpus" --tokenizer "$R/tokenizer" --out "$R/reduced" $PRETRAIN_ARGS --layers $((LAYERS / 2)) --teacher "$R/source"
 step "$R/recursive" rrt convert --source "$R/source" --loops 2 --init stepwise --out "$R/recursive"
 step "$R/recursive-avg" rrt convert --source "$R/source" --loops 2 --init average --out "$R/recursive-avg"
-step "$R/relaxed"   rrt relax --source "$R/source" --recursive "$R/recursive-avg" --rank "$RANK" --out "$R/relaxed"
+step "$R/relaxed"   rrt relax --source "$R/source" --recursive "$R/recursive-avg" --rank "$LORA_RANK" --out "$R/relaxed"
 step "$R/recursive-up" rrt uptrain --model "$R/recursive" --teacher "$R/source" --corpus "$R/corpus" --out "$R/recursive-up" $UPTRAIN_ARGS
 step "$R/relaxed-up"   rrt uptrain --model "$R/relaxed" --teacher "$R/source" --corpus "$R/corpus" --out "$R/relaxed-up" $UPTRAIN_ARGS
 step "$R/relaxed-ee"   rrt uptrain --model "$R/relaxed-up" --teacher "$R/source" --corpus "$R/corpus" --out "$R/relaxed-ee" --early-exit $UPTRAIN_ARGS $EARLY_EXIT_ARGS

@@ -21,7 +21,7 @@ TOY = {
     f"--tokens 8192 {TRAIN}",
     "UPTRAIN_ARGS": f"--tokens 4096 {TRAIN}",
     "EARLY_EXIT_ARGS": "--tokens 2048",
-    "RANK": "4",
+    "LORA_RANK": "4",
     "EVAL_ARGS": "--threads 1 --batch-size 4",
 }
 

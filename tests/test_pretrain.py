@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 from rrt.cli import main
 from rrt.errors import UserError
 from rrt.pretrain import ModelShape, reduced_layers
-from rrt.train import work_dir
+from rrt.train import TrainConfig, work_dir
 
 CONFIG_YAML = Path(__file__).parents[1] / "config" / "config.yaml"
 # Long enough (in steps) that a kill lands mid-run; tiny steps keep it a few seconds.
@@ -68,11 +68,11 @@ def _kill_after_checkpoint(proc: subprocess.Popen, work: Path, step: int) -> Non
     raise AssertionError(f"no checkpoint-{step} within two minutes")
 
 
-def _unbroken(data, out: Path) -> dict:
+def _unbroken(data, out: Path, recipe: TrainConfig = LONG) -> dict:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the subprocesses run (--threads 1): same float sums
     try:
-        assert main(_args(data, out, LONG)) == 0
+        assert main(_args(data, out, recipe)) == 0
     finally:
         torch.set_num_threads(threads)
     return json.loads((out / "metrics.json").read_text())
@@ -141,24 +141,34 @@ def test_config_yaml_source_and_reduced_sections_mirror_the_defaults():
 
 @pytest.mark.slow
 def test_a_run_killed_at_random_moments_still_ends_at_the_unbroken_loss(data, tmp_path):
+    # Each attempt is killed at a random moment within its first second of training, so kills
+    # land in steps and in saves alike (a checkpoint every 7 steps) on fast and slow machines.
+    recipe = replace(RECIPE, tokens=1000 * RECIPE.tokens_per_step, save_every=7)
     out = tmp_path / "killed"
+    steps_file = work_dir(out) / "steps.jsonl"
     rng = random.Random(0)
     kills = 0
     while not out.exists() and kills < 6:
-        proc = _start(_args(data, out, LONG))
+        proc = _start(_args(data, out, recipe))
+        before = steps_file.stat().st_mtime_ns if steps_file.exists() else 0
+        deadline = time.monotonic() + 120
+        while proc.poll() is None and time.monotonic() < deadline:  # wait out the startup
+            if steps_file.exists() and steps_file.stat().st_mtime_ns > before:
+                break  # the step log was (re)written: training has begun
+            time.sleep(0.01)
         try:
-            proc.wait(timeout=rng.uniform(4.0, 9.0))  # startup takes a few seconds
+            proc.wait(timeout=rng.uniform(0.1, 1.0))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
             kills += 1
     if not out.exists():  # a loaded machine: finish the run unkilled, from its checkpoints
-        last = _start(_args(data, out, LONG))
+        last = _start(_args(data, out, recipe))
         last.communicate()  # reads stderr, so a long progress bar cannot fill the pipe
         assert last.returncode == 0
     assert out.exists() and kills >= 2
     resumed = json.loads((out / "metrics.json").read_text())
-    unbroken = _unbroken(data, tmp_path / "unbroken")
+    unbroken = _unbroken(data, tmp_path / "unbroken", recipe)
     assert resumed["final_step"]["loss"] == pytest.approx(unbroken["final_step"]["loss"], abs=1e-6)
 
 

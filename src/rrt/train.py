@@ -478,7 +478,7 @@ def train(
     writes ``out`` (the others return an empty dict).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    main = int(os.environ.get("RANK", "0")) == 0
+    main = world_size == 1 or int(os.environ.get("RANK", "0")) == 0  # RANK alone means nothing
     plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
