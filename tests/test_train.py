@@ -213,3 +213,10 @@ def test_resuming_with_other_settings_is_refused(data, tmp_path):
 
 def test_config_yaml_train_section_mirrors_the_defaults():
     assert yaml.safe_load(CONFIG_YAML.read_text())["train"] == asdict(TrainConfig())
+
+
+def test_a_rank_variable_without_a_world_size_still_trains_and_saves(data, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "4")  # e.g. a shell variable of that name, exported
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    metrics, _ = _run(data, tmp_path / "out")
+    assert metrics["tokens"] == RECIPE.tokens and (tmp_path / "out" / "metrics.json").is_file()
