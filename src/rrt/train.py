@@ -477,15 +477,11 @@ def train(
     function; the Trainer shards the batches, and only the main process logs, evaluates and
     writes ``out`` (the others return an empty dict).
     """
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    main = world_size == 1 or int(os.environ.get("RANK", "0")) == 0  # RANK alone means nothing
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; checked below
     plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     identity = {"config": asdict(config), "run": run_info or {}}
-    if main:
-        shutil.rmtree(work / STAGING, ignore_errors=True)
-        _check_same_run(work / "run.json", identity)
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     torch.manual_seed(config.seed)
@@ -524,6 +520,10 @@ def train(
             f"the Trainer sees {args.world_size} processes but WORLD_SIZE is {world_size}: "
             "start data-parallel runs with torchrun or accelerate launch"
         )
+    main = args.process_index == 0  # the Trainer's own view, as in its checkpoint saving
+    if main:
+        shutil.rmtree(work / STAGING, ignore_errors=True)
+        _check_same_run(work / "run.json", identity)
     dataset = PackedBlocks(train_tokens, config.seq_len, plan.sequences, config.seed)
     steps_file = work / STEPS_FILE
     tracker = None
