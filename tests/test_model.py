@@ -277,3 +277,182 @@ print("OK", type(m).__name__)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "OK RecursiveForCausalLM" in result.stdout
+
+
+# --- the loop index as data ---------------------------------------------------------------------
+
+
+def _calls_of_shared_layer(model: RecursiveForCausalLM, index: int, x: torch.Tensor) -> list:
+    """(hidden, kwargs, output) of every call of shared layer ``index`` (one per loop)."""
+    calls = []
+
+    def before(module, args, kwargs):
+        calls.append([args[0], {k: v for k, v in kwargs.items() if k != "past_key_values"}])
+
+    def after(module, args, kwargs, output):
+        calls[-1].append(output[0] if isinstance(output, tuple) else output)
+
+    layer = model.looped_layers[index]
+    handles = [
+        layer.register_forward_pre_hook(before, with_kwargs=True),
+        layer.register_forward_hook(after, with_kwargs=True),
+    ]
+    try:
+        with torch.no_grad():
+            model(x, use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return calls
+
+
+def _same_call(a: dict, b: dict) -> bool:
+    def same(u, v):
+        if isinstance(u, torch.Tensor) or isinstance(v, torch.Tensor):
+            return isinstance(u, torch.Tensor) and isinstance(v, torch.Tensor) and torch.equal(u, v)
+        if isinstance(u, tuple | list):
+            return len(u) == len(v) and all(same(p, q) for p, q in zip(u, v, strict=True))
+        return u == v
+
+    return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+
+
+# Loops such that some shared layer's loops agree on attention type (mask, rotary), so that one
+# call of the family's layer can hold rows of every loop.
+MIXED_LOOPS = {"gemma2": 3}
+
+
+@pytest.mark.parametrize("relax_vectors", [False, True])
+@torch.no_grad()
+def test_rows_at_different_loops_in_one_call_equal_single_loop_calls(family, relax_vectors):
+    """The engine's primitive: one pass of a shared layer over rows that carry different loop
+    ids gives, row by row, what that row's own position gives (LoRA, biases and norms)."""
+    source = source_model(family, vectors="random" if relax_vectors else "same")
+    loops = MIXED_LOOPS.get(family, 2)
+    model = relax(
+        convert(source, loops=loops, init="average"), source, rank=4, relax_vectors=relax_vectors
+    )
+    x = tokens(batch=loops, length=9)
+    k = model.config.num_shared_layers
+    checked = 0
+    for index in range(k):
+        calls = _calls_of_shared_layer(model, index, x)
+        assert len(calls) == loops
+        if not all(_same_call(calls[0][1], c[1]) for c in calls[1:]):
+            continue  # this layer's loops differ in attention type: rows cannot share a call
+        ids = torch.arange(loops)  # row r runs loop r
+        hidden = torch.stack([calls[r][0][r] for r in range(loops)])
+        mixed = model.looped_layers.at_loops(index, ids)(hidden, **calls[0][1])
+        mixed = mixed[0] if isinstance(mixed, tuple) else mixed
+        for r in range(loops):
+            assert max_diff(mixed[r], calls[r][2][r]) < 1e-5
+        # and the loops really differ, so rows did not all run one loop
+        assert max_diff(calls[0][2][0], calls[1][2][0]) > 1e-4 or relax_vectors
+        checked += 1
+    assert checked, "no shared layer could hold rows of every loop"
+
+
+@torch.no_grad()
+def test_looped_linear_takes_per_token_loop_ids_grouped_by_loop():
+    torch.manual_seed(0)
+    linear = LoopedLinear(8, 6, num_loops=3, rank=2, bias=True, loop_bias=True)
+    torch.nn.init.normal_(linear.lora_B)
+    torch.nn.init.normal_(linear.bias)
+    x = torch.randn(2, 5, 8)
+    ids = torch.randint(0, 3, (2, 5), generator=torch.Generator().manual_seed(1))
+    mixed = linear(x, ids)
+    for loop in range(3):
+        single = linear(x, loop)
+        assert torch.allclose(mixed[ids == loop], single[ids == loop], atol=1e-6)
+    with pytest.raises(RuntimeError, match="needs its loop"):
+        linear(x)
+    with pytest.raises(ValueError, match="loop ids must be in 0..2"):
+        linear(x, torch.full((2, 5), 3))
+
+
+@torch.no_grad()
+def test_a_forward_writes_no_state_on_the_shared_modules():
+    source = source_model("gemma2")
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    before = {
+        name: dict(vars(module)) for name, module in model.named_modules() if "layers" in name
+    }
+    model(tokens(), use_cache=True)
+    model(tokens(), return_loop_logits=True)
+    after = {name: dict(vars(module)) for name, module in model.named_modules() if "layers" in name}
+    assert before.keys() == after.keys()
+    for name in before:
+        changed = {k for k in before[name] if before[name][k] is not after[name].get(k)}
+        assert not changed, f"{name}: {changed}"
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])
+def test_activation_checkpointing_gives_the_same_gradients_with_fewer_saved_activations(family):
+    source = source_model(family)
+    x = tokens(batch=2, length=16)
+
+    def gradients(checkpointing: bool) -> tuple[dict[str, torch.Tensor], int]:
+        model = relax(convert(source, loops=2, init="average"), source, rank=4).train()
+        if checkpointing:
+            model.activation_checkpointing_enable({"use_reentrant": False})
+        saved = []
+
+        def pack(tensor):
+            saved.append(tensor.numel() * tensor.element_size())
+            return tensor
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = model(x, labels=x, return_loop_logits=True)
+            loss = out.loss + out.loop_logits[0].float().pow(2).mean()
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return grads, sum(saved)
+
+    plain, plain_bytes = gradients(False)
+    checkpointed, checkpointed_bytes = gradients(True)
+    assert plain.keys() == checkpointed.keys() and len(plain) > 10
+    for name in plain:
+        assert torch.allclose(plain[name], checkpointed[name], atol=1e-6, rtol=1e-5), name
+    assert checkpointed_bytes < 0.6 * plain_bytes
+
+
+@torch.no_grad()
+def test_loop_exits_survive_accelerates_mixed_precision_output_conversion():
+    """accelerate's bf16 wrapper rebuilds the output from its declared fields: the per-loop exits
+    must be one of them (this lost them before, and crashed GPU uptraining)."""
+    from accelerate.utils import convert_outputs_to_fp32
+
+    source = source_model("llama")
+    model = relax(convert(source, loops=3, init="average"), source, rank=4)
+    forward = convert_outputs_to_fp32(torch.autocast("cpu", dtype=torch.bfloat16)(model.forward))
+    out = forward(tokens(), return_loop_logits=True)
+    assert len(out.loop_logits) == 3
+    assert all(logits.dtype == torch.float32 for logits in out.loop_logits)
+    assert torch.equal(out.loop_logits[-1], out.logits)
+
+
+@torch.no_grad()
+def test_the_compiled_forward_equals_the_eager_one_in_one_graph():
+    import torch._dynamo
+
+    source = source_model("llama")
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    x = tokens()
+    explained = torch._dynamo.explain(model)(x, use_cache=False)
+    assert explained.graph_break_count == 0
+    compiled = torch.compile(model, backend="aot_eager")
+    assert max_diff(compiled(x, use_cache=False).logits, model(x, use_cache=False).logits) < 1e-5
+
+
+@torch.no_grad()
+def test_conversion_and_relaxation_keep_the_sources_dtype():
+    source = source_model("llama")
+    half = source_model("llama").to(torch.bfloat16)
+    x = tokens()
+    for init in ("average", "random"):
+        recursive = convert(half, loops=2, init=init)
+        assert {p.dtype for p in recursive.parameters()} == {torch.bfloat16}
+    relaxed = relax(convert(half, loops=2, init="average"), half, rank=4)
+    assert {p.dtype for p in relaxed.parameters()} == {torch.bfloat16}
+    reference = relax(convert(source, loops=2, init="average"), source, rank=4)
+    assert max_diff(relaxed(x).logits.float(), reference(x).logits) < 0.1

@@ -84,8 +84,7 @@ def convert(
 
     config = RecursiveConfig(text_config=copy.deepcopy(source.config), num_loops=loops, init=init)
     torch.manual_seed(seed)  # the fresh init of `random`
-    dtype = next(source.parameters()).dtype
-    model = RecursiveForCausalLM(config).to(dtype)
+    model = build_like(config, source)
     copy_outside_layers(model, source)
 
     layers = source_layers(source)
@@ -96,8 +95,17 @@ def convert(
             states = [layers[j].state_dict() for j in group]
             for position in range(i, num_layers, k):
                 for name, target in model.position_parameters(position).items():
-                    target.copy_(torch.stack([s[name] for s in states]).mean(0))
+                    mean = torch.stack([s[name].float() for s in states]).mean(0)
+                    target.copy_(mean)  # averaged in fp32 whatever the source's dtype
     return model.eval()
+
+
+def build_like(config: RecursiveConfig, reference: torch.nn.Module) -> RecursiveForCausalLM:
+    """A fresh recursive model on the device and in the dtype of ``reference``'s weights, built
+    there directly (a GPU source never round-trips through host memory)."""
+    weight = next(reference.parameters())
+    with torch.device(weight.device):
+        return RecursiveForCausalLM._from_config(config, dtype=weight.dtype)
 
 
 def _convert_cli(args: argparse.Namespace) -> None:
@@ -106,7 +114,7 @@ def _convert_cli(args: argparse.Namespace) -> None:
     config = store.load_config(args.source)  # fail on bad arguments before loading weights
     family_of(config.model_type)
     check_loops(config.num_hidden_layers, args.loops)
-    source = store.load_model(args.source)
+    source = store.load_model(args.source, device=args.device)
     model = convert(source, loops=args.loops, init=args.init, seed=args.seed)
     prov = store.provenance(
         "convert",
@@ -128,15 +136,18 @@ def source_dtype(path: str) -> torch.dtype | None:
     return dtype if isinstance(dtype, torch.dtype) else None
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "convert", help="turn a source model into a recursive model (K shared layers x B loops)"
-    )
+def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="source model directory (save_pretrained)")
     p.add_argument("--loops", type=int, required=True, help="B: loops of the shared block")
     p.add_argument(
         "--init", default="stepwise", help=f"shared-layer initialisation: {', '.join(INITS)}"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=store.DEVICES,
+        help="where the conversion runs (auto: the GPU when there is one)",
+    )
     p.add_argument("--out", required=True, help="output model directory")
     p.set_defaults(func=_convert_cli)

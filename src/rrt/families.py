@@ -23,6 +23,8 @@ class Family:
     final_norm: str  # path of the norm before the head, shared by every loop's exit
     attention: tuple[str, ...]  # the block's attention linears, relative to a decoder layer
     mlp: tuple[str, ...]  # the block's MLP linears, relative to a decoder layer
+    # Norms that see [batch, heads, seq, dim] rather than tokens first (per-token loops need it).
+    heads_first_norms: tuple[str, ...] = ()
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -42,8 +44,15 @@ _LLAMA_LIKE_ATTENTION = (
 _LLAMA_LIKE_MLP = ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
 
 
-def _llama_like(name: str) -> Family:
-    return Family(name, "model.layers", "model.norm", _LLAMA_LIKE_ATTENTION, _LLAMA_LIKE_MLP)
+def _llama_like(name: str, heads_first_norms: tuple[str, ...] = ()) -> Family:
+    return Family(
+        name,
+        "model.layers",
+        "model.norm",
+        _LLAMA_LIKE_ATTENTION,
+        _LLAMA_LIKE_MLP,
+        heads_first_norms,
+    )
 
 
 # Keyed by the source config's `model_type`.
@@ -53,7 +62,9 @@ FAMILIES: dict[str, Family] = {
     "qwen3": _llama_like("Qwen3"),
     "gemma": _llama_like("Gemma"),
     "gemma2": _llama_like("Gemma 2"),
-    "gemma3_text": _llama_like("Gemma 3 (text)"),
+    "gemma3_text": _llama_like(
+        "Gemma 3 (text)", heads_first_norms=("self_attn.q_norm", "self_attn.k_norm")
+    ),
     "gpt_neox": Family(
         "GPT-NeoX (Pythia)",
         "gpt_neox.layers",

@@ -6,10 +6,15 @@ carries one LoRA per loop (its B virtual positions), so position l computes W' x
 
 The family's own ``*ForCausalLM`` (embeddings, masks, rotary, final norm, head, softcapping) runs
 unchanged around the loop: its decoder-layer list is a :class:`LoopedLayers`, which holds the K
-shared layers as parameters but presents the N virtual positions to the family's forward. Each
-virtual position sets the shared layer's position-dependent state before it runs: the attention's
-``layer_idx`` (so the KV cache is keyed by virtual depth, never by the shared layer), sliding
-window and layer type, and the loop index that picks the LoRA.
+shared layers as parameters and presents N *position views* to the family's forward. A view is a
+copy of its shared layer's module tree that shares the layer's parameters, buffers and hooks, and
+differs only in what belongs to its position, fixed when the view is built: the loop its looped
+linears and norms run (an argument of :meth:`LoopedLinear.forward`), the attention's
+``layer_idx`` (so the KV cache is keyed by virtual depth, never by the shared layer), and the
+sliding window and layer type where the family varies them. No forward writes state on a
+module, so activation checkpointing recomputes exactly what ran and ``torch.compile`` sees
+ordinary modules. :meth:`LoopedLayers.at_loops` gives a view whose rows carry their own loops,
+which the serving engine runs to mix loops in one pass.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -27,6 +32,7 @@ from huggingface_hub.dataclasses import strict
 from torch import nn
 from transformers import AutoConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
 from transformers.configuration_utils import SubConfigSpec
+from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from rrt.families import Family, check_layer, family_of
@@ -101,12 +107,52 @@ class RecursiveConfig(PreTrainedConfig):
             raise ValueError(f"lora_rank {bad}: keys must be {LORA_KINDS}, ranks >= 0")
 
 
+Loop = int | torch.Tensor
+"""A loop index: one int for every token of a call, or per-token ids (a LongTensor whose shape is
+the input's leading token dimensions, e.g. [batch, seq])."""
+
+
+def token_loops(loops: torch.Tensor, x: torch.Tensor, heads_first: bool = False) -> torch.Tensor:
+    """Per-token loop ids as one flat row index over ``x.shape[:-1]``.
+
+    ``loops`` covers the leading token dimensions ([batch] or [batch, seq]); the dimensions of
+    ``x`` after them (seq, heads) repeat each one's loop. ``heads_first`` is for inputs laid out
+    [batch, heads, seq, dim].
+    """
+    lead = tuple(x.shape[:-1])
+    ids = loops.to(device=x.device, dtype=torch.long)
+    if heads_first and len(lead) == 3:  # [batch, heads, seq]: the loop ids skip the heads
+        if tuple(ids.shape) == (lead[0],):
+            return ids[:, None, None].expand(lead).reshape(-1)
+        if tuple(ids.shape) == (lead[0], lead[2]):
+            return ids[:, None, :].expand(lead).reshape(-1)
+    if lead[: ids.dim()] != tuple(ids.shape):
+        raise ValueError(
+            f"loop ids of shape {tuple(ids.shape)} do not match the leading dimensions of an "
+            f"input of shape {tuple(x.shape)}"
+        )
+    return ids.reshape(*ids.shape, *(1,) * (len(lead) - ids.dim())).expand(lead).reshape(-1)
+
+
+def loop_groups(ids: torch.Tensor, num_loops: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(loop, row indices) for each loop present in flat ``ids``: B groups at most."""
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_loops):
+        raise ValueError(f"loop ids must be in 0..{num_loops - 1}, got {ids.unique().tolist()}")
+    for loop in range(num_loops):
+        rows = (ids == loop).nonzero().squeeze(1)
+        if rows.numel():
+            yield loop, rows
+
+
 class LoopedLinear(nn.Module):
     """A shared linear with one LoRA per loop: y = W' x + b + B_j A_j x (eq. 4), scaling 1.
 
-    ``loop`` selects j; the virtual position sets it before each call. The LoRA is stacked over
-    loops (lora_A: [B, r, in], lora_B: [B, out, r]) so the B adapters of a linear live together.
+    The loop j is an argument: :meth:`forward` takes it, and a position view carries its own as
+    ``loop`` (the registered module has none, so calling it without one is an error). The LoRA is
+    stacked over loops (lora_A: [B, r, in], lora_B: [B, out, r]).
     """
+
+    loop: Loop | None = None  # set on position views only, when they are built
 
     def __init__(
         self,
@@ -124,7 +170,6 @@ class LoopedLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.num_loops = num_loops
         self.rank = min(rank, in_features, out_features)
-        self.loop = 0
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **kw))
         if bias:
             shape = (num_loops, out_features) if loop_bias else (out_features,)
@@ -146,13 +191,35 @@ class LoopedLinear(nn.Module):
     def loop_bias(self) -> bool:
         return self.bias is not None and self.bias.dim() == 2
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        j = self.loop
-        bias = self.bias[j] if self.loop_bias else self.bias
-        y = F.linear(x, self.weight, bias)
-        if self.rank:
-            y = y + F.linear(F.linear(x, self.lora_A[j]), self.lora_B[j])
-        return y
+    def forward(self, x: torch.Tensor, loop: Loop | None = None) -> torch.Tensor:
+        loop = self.loop if loop is None else loop
+        if loop is None:
+            raise RuntimeError("a looped linear needs its loop: call a position view, or pass loop")
+        if isinstance(loop, int):
+            bias = self.bias[loop] if self.loop_bias else self.bias
+            y = F.linear(x, self.weight, bias)
+            if self.rank:
+                y = y + F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
+            return y
+        return self._per_token(x, loop)
+
+    def _per_token(self, x: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
+        """Rows grouped by loop: the shared matmul once, then each present loop's LoRA on its rows
+        (B groups at most)."""
+        flat = x.reshape(-1, self.in_features)
+        y = F.linear(flat, self.weight, None if self.loop_bias else self.bias)
+        if self.rank or self.loop_bias:
+            for loop, rows in loop_groups(token_loops(loops, x), self.num_loops):
+                part = flat.index_select(0, rows)
+                delta = (
+                    F.linear(F.linear(part, self.lora_A[loop]), self.lora_B[loop])
+                    if self.rank
+                    else torch.zeros(len(rows), self.out_features, dtype=y.dtype, device=y.device)
+                )
+                if self.loop_bias:
+                    delta = delta + self.bias[loop]
+                y = y.index_add(0, rows, delta.to(y.dtype))
+        return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (
@@ -162,69 +229,107 @@ class LoopedLinear(nn.Module):
 
 
 class LoopedNorm(nn.Module):
-    """One copy of a norm per loop (only with ``relax_vectors``); ``loop`` selects the copy."""
+    """One copy of a norm per loop (only with ``relax_vectors``); the loop picks the copy.
 
-    def __init__(self, norms: list[nn.Module]) -> None:
-        super().__init__()
-        self.loops = nn.ModuleList(norms)
-        self.loop = 0
-
-    def forward(self, *args: Any, **kwargs: Any) -> Any:
-        return self.loops[self.loop](*args, **kwargs)
-
-
-class VirtualLayer:
-    """Virtual position l of the loop: shared layer l mod K in loop l // K.
-
-    Not an ``nn.Module``: it owns no parameters, it only sets the shared layer's
-    position-dependent state and calls it.
+    ``heads_first`` marks a norm that sees [batch, heads, seq, dim] (Gemma 3's q/k norms), so that
+    per-token loop ids find their rows.
     """
 
-    def __init__(
-        self,
-        layer: nn.Module,
-        loop: int,
-        state: list[tuple[nn.Module, str, Any]],
-        looped: list[nn.Module],
-    ) -> None:
-        self.layer, self.loop, self.state, self.looped = layer, loop, state, looped
-        self.own = {name: value for module, name, value in state if module is layer}
-        self.sink: list[torch.Tensor] | None = (
-            None  # set on a loop's last position to record its exit
-        )
+    loop: Loop | None = None  # set on position views only
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        for module, name, value in self.state:
-            setattr(module, name, value)
-        for module in self.looped:
-            module.loop = self.loop
-        out = self.layer(*args, **kwargs)
-        if self.sink is not None:
-            self.sink.append(out)
-        return out
+    def __init__(self, norms: list[nn.Module], heads_first: bool = False) -> None:
+        super().__init__()
+        self.loops = nn.ModuleList(norms)
+        self.heads_first = heads_first
 
-    def __getattr__(self, name: str) -> Any:
-        # The family's forward may read e.g. `decoder_layer.attention_type` before calling.
-        own = self.__dict__.get("own", {})
-        return own[name] if name in own else getattr(self.layer, name)
+    def forward(self, x: torch.Tensor, loop: Loop | None = None) -> torch.Tensor:
+        loop = self.loop if loop is None else loop
+        if loop is None:
+            raise RuntimeError("a looped norm needs its loop: call a position view, or pass loop")
+        if isinstance(loop, int):
+            return self.loops[loop](x)
+        flat = x.reshape(-1, x.shape[-1])
+        groups = list(loop_groups(token_loops(loop, x, self.heads_first), len(self.loops)))
+        parts = [(rows, self.loops[j](flat.index_select(0, rows))) for j, rows in groups]
+        y = flat.new_zeros(flat.shape, dtype=parts[0][1].dtype) if parts else flat
+        for rows, part in parts:
+            y = y.index_copy(0, rows, part)
+        return y.view(x.shape)
+
+
+# --- position views -----------------------------------------------------------------------------
+
+
+def _view(module: nn.Module, overrides: dict[str, dict[str, Any]], pairs: list, path: str = ""):
+    """A copy of ``module``'s tree sharing its parameters, buffers and hooks (the same dicts), with
+    ``overrides[path]`` set on the copy at ``path``; records (view, origin, overridden names)."""
+    view = copy.copy(module)  # a shallow copy: _parameters, _buffers and hook dicts are shared
+    view.__dict__["_modules"] = {
+        name: _view(child, overrides, pairs, f"{path}{name}.") if child is not None else None
+        for name, child in module._modules.items()
+    }
+    own = overrides.get(path.rstrip("."), {})
+    view.__dict__.update(own)
+    pairs.append((view, module, frozenset(own)))
+    return view
+
+
+def _refresh(pairs: list) -> None:
+    """Copy what changed on the shared modules since the views were built (the training flag,
+    activation checkpointing) onto the views, keeping what each view fixes for its position."""
+    for view, origin, own in pairs:
+        for name, value in origin.__dict__.items():
+            if name == "_modules" or name in own:
+                continue
+            if getattr(value, "__self__", None) is origin:
+                continue  # a method patched onto the shared module would run it, not the view
+            view.__dict__[name] = value
 
 
 class LoopedLayers(nn.ModuleList):
-    """K shared decoder layers, seen by the family's forward as N = K * B virtual layers.
+    """K shared decoder layers, seen by the family's forward as N = K * B position views.
 
     Registered children (and so the state dict) are the K shared layers; iteration and slicing
-    yield the virtual positions in CYCLE order, truncated to ``exit_loop`` loops when set.
+    yield the position views in CYCLE order, truncated to ``exit_loop`` loops when set.
     """
 
-    def __init__(self, layers: list[nn.Module], positions: list[VirtualLayer]) -> None:
+    def __init__(self, layers: list[nn.Module], overrides: list[dict[str, dict[str, Any]]]) -> None:
         super().__init__(layers)
-        self.positions = positions
+        k = len(layers)
+        self.overrides = overrides
+        self._pairs: list = []
+        self.positions = [
+            _view(layers[p % k], overrides[p], self._pairs) for p in range(len(overrides))
+        ]
         self.exit_loop: int | None = None
 
-    def virtual(self) -> list[VirtualLayer]:
+    def virtual(self) -> list[nn.Module]:
         if self.exit_loop is None:
             return self.positions
         return self.positions[: self.exit_loop * len(self)]
+
+    def at_loops(self, index: int, loops: torch.Tensor) -> nn.Module:
+        """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
+
+        One call then runs tokens of different loops through the layer, each with its loop's
+        LoRA (grouped by loop, never row by row). What else depends on the position (the
+        attention's KV slot, its sliding window) is None here: a caller that mixes depths in one
+        call brings its own KV cache and attention masks.
+        """
+        mixed: dict[str, dict[str, Any]] = {}
+        for p in range(index, len(self.positions), len(self)):
+            for path, attrs in self.overrides[p].items():
+                for name in attrs:
+                    mixed.setdefault(path, {})[name] = loops if name == "loop" else None
+        return _view(self[index], mixed, [])
+
+    def train(self, mode: bool = True) -> LoopedLayers:
+        super().train(mode)
+        _refresh(self._pairs)
+        return self
+
+    def refresh(self) -> None:
+        _refresh(self._pairs)
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.virtual())
@@ -234,23 +339,11 @@ class LoopedLayers(nn.ModuleList):
             return self.virtual()[idx]
         return super().__getitem__(idx)
 
-    @contextmanager
-    def recording(self, sink: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
-        """Append the hidden state leaving each loop to ``sink`` while the block is active."""
-        ends = self.positions[len(self) - 1 :: len(self)]
-        for position in ends:
-            position.sink = sink
-        try:
-            yield sink
-        finally:
-            for position in ends:
-                position.sink = None
-
     def extra_repr(self) -> str:
         return f"{len(self)} shared layers x {len(self.positions) // len(self)} loops"
 
     def __repr__(self) -> str:
-        return nn.Module.__repr__(self)  # the shared layers, not the virtual positions
+        return nn.Module.__repr__(self)  # the shared layers, not the position views
 
 
 def _position_state(layer_cls: type, text_config: PreTrainedConfig, position: int) -> dict:
@@ -275,6 +368,15 @@ def _is_norm(module: nn.Module) -> bool:
     )
 
 
+@dataclass
+class RecursiveCausalLMOutput(CausalLMOutputWithPast):
+    """The family's causal-LM output plus ``loop_logits``: every loop's exit logits (through the
+    shared final norm and head), the last being ``logits``. A declared field, so wrappers that
+    rebuild outputs from their fields (accelerate's mixed precision, DDP) keep it."""
+
+    loop_logits: tuple[torch.FloatTensor, ...] | None = None
+
+
 class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
     """A (relaxed) recursive model around the source family's own causal LM."""
 
@@ -286,9 +388,8 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    _can_compile_fullgraph = False
-    # Checkpoint recomputation would run after later positions changed the shared layer's state.
-    supports_gradient_checkpointing = False
+    _can_compile_fullgraph = False  # transformers' output capture (loop exits) sets a ContextVar
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: RecursiveConfig) -> None:
         super().__init__(config)
@@ -306,23 +407,25 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
             self._loop_layer(layer)
 
         states = [_position_state(type(shared[0]), text, p) for p in range(depth)]
-        positions = []
+        looped = [
+            path
+            for path, m in shared[0].named_modules()
+            if isinstance(m, LoopedLinear | LoopedNorm)
+        ]
+        overrides: list[dict[str, dict[str, Any]]] = []
         for p in range(depth):
-            layer = shared[p % k]
-            # Attributes that differ between the positions sharing this layer are set per call.
-            keys = {
+            # What differs between the positions sharing this layer is fixed on each one's view.
+            varying = {
                 key
                 for q in range(p % k, depth, k)
                 for key in states[q]
                 if states[q][key] != states[p][key]
             }
-            state = [
-                (layer.get_submodule(path), name, states[p][(path, name)])
-                for path, name in sorted(keys)
-            ]
-            looped = [m for m in layer.modules() if isinstance(m, LoopedLinear | LoopedNorm)]
-            positions.append(VirtualLayer(layer, p // k, state, looped))
-        self.lm.set_submodule(self.family.layers, LoopedLayers(shared, positions))
+            own: dict[str, dict[str, Any]] = {path: {"loop": p // k} for path in looped}
+            for path, name in sorted(varying):
+                own.setdefault(path, {})[name] = states[p][(path, name)]
+            overrides.append(own)
+        self.lm.set_submodule(self.family.layers, LoopedLayers(shared, overrides))
         self.post_init()
 
     def _loop_layer(self, layer: nn.Module) -> None:
@@ -351,7 +454,7 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
             for name in norms:
                 old = layer.get_submodule(name)
                 copies = [old] + [copy.deepcopy(old) for _ in range(cfg.num_loops - 1)]
-                looped = LoopedNorm(copies)
+                looped = LoopedNorm(copies, heads_first=name in self.family.heads_first_norms)
                 looped._is_hf_initialized = True
                 layer.set_submodule(name, looped)
 
@@ -373,6 +476,10 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         if loop is not None and not 1 <= loop <= self.num_loops:
             raise ValueError(f"exit loop {loop} must be in 1..{self.num_loops} (or None)")
         self.looped_layers.exit_loop = loop
+
+    def _set_gradient_checkpointing(self, *args: Any, **kwargs: Any) -> None:
+        super()._set_gradient_checkpointing(*args, **kwargs)
+        self.looped_layers.refresh()  # the position views checkpoint as their shared layers do
 
     def position_parameters(self, position: int) -> dict[str, torch.Tensor]:
         """Views of the parameters virtual position ``position`` runs with, LoRA excluded, named
@@ -416,7 +523,7 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         cap = getattr(self.config.text_config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def loop_logits(self, input_ids: torch.Tensor, **kwargs: Any) -> list[torch.Tensor]:
+    def loop_logits(self, input_ids: torch.Tensor, **kwargs: Any) -> tuple[torch.Tensor, ...]:
         """Logits of every loop's exit in one forward pass, the last being the full-depth logits.
 
         Early-exit training (paper sec. 3.7) puts a loss on each of them. Training code calls
@@ -459,23 +566,48 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         return_loop_logits: bool = False,
+        return_dict: bool | None = None,
         **kwargs: Any,
-    ) -> Any:
+    ) -> RecursiveCausalLMOutput | tuple:
         """The family's forward over the looped layers. ``return_loop_logits`` adds
-        ``loop_logits``: every loop's exit logits, the last being ``logits``."""
-        hidden: list[torch.Tensor] = []
-        with self.looped_layers.recording(hidden) if return_loop_logits else nullcontext():
-            out = self.lm(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                position_ids=position_ids,
-                past_key_values=past_key_values,
-                inputs_embeds=inputs_embeds,
-                labels=labels,
-                use_cache=use_cache,
-                logits_to_keep=logits_to_keep,
-                **kwargs,
-            )
+        ``loop_logits``: every loop's exit logits, the last being ``logits``.
+
+        The hidden states leaving each loop come from transformers' own output capture, asked
+        for only the B - 1 intermediate exits (``output_hidden_states`` as indices).
+        """
+        loops = self.looped_layers.exit_loop or self.num_loops
+        k = self.config.num_shared_layers
+        asked = kwargs.get("output_hidden_states")
+        if return_loop_logits and not asked:
+            kwargs["output_hidden_states"] = [loop * k for loop in range(1, loops)] or False
+        out = self.lm(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
+            logits_to_keep=logits_to_keep,
+            return_dict=True,
+            **kwargs,
+        )
+        exits = None
         if return_loop_logits:
-            out.loop_logits = [self.exit_logits(h) for h in hidden[:-1]] + [out.logits]
-        return out
+            keep = (
+                slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+            )
+            hidden = out.hidden_states or ()
+            exits = tuple(
+                self.exit_logits(hidden[loop * k][:, keep]) for loop in range(1, loops)
+            ) + (out.logits,)
+        output = RecursiveCausalLMOutput(
+            loss=out.loss,
+            logits=out.logits,
+            past_key_values=out.past_key_values,
+            hidden_states=out.hidden_states if asked else None,
+            attentions=out.attentions,
+            loop_logits=exits,
+        )
+        use_dict = return_dict if return_dict is not None else self.config.return_dict
+        return output if use_dict else output.to_tuple()

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel
 
 from rrt import store
-from rrt.convert import copy_outside_layers, source_dtype, source_layers
+from rrt.convert import build_like, copy_outside_layers, source_dtype, source_layers
 from rrt.errors import UserError
 from rrt.modeling import LORA_KINDS, RecursiveForCausalLM
 
@@ -49,11 +49,15 @@ def parse_rank(value: int | str | dict[str, int]) -> dict[str, int]:
 def svd_init(
     residual: torch.Tensor, rank: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(A [r, in], B [out, r]) with B A the best rank-r approximation of ``residual`` (eq. 5)."""
+    """(A [r, in], B [out, r]) with B A the best rank-r approximation of ``residual`` (eq. 5).
+
+    The SVD runs in float64 on the residual's device (the GPU when the model is there), which
+    keeps full rank exact whatever the weights' dtype.
+    """
     out_features, in_features = residual.shape
     if not residual.any():
         a = torch.randn(rank, in_features, generator=generator, dtype=torch.float64) / rank
-        return a, torch.zeros(out_features, rank, dtype=torch.float64)
+        return a.to(residual.device), residual.new_zeros(out_features, rank, dtype=torch.float64)
     u, s, vh = torch.linalg.svd(residual.to(torch.float64), full_matrices=False)
     return vh[:rank], u[:, :rank] * s[:rank]
 
@@ -87,8 +91,7 @@ def relax(
         )
     config = copy.deepcopy(recursive.config)
     config.lora_rank, config.relax_vectors = ranks, relax_vectors
-    dtype = next(recursive.parameters()).dtype
-    model = RecursiveForCausalLM(config).to(dtype)
+    model = build_like(config, recursive)
     copy_outside_layers(model, recursive.lm)
 
     generator = torch.Generator().manual_seed(seed)
@@ -106,7 +109,10 @@ def relax(
                 if views is None:
                     continue
                 a_view, b_view = views
-                residual = wanted[f"{linear}.weight"] - shared[f"{linear}.weight"]
+                residual = (
+                    wanted[f"{linear}.weight"].to(a_view.device, torch.float64)
+                    - shared[f"{linear}.weight"].double()
+                )
                 a, b = svd_init(residual, a_view.shape[0], generator)
                 a_view.copy_(a)
                 b_view.copy_(b)
@@ -115,8 +121,8 @@ def relax(
 
 def _relax_cli(args: argparse.Namespace) -> None:
     ranks = parse_rank(args.rank)
-    recursive = store.load_model(args.recursive)
-    source = store.load_model(args.source)
+    recursive = store.load_model(args.recursive, device=args.device)
+    source = store.load_model(args.source, device=args.device)
     model = relax(recursive, source, ranks, relax_vectors=args.relax_vectors, seed=args.seed)
     prov = store.provenance(
         "relax",
@@ -138,8 +144,7 @@ def _relax_cli(args: argparse.Namespace) -> None:
     print(f"relaxed model (rank {ranks}) written to {args.out}")
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("relax", help="add SVD-initialised per-position LoRAs to a recursive model")
+def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--source", required=True, help="the source model directory the recursive model came from"
     )
@@ -154,6 +159,12 @@ def add_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the Gaussian A where the residual is zero"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        choices=store.DEVICES,
+        help="where the SVDs run (auto: the GPU when there is one)",
     )
     p.add_argument("--out", required=True, help="output model directory")
     p.set_defaults(func=_relax_cli)

@@ -86,14 +86,35 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     return AutoConfig.from_pretrained(str(model_dir(path)))
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str | None) -> str:
+    """``cpu`` or ``cuda``; ``auto`` (or None) is the GPU when torch sees one."""
+    device = device or "auto"
+    if device not in DEVICES:
+        raise UserError(f"device {device!r} is not one of {', '.join(DEVICES)}")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
 def load_model(
-    path: str | os.PathLike[str], dtype: torch.dtype | str = torch.float32
+    path: str | os.PathLike[str],
+    dtype: torch.dtype | str = torch.float32,
+    device: str | None = "cpu",
 ) -> PreTrainedModel:
-    """Load any model the workflow makes (source, recursive, relaxed) in ``dtype``."""
+    """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``
+    (``auto``: the GPU when there is one)."""
     import rrt  # noqa: F401  (registers the recursive model type)
 
     path = model_dir(path)
+    device = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    if device != "cpu":
+        model.to(device)
     model.eval()
     return model
 
