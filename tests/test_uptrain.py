@@ -135,6 +135,52 @@ def test_uptraining_is_tracked_in_mlflow_with_its_held_out_exits(workspace, tmp_
     assert json.loads(run.data.params["run.loss.kd_weight"]) == 0.0
 
 
+@pytest.mark.parametrize("early_exit", [False, True])
+def test_bf16_mixed_precision_uptraining_keeps_the_loop_exits_and_saves(
+    workspace, tmp_path, early_exit
+):
+    """accelerate's bf16 mixed precision (the GPU default) wraps the forward; on the CPU it runs
+    the same wrapper. Both held-out exits and early-exit training read the per-loop exits."""
+    from rrt.cli import main
+
+    out = tmp_path / "bf16"
+    args = ["uptrain", "--model", str(workspace["relaxed"]),
+            "--teacher", str(workspace["source"]), "--corpus", str(workspace["corpus"]),
+            "--out", str(out), "--precision", "bf16"]  # fmt: skip
+    for key, value in TINY_TRAIN.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    assert main(args + (["--early-exit"] if early_exit else [])) == 0
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["run"]["precision"] == "bf16"
+    assert set(saved["held_out_exits"]) == {"ce_loop1", "ce_loop2", "acc_loop1", "acc_loop2"}
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert ("ce_loop1" in steps[0]) == early_exit
+    assert (out / "model.safetensors").is_file()
+
+
+def test_gradient_checkpointing_trains_to_the_same_loss(workspace, tmp_path):
+    config = dict(TINY_TRAIN, tokens=1024, eval_tokens=0)
+    runs = {}
+    for checkpointing in (False, True):
+        out = tmp_path / f"gc-{checkpointing}"
+        uptrain(
+            workspace["relaxed"], workspace["corpus"], out,
+            TrainConfig(**config, gradient_checkpointing=checkpointing),
+            UptrainLoss(kd_weight=0.0, early_exit=True),
+        )  # fmt: skip
+        runs[checkpointing] = [
+            json.loads(line)["loss"] for line in (out / "steps.jsonl").read_text().splitlines()
+        ]
+    assert runs[True] == pytest.approx(runs[False], rel=1e-5)
+
+
+def test_an_unknown_precision_fails_clearly(workspace, tmp_path):
+    with pytest.raises(UserError, match="precision 'fp16' is not one of auto, bf16, fp32"):
+        uptrain(workspace["recursive"], workspace["corpus"], tmp_path / "p",
+                TrainConfig(**TINY_TRAIN, precision="fp16"),
+                UptrainLoss(kd_weight=0.0))  # fmt: skip
+
+
 def test_bad_uptrain_settings_fail_clearly(workspace, tmp_path):
     config = TrainConfig(**TINY_TRAIN)
     with pytest.raises(UserError, match="needs a --teacher"):

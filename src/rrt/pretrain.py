@@ -28,6 +28,7 @@ from rrt.train import (
     add_config_arguments,
     causal_lm_loss,
     config_from_arguments,
+    resolve_precision,
     token_file,
     train,
 )
@@ -113,7 +114,8 @@ def pretrain(
     model = LlamaForCausalLM(llama_config(shape, tokenizer, config.seq_len))
     loss_fn = causal_lm_loss
     if teacher_dir is not None and loss.kd_weight > 0:
-        loss_fn = uptrain_loss(loss, load_teacher(teacher_dir, model.config.vocab_size))
+        teacher = load_teacher(teacher_dir, model.config.vocab_size)
+        loss_fn = uptrain_loss(loss, teacher, resolve_precision(config.precision))
     run_info = {
         "model": asdict(shape),
         "architecture": "LlamaForCausalLM",
@@ -137,13 +139,9 @@ def pretrain(
     )
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "pretrain",
-        help="pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument(
         "--tokenizer", required=True, type=Path, help="folder written by `rrt tokenizer`"

@@ -92,6 +92,8 @@ class TrainConfig:
     save_every: int = 100  # optimizer steps between checkpoints
     keep_checkpoints: int = 2
     eval_tokens: int = 65_536  # validation tokens for the final loss (0: skip)
+    precision: str = "auto"  # bf16 (mixed, through accelerate) | fp32 | auto: bf16 on a GPU
+    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory
 
     def plan(self, world_size: int = 1) -> TrainPlan:
         """Steps and per-process accumulation from the budget, or a UserError naming the bad value.
@@ -99,6 +101,7 @@ class TrainConfig:
         With ``world_size`` data-parallel processes each micro-batch step covers ``world_size``
         micro-batches, so accumulation shrinks and the tokens per optimizer step stay the same.
         """
+        resolve_precision(self.precision)
         for name in ("tokens", "seq_len", "tokens_per_step", "micro_batch_size", "save_every"):
             if getattr(self, name) <= 0:
                 raise UserError(f"train {name} must be positive, got {getattr(self, name)}")
@@ -113,6 +116,22 @@ class TrainConfig:
         steps = math.ceil(self.tokens / self.tokens_per_step)
         sequences = steps * accumulation * self.micro_batch_size * world_size
         return TrainPlan(steps, accumulation, sequences)
+
+
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+def resolve_precision(precision: str) -> str:
+    """``bf16`` or ``fp32``: ``auto`` is bf16 on a GPU that has it, fp32 on the CPU (exact and
+    resumable bit for bit). bf16 is mixed precision: fp32 weights, bf16 autocast."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError("precision bf16: this GPU has no bf16 support; use --precision fp32")
+    return precision
 
 
 @dataclass(frozen=True)
@@ -481,11 +500,14 @@ def train(
     plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
-    identity = {"config": asdict(config), "run": run_info or {}}
+    precision = resolve_precision(config.precision)
+    identity = {"config": asdict(config), "run": {**(run_info or {}), "precision": precision}}
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     torch.manual_seed(config.seed)
     cuda = torch.cuda.is_available()
+    if config.gradient_checkpointing and not getattr(model, "supports_gradient_checkpointing", 0):
+        raise UserError(f"{type(model).__name__} does not support gradient checkpointing")
     args = TrainingArguments(
         output_dir=str(work),
         max_steps=plan.steps,
@@ -500,8 +522,10 @@ def train(
         adam_beta1=config.adam_beta1,
         adam_beta2=config.adam_beta2,
         max_grad_norm=config.grad_clip,
-        bf16=cuda and torch.cuda.is_bf16_supported(),  # fp32 on CPU: exact and resumable
+        bf16=precision == "bf16",
         use_cpu=not cuda,
+        activation_checkpointing=config.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         seed=config.seed,
         data_seed=config.seed,
         logging_strategy="steps",

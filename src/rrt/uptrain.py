@@ -35,6 +35,7 @@ from rrt.train import (
     add_config_arguments,
     config_from_arguments,
     evaluate_loss,
+    resolve_precision,
     token_file,
     train,
 )
@@ -93,8 +94,14 @@ def load_teacher(teacher_dir: str | Path, vocab_size: int) -> nn.Module:
     return teacher
 
 
-def uptrain_loss(loss: UptrainLoss, teacher: nn.Module | None = None) -> LossFn:
-    """The loss hook for :func:`rrt.train.train`; components are logged per step."""
+def uptrain_loss(
+    loss: UptrainLoss, teacher: nn.Module | None = None, precision: str = "fp32"
+) -> LossFn:
+    """The loss hook for :func:`rrt.train.train`; components are logged per step.
+
+    The teacher runs in bf16 when training does (``precision``): its logits only feed the KL.
+    """
+    teacher_dtype = torch.bfloat16 if precision == "bf16" else torch.float32
 
     def loss_fn(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         ids, labels = batch["input_ids"], batch["labels"]
@@ -109,9 +116,8 @@ def uptrain_loss(loss: UptrainLoss, teacher: nn.Module | None = None) -> LossFn:
         components = {"ce": ce.detach()}
         total = ce
         if teacher is not None and loss.kd_weight > 0:
-            if teacher.device != ids.device:  # once: the Trainer placed the student and batch
-                dtype = torch.bfloat16 if ids.device.type == "cuda" else torch.float32
-                teacher.to(ids.device, dtype=dtype)  # bf16 on a GPU: its logits only feed the KL
+            if teacher.device != ids.device or teacher.dtype != teacher_dtype:
+                teacher.to(ids.device, dtype=teacher_dtype)  # once: the Trainer placed the batch
             with torch.no_grad():
                 teacher_logits = teacher(input_ids=ids).logits
             kd = forward_kl(teacher_logits, final, loss.temperature)
@@ -206,7 +212,7 @@ def uptrain(
         validation_tokens=validation_tokens,
         out=out,
         config=config,
-        loss_fn=uptrain_loss(loss, teacher),
+        loss_fn=uptrain_loss(loss, teacher, resolve_precision(config.precision)),
         run_info=run_info,
         final_metrics=final_metrics,
         tracking=tracking,
@@ -214,13 +220,9 @@ def uptrain(
     )
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "uptrain",
-        help="uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, type=Path, help="model folder to start from")
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument("--out", required=True, type=Path, help="output model folder")
