@@ -105,3 +105,29 @@ def test_a_path_with_no_model_fails_without_a_traceback(tmp_path):
         [sys.executable, "-m", "rrt", "params", str(empty)], capture_output=True, text=True
     )
     assert result.returncode == 2 and "config.json not found" in result.stderr
+
+
+@pytest.mark.parametrize("command", sorted(__import__("rrt.cli").cli.COMMANDS))
+def test_every_command_prints_its_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0
+    assert f"usage: rrt {command}" in capsys.readouterr().out
+
+
+def test_import_rrt_and_uptrain_help_load_neither_lm_eval_nor_mlflow():
+    script = """
+import sys
+import rrt
+loaded = {"lm_eval" in sys.modules, "mlflow" in sys.modules}
+from rrt.cli import main
+try:
+    main(["uptrain", "--help"])
+except SystemExit:
+    pass
+loaded |= {"lm_eval" in sys.modules, "mlflow" in sys.modules}
+print("LOADED", loaded)
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "LOADED {False}" in result.stdout

@@ -134,12 +134,8 @@ def run_baselines(corpus: str | Path, tasks_dir: str | Path) -> dict[str, Any]:
     return report
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "baseline",
-        help="score unigram and bigram word models on the embedded tasks (should be near chance)",
-        description=__doc__,
-    )
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument("--tasks", required=True, type=Path, help="folder written by `rrt tasks`")
     p.add_argument("--out", required=True, type=Path, help="JSON report")

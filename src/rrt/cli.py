@@ -1,9 +1,11 @@
 """The ``rrt`` command line: one subcommand per workflow stage, with explicit inputs and outputs.
 
-Every stage module exposes ``add_cli(subparsers)``, which registers its subcommand and sets
-``func`` to a function taking the parsed arguments. A :class:`rrt.errors.UserError` becomes one
-line on stderr and exit status 2, Ctrl-C one line and 130; anything else is a bug and keeps its
-traceback.
+Every stage module exposes ``add_cli(parser)``, which adds its options to its subcommand's
+parser and sets ``func`` to a function taking the parsed arguments. Only the module of the
+command being run is imported (lm-eval, for one, takes seconds to import and most commands never
+need it); the others appear in ``rrt --help`` through :data:`COMMANDS`. A
+:class:`rrt.errors.UserError` becomes one line on stderr and exit status 2, Ctrl-C one line and
+130; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,35 +16,60 @@ import sys
 
 from rrt.errors import UserError
 
-# Modules that register a subcommand, in the order `rrt --help` lists them.
-COMMAND_MODULES = [
-    "rrt.corpus",
-    "rrt.tokenizer",
-    "rrt.pretrain",
-    "rrt.tasks",
-    "rrt.baseline",
-    "rrt.convert",
-    "rrt.relax",
-    "rrt.params",
-    "rrt.uptrain",
-    "rrt.evaluate",
-]
+# name -> (module that registers it, one line for `rrt --help`), in the order help lists them.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "corpus": ("rrt.corpus", "generate the embedded story corpus (train/validation/test JSONL)"),
+    "tokenizer": ("rrt.tokenizer", "train the byte-level BPE tokenizer on a corpus's train split"),
+    "pretrain": (
+        "rrt.pretrain",
+        "pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
+    ),
+    "tasks": (
+        "rrt.tasks",
+        "write the offline lm-eval tasks (YAML + JSONL) from a corpus's test split",
+    ),
+    "baseline": (
+        "rrt.baseline",
+        "score unigram and bigram word models on the embedded tasks (should be near chance)",
+    ),
+    "convert": (
+        "rrt.convert",
+        "turn a source model into a recursive model (K shared layers x B loops)",
+    ),
+    "relax": ("rrt.relax", "add SVD-initialised per-position LoRAs to a recursive model"),
+    "params": ("rrt.params", "parameter counts of a model directory or config JSON"),
+    "uptrain": (
+        "rrt.uptrain",
+        "uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
+    ),
+    "evaluate": ("rrt.evaluate", "few-shot accuracy of a model directory through lm-eval"),
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: list[str]) -> str | None:
+    """The subcommand named in ``argv`` (the first word that is one), if any."""
+    return next((word for word in argv if word in COMMANDS), None)
+
+
+def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
+    """The parser, with the full options of the commands in ``full`` (all when None); the others
+    are listed with their one-line help, their modules not imported."""
     parser = argparse.ArgumentParser(
         prog="rrt",
         description="Relaxed Recursive Transformers: convert, relax, uptrain, evaluate, benchmark.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).add_cli(sub)
+    for name, (module, summary) in COMMANDS.items():
+        p = sub.add_parser(name, help=summary, description=summary)
+        if full is None or name in full:
+            importlib.import_module(module).add_cli(p)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((word for word in argv if word in COMMANDS), None)
+    args = build_parser([command] if command else []).parse_args(argv)
     try:
         args.func(args)
     except UserError as err:

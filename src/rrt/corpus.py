@@ -658,13 +658,9 @@ def read_texts(corpus: str | Path, split: str) -> Iterator[str]:
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def add_cli(p: argparse.ArgumentParser) -> None:
     defaults = CorpusConfig()
-    p = subparsers.add_parser(
-        "corpus",
-        help="generate the embedded story corpus (train/validation/test JSONL)",
-        description=__doc__,
-    )
+    p.description = __doc__
     p.add_argument("--out", required=True, type=Path, help="output folder")
     p.add_argument(
         "--tokens",

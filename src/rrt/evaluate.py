@@ -663,14 +663,10 @@ def run(args: argparse.Namespace) -> None:
     print(f"wrote {args.out} and {samples}")
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser(
-        "evaluate",
-        help="few-shot accuracy of a model directory through lm-eval",
-        description=(
-            "Evaluate a save_pretrained model directory on lm-eval tasks or suites "
-            f"({', '.join(load_suites())}) and write one JSON plus per-sample JSONL."
-        ),
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Evaluate a save_pretrained model directory on lm-eval tasks or suites "
+        f"({', '.join(load_suites())}) and write one JSON plus per-sample JSONL."
     )
     p.add_argument("--model", required=True, help="save_pretrained model directory")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")

@@ -76,8 +76,7 @@ def _params_cli(args: argparse.Namespace) -> None:
     print(json.dumps(counts, indent=2))
 
 
-def add_cli(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("params", help="parameter counts of a model directory or config JSON")
+def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", help="model directory, or a config JSON (source or recursive)")
     p.add_argument("--loops", type=int, help="count the recursive model with B loops")
     p.add_argument("--rank", help="LoRA rank of the relaxed model: R or attention=R1,mlp=R2")

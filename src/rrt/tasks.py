@@ -303,14 +303,10 @@ def task_manager(tasks_dir: str | Path) -> Any:
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def add_cli(p: argparse.ArgumentParser) -> None:
     defaults = TasksConfig()
-    p = subparsers.add_parser(
-        "tasks",
-        help="write the offline lm-eval tasks (YAML + JSONL) from a corpus's test split",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument("--out", required=True, type=Path, help="output folder (lm-eval include_path)")
     p.add_argument(

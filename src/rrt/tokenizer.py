@@ -94,13 +94,9 @@ def fingerprint(path: str | Path) -> str:
     return hashlib.sha256((Path(path) / "tokenizer.json").read_bytes()).hexdigest()[:16]
 
 
-def add_cli(subparsers: argparse._SubParsersAction) -> None:
+def add_cli(p: argparse.ArgumentParser) -> None:
     defaults = TokenizerConfig()
-    p = subparsers.add_parser(
-        "tokenizer",
-        help="train the byte-level BPE tokenizer on a corpus's train split",
-        description=__doc__,
-    )
+    p.description = __doc__
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained)")
     p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
