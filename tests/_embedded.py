@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rrt.corpus import CorpusConfig, write_corpus
-from rrt.pretrain import ModelShape
-from rrt.tokenizer import TokenizerConfig, build_tokenizer
+from rrt.embedded.corpus import CorpusConfig, write_corpus
+from rrt.embedded.pretrain import ModelShape
+from rrt.embedded.tokenizer import TokenizerConfig, build_tokenizer
 from rrt.train import TrainConfig
 
 CORPUS = CorpusConfig(tokens=40_000, validation_documents=40, test_documents=120, seed=0)

@@ -15,16 +15,14 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-import yaml
 from _embedded import RECIPE, SHAPE, corpus, recipe_args, shape_args, tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rrt.cli import main
+from rrt.embedded.pretrain import reduced_layers
 from rrt.errors import UserError
-from rrt.pretrain import ModelShape, reduced_layers
 from rrt.train import TrainConfig, work_dir
 
-CONFIG_YAML = Path(__file__).parents[1] / "config" / "config.yaml"
 # Long enough (in steps) that a kill lands mid-run; tiny steps keep it a few seconds.
 LONG = replace(RECIPE, tokens=60 * RECIPE.tokens_per_step, save_every=3)
 
@@ -130,13 +128,6 @@ def test_a_shape_that_heads_cannot_split_is_a_one_line_cli_error(data, tmp_path,
     assert main(_args(data, tmp_path / "m", shape=bad)) == 2
     err = capsys.readouterr().err.strip()
     assert "heads 3" in err and "\n" not in err
-
-
-def test_config_yaml_source_and_reduced_sections_mirror_the_defaults():
-    config = yaml.safe_load(CONFIG_YAML.read_text())
-    assert config["source"]["embedded"] == asdict(ModelShape())
-    for loops in config["reduced"]["loops"]:
-        reduced_layers(config["source"]["embedded"]["layers"], loops)
 
 
 @pytest.mark.slow

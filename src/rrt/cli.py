@@ -18,18 +18,24 @@ from rrt.errors import UserError
 
 # name -> (module that registers it, one line for `rrt --help`), in the order help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "corpus": ("rrt.corpus", "generate the embedded story corpus (train/validation/test JSONL)"),
-    "tokenizer": ("rrt.tokenizer", "train the byte-level BPE tokenizer on a corpus's train split"),
+    "corpus": (
+        "rrt.embedded.corpus",
+        "generate the embedded story corpus (train/validation/test JSONL)",
+    ),
+    "tokenizer": (
+        "rrt.embedded.tokenizer",
+        "train the byte-level BPE tokenizer on a corpus's train split",
+    ),
     "pretrain": (
-        "rrt.pretrain",
+        "rrt.embedded.pretrain",
         "pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
     ),
     "tasks": (
-        "rrt.tasks",
+        "rrt.embedded.tasks",
         "write the offline lm-eval tasks (YAML + JSONL) from a corpus's test split",
     ),
     "baseline": (
-        "rrt.baseline",
+        "rrt.embedded.baseline",
         "score unigram and bigram word models on the embedded tasks (should be near chance)",
     ),
     "convert": (

@@ -124,7 +124,7 @@ def _convert_cli(args: argparse.Namespace) -> None:
         model,
         args.out,
         prov,
-        tokenizer=store.load_tokenizer(args.source),
+        tokenizer=store.load_tokenizer(args.source, required=False),
         dtype=source_dtype(args.source),
     )
     print(f"recursive model ({args.init}, B={args.loops}) written to {args.out}")

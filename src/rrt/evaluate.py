@@ -17,20 +17,20 @@ import difflib
 import json
 import math
 import os
-import platform
-import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
+from rrt import config as schema
+from rrt import store
+from rrt.config import section
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 
@@ -52,15 +52,19 @@ HEADLINE_PREFERENCE = ["acc_norm", "acc", "word_perplexity", "perplexity", "exac
 # Split file stem -> the lm-eval config key that names it.
 SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test": "test_split"}
 
-# Resamples for the stderr of perplexity-type aggregations (accuracies use the closed form);
-# lm-eval's default is 100000, whose cost on 2 CPU cores buys no decision this project makes.
-DEFAULT_BOOTSTRAP_ITERS = 1000
 
-# `--batch-size auto` on a CPU: lm-eval's probe looks for the largest batch that does not run out
-# of memory, which a CPU never does, so it spent ~55 s to pick 64, slower here than 8-32
-# (embedded source model, 100 items a task: auto 84 s, 64: 30 s, 32: 25 s, 16: 23 s, 8: 22 s).
-CPU_AUTO_BATCH_SIZE = 16
-DEFAULT_THREADS = 0  # torch's default; ``evaluate`` in config/config.yaml mirrors these three
+@section("evaluate")
+class EvaluateConfig:
+    """How a model is evaluated (``evaluate`` in the config schema)."""
+
+    tasks: str
+    paper_data: str | None
+    limit: int | None
+    num_fewshot: int | None
+    batch_size: int | str
+    cpu_batch_size: int
+    bootstrap_iters: int
+    seed: int | None
 
 
 @dataclass(frozen=True)
@@ -260,37 +264,6 @@ def load_tasks(
 # --- the model -------------------------------------------------------------------------------
 
 
-def load_model(
-    model_dir: str | os.PathLike[str],
-    tokenizer_dir: str | os.PathLike[str] | None = None,
-    device: str | None = None,
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a save_pretrained directory: bf16 on GPU, fp32 on CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise UserError(f"model directory {model_dir} does not exist")
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"{model_dir} has no config.json; expected a save_pretrained directory")
-    tokenizer_dir = Path(tokenizer_dir) if tokenizer_dir is not None else model_dir
-    if not tokenizer_dir.is_dir():
-        raise UserError(f"tokenizer directory {tokenizer_dir} does not exist")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda"):
-        raise UserError(f"--device {device} is not one of cpu, cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but torch sees no CUDA device")
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype).to(device).eval()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError) as err:
-        raise UserError(f"no tokenizer loads from {tokenizer_dir}; pass --tokenizer DIR") from err
-    return model, tokenizer
-
-
 def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     """Total and non-embedding parameters (input embeddings and an untied head excluded)."""
     try:
@@ -349,13 +322,14 @@ def evaluate(
     *,
     task_dir: str | os.PathLike[str] | None = None,
     paper_data: str | os.PathLike[str] | None = None,
-    num_fewshot: int | None = None,
-    limit: int | None = None,
-    batch_size: int | str = "auto",
+    num_fewshot: int | None = EvaluateConfig.num_fewshot,
+    limit: int | None = EvaluateConfig.limit,
+    batch_size: int | str = EvaluateConfig.batch_size,
+    cpu_batch_size: int = EvaluateConfig.cpu_batch_size,
     max_batch_size: int = 64,
     exit_loop: int | None = None,
-    seed: int | None = None,
-    bootstrap_iters: int = DEFAULT_BOOTSTRAP_ITERS,
+    seed: int | None = EvaluateConfig.seed,
+    bootstrap_iters: int = EvaluateConfig.bootstrap_iters,
     suites_file: str | os.PathLike[str] = SUITES_FILE,
 ) -> Evaluation:
     """Evaluate ``model`` on task or suite names with ``lm_eval.simple_evaluate``.
@@ -370,12 +344,10 @@ def evaluate(
 
     suites = load_suites(suites_file)
     names = expand_tasks(tasks, suites)
-    if num_fewshot is not None and num_fewshot < 0:
-        raise UserError(f"--num-fewshot {num_fewshot} is negative; give 0 or more shots")
-    if limit is not None and limit < 1:
-        raise UserError(f"--limit {limit} must be a positive number of samples per task")
-    if not (batch_size == "auto" or (isinstance(batch_size, int) and batch_size >= 1)):
-        raise UserError(f"--batch-size {batch_size} is not 'auto' or a positive integer")
+    EvaluateConfig(  # the schema's checks of every setting
+        ",".join(tasks), None if paper_data is None else str(paper_data), limit, num_fewshot,
+        batch_size, cpu_batch_size, bootstrap_iters, seed,
+    )  # fmt: skip
     include_paths = []
     if task_dir is not None:
         if not Path(task_dir).is_dir():
@@ -388,11 +360,7 @@ def evaluate(
         if paper_data is not None and write_paper_overrides(paper_data, names, overrides, suites):
             include_paths.append(Path(overrides))
         task_objs = load_tasks(names, include_paths, suites)
-        used = (
-            CPU_AUTO_BATCH_SIZE
-            if batch_size == "auto" and model.device.type == "cpu"
-            else batch_size
-        )
+        used = cpu_batch_size if batch_size == "auto" and model.device.type == "cpu" else batch_size
         lm = HFLM(
             backend="causal",  # every model the workflow makes is a causal LM, rrt included
             pretrained=model,
@@ -450,8 +418,8 @@ def evaluate(
             "seeds": seeds,
             "elapsed_s": round(elapsed, 3),
         },
-        "versions": _versions(),
-        "git": _git_state(),
+        "versions": store.versions(),
+        "git_commit": store.git_commit(),
     }
     samples = [
         row
@@ -570,34 +538,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for dist in ("rrt", "torch", "transformers", "lm_eval", "datasets", "tokenizers"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _git_state() -> dict[str, Any]:
-    """The commit of the source tree this package runs from, if it is a git checkout."""
-    here = Path(__file__).parent
-
-    def git(*args: str) -> str | None:
-        try:
-            done = subprocess.run(
-                ["git", "-C", str(here), *args], capture_output=True, text=True, timeout=10
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        return done.stdout.strip() if done.returncode == 0 else None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no") if commit else None
-    return {"commit": commit, "dirty": bool(status) if status is not None else None}
-
-
 def write_evaluation(evaluation: Evaluation, out: str | os.PathLike[str]) -> Path:
     """Write the report to ``out`` and the samples to ``<out stem>.samples.jsonl``, atomically."""
     out = Path(out)
@@ -613,45 +553,30 @@ def write_evaluation(evaluation: Evaluation, out: str | os.PathLike[str]) -> Pat
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def _parse_batch_size(value: str) -> int | str:
-    if value == "auto":
-        return value
-    try:
-        size = int(value)
-    except ValueError:
-        size = 0
-    if size < 1:
-        raise UserError(f"--batch-size {value} is not 'auto' or a positive integer")
-    return size
-
-
 def run(args: argparse.Namespace) -> None:
     # No network at run time (DESIGN): without these a missing hub dataset costs ~34 s of retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if not str(args.out).endswith(".json"):
         raise UserError(f"--out {args.out} must name a .json file")
-    batch_size = _parse_batch_size(args.batch_size)
-    if args.threads < 0:
-        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    model, tokenizer = load_model(args.model, args.tokenizer, args.device)
+    schema.set_threads(args.threads)
+    settings = schema.from_arguments(EvaluateConfig, args)
+    tasks = [t.strip() for t in settings.tasks.split(",") if t.strip()]
+    model = store.load_model(args.model, dtype="auto", device=args.device)
+    tokenizer = store.load_tokenizer(args.tokenizer or args.model)
     evaluation = evaluate(
         model,
         tokenizer,
         tasks,
         task_dir=args.task_dir,
-        paper_data=args.paper_data,
-        num_fewshot=args.num_fewshot,
-        limit=args.limit,
-        batch_size=batch_size,
+        paper_data=settings.paper_data,
+        num_fewshot=settings.num_fewshot,
+        limit=settings.limit,
+        batch_size=settings.batch_size,
+        cpu_batch_size=settings.cpu_batch_size,
         exit_loop=args.exit_loop,
-        seed=args.seed,
-        bootstrap_iters=args.bootstrap_iters,
+        seed=settings.seed,
+        bootstrap_iters=settings.bootstrap_iters,
     )
     evaluation.report["model"]["dir"] = str(Path(args.model).resolve())
     samples = write_evaluation(evaluation, args.out)
@@ -670,36 +595,10 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--model", required=True, help="save_pretrained model directory")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
-    p.add_argument(
-        "--tasks", required=True, help="comma-separated task names or suites (paper, embedded)"
-    )
     p.add_argument("--out", required=True, type=Path, help="report JSON; samples go beside it")
     p.add_argument("--task-dir", type=Path, help="directory of lm-eval task YAMLs (rrt tasks)")
-    p.add_argument(
-        "--paper-data",
-        type=Path,
-        help="local data for the paper's tasks: DIR/<task>/<split>.jsonl in the hub schema",
-    )
-    p.add_argument("--num-fewshot", type=int, help="shots (default: each task's own, 0)")
-    p.add_argument("--limit", type=int, help="evaluate only the first N samples per task")
-    p.add_argument(
-        "--batch-size",
-        default="auto",
-        help=f"'auto' (lm-eval's probe on GPU, {CPU_AUTO_BATCH_SIZE} on CPU) or a positive integer",
-    )
     p.add_argument("--exit-loop", type=int, help="recursive models: exit every token after loop b")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda if available")
-    p.add_argument("--seed", type=int, help="one seed for python, numpy, torch and few-shot draws")
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=DEFAULT_THREADS,
-        help="CPU threads for torch (0: torch's default); on a shared machine 1 can beat 2",
-    )
-    p.add_argument(
-        "--bootstrap-iters",
-        type=int,
-        default=DEFAULT_BOOTSTRAP_ITERS,
-        help="bootstrap resamples for perplexity stderrs (0: none)",
-    )
+    schema.add_setting(p, "device")
+    schema.add_setting(p, "threads")
+    schema.add_arguments(p, EvaluateConfig)
     p.set_defaults(func=run)

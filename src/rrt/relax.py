@@ -138,7 +138,8 @@ def _relax_cli(args: argparse.Namespace) -> None:
         model,
         args.out,
         prov,
-        tokenizer=store.load_tokenizer(args.recursive) or store.load_tokenizer(args.source),
+        tokenizer=store.load_tokenizer(args.recursive, required=False)
+        or store.load_tokenizer(args.source, required=False),
         dtype=source_dtype(args.recursive),
     )
     print(f"relaxed model (rank {ranks}) written to {args.out}")

@@ -106,25 +106,52 @@ def load_model(
     dtype: torch.dtype | str = torch.float32,
     device: str | None = "cpu",
 ) -> PreTrainedModel:
-    """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``
-    (``auto``: the GPU when there is one)."""
+    """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``.
+
+    ``device`` auto is the GPU when there is one; ``dtype`` auto is bf16 there and fp32 on the
+    CPU (training loads fp32 master weights and mixes precision itself). A truncated or corrupt
+    weights file is one line naming the file.
+    """
+    from safetensors import SafetensorError
+
     import rrt  # noqa: F401  (registers the recursive model type)
 
     path = model_dir(path)
     device = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
+    except SafetensorError as err:
+        files = sorted(p.name for p in path.glob("*.safetensors")) or ["*.safetensors"]
+        raise UserError(
+            f"{path / files[0]}{' (or another shard)' if len(files) > 1 else ''} is not a "
+            f"readable safetensors file ({err}); it was cut short or corrupted: make it again"
+        ) from None
     if device != "cpu":
         model.to(device)
     model.eval()
     return model
 
 
-def load_tokenizer(path: str | os.PathLike[str]) -> Any | None:
-    """The tokenizer saved beside a model, or None if the directory holds none."""
+def load_tokenizer(path: str | os.PathLike[str], required: bool = True) -> Any | None:
+    """The tokenizer saved in ``path`` (a model or tokenizer folder). A folder without one is a
+    clear error, or None when ``required`` is false."""
     path = Path(path)
     if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
-        return None
+        if not required:
+            return None
+        raise UserError(
+            f"{path} holds no tokenizer (tokenizer.json); make one with `rrt tokenizer`"
+        )
     return AutoTokenizer.from_pretrained(str(path))
+
+
+def tokenizer_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A short hash of a tokenizer's vocabulary and merges: token caches key on it."""
+    import hashlib
+
+    return hashlib.sha256((Path(path) / "tokenizer.json").read_bytes()).hexdigest()[:16]
 
 
 def save_model(

@@ -21,8 +21,6 @@ scheduler and RNG states. What this module adds:
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import json
 import math
 import os
@@ -51,10 +49,10 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from transformers.utils import logging as hf_logging
 
 from rrt import store
-from rrt.corpus import read_meta, read_texts
+from rrt.config import defaults, section, validate
+from rrt.data import read_meta, read_texts
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
-from rrt.tokenizer import fingerprint
 from rrt.tracking import Tracking, TrainingRun
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
@@ -73,27 +71,27 @@ def causal_lm_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, 
 # --------------------------------------------------------------------------------------------
 # Configuration
 # --------------------------------------------------------------------------------------------
-@dataclass
+@section("train")
 class TrainConfig:
-    """Everything that decides a training run. Defaults mirror ``train`` in config/config.yaml."""
+    """Everything that decides a training run (``train`` in the config schema)."""
 
-    tokens: int = 2_000_000  # token budget; steps = ceil(tokens / tokens_per_step)
-    seq_len: int = 256  # tokens per packed sequence
-    tokens_per_step: int = 2048  # tokens per optimizer step, reached by gradient accumulation
-    micro_batch_size: int = 8  # sequences per forward pass
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1  # the cosine decays to lr * min_lr_ratio
-    warmup_steps: int = 30
-    weight_decay: float = 0.1
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.95
-    grad_clip: float = 1.0
-    seed: int = 0
-    save_every: int = 100  # optimizer steps between checkpoints
-    keep_checkpoints: int = 2
-    eval_tokens: int = 65_536  # validation tokens for the final loss (0: skip)
-    precision: str = "auto"  # bf16 (mixed, through accelerate) | fp32 | auto: bf16 on a GPU
-    gradient_checkpointing: bool = False  # recompute each layer in the backward: less memory
+    tokens: int
+    seq_len: int
+    tokens_per_step: int
+    micro_batch_size: int
+    lr: float
+    min_lr_ratio: float
+    warmup_steps: int
+    weight_decay: float
+    adam_beta1: float
+    adam_beta2: float
+    grad_clip: float
+    seed: int
+    save_every: int
+    keep_checkpoints: int
+    eval_tokens: int
+    precision: str
+    gradient_checkpointing: bool
 
     def plan(self, world_size: int = 1) -> TrainPlan:
         """Steps and per-process accumulation from the budget, or a UserError naming the bad value.
@@ -102,9 +100,6 @@ class TrainConfig:
         micro-batches, so accumulation shrinks and the tokens per optimizer step stay the same.
         """
         resolve_precision(self.precision)
-        for name in ("tokens", "seq_len", "tokens_per_step", "micro_batch_size", "save_every"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"train {name} must be positive, got {getattr(self, name)}")
         micro_tokens = self.micro_batch_size * self.seq_len * world_size
         if self.tokens_per_step % micro_tokens:
             raise UserError(
@@ -118,14 +113,16 @@ class TrainConfig:
         return TrainPlan(steps, accumulation, sequences)
 
 
-PRECISIONS = ("auto", "bf16", "fp32")
+def uptrain_recipe() -> TrainConfig:
+    """The train recipe with ``uptrain``'s values (budget and learning rate by default)."""
+    overrides = {k: v for k, v in defaults("uptrain").items() if k != "loss"}
+    return TrainConfig(**{**defaults("train"), **overrides})
 
 
 def resolve_precision(precision: str) -> str:
     """``bf16`` or ``fp32``: ``auto`` is bf16 on a GPU that has it, fp32 on the CPU (exact and
     resumable bit for bit). bf16 is mixed precision: fp32 weights, bf16 autocast."""
-    if precision not in PRECISIONS:
-        raise UserError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    validate(precision, "train.precision")
     cuda = torch.cuda.is_available()
     if precision == "auto":
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
@@ -141,33 +138,6 @@ class TrainPlan:
     sequences: int  # sequences over the whole run, all processes together
 
 
-def add_config_arguments(parser: argparse.ArgumentParser, cls: type, defaults: Any) -> None:
-    """One ``--field-name`` option per dataclass field, typed and defaulted from ``defaults``."""
-    group = parser.add_argument_group(cls.__name__, (cls.__doc__ or "").strip().splitlines()[0])
-    for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name)
-        kind = type(value) if value is not None else str
-        if kind is bool:
-            group.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=value,
-            )
-        else:
-            group.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                dest=f.name,
-                type=kind,
-                default=value,
-                help="(default: %(default)s)",
-            )
-
-
-def config_from_arguments(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
-
-
 # --------------------------------------------------------------------------------------------
 # Data: a token file per corpus split and tokenizer, cut into fixed-length blocks
 # --------------------------------------------------------------------------------------------
@@ -181,7 +151,7 @@ def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Pat
     from transformers import AutoTokenizer
 
     meta = read_meta(corpus)
-    key = f"{meta['splits'][split]['sha256']}:{fingerprint(tokenizer_dir)}"
+    key = f"{meta['splits'][split]['sha256']}:{store.tokenizer_fingerprint(tokenizer_dir)}"
     path = Path(corpus) / f"tokens-{split}-{_short_hash(key)}.npy"
     if path.is_file():
         return path

@@ -4,7 +4,7 @@ Why: the embedded default must pretrain a source model with no download, on text
 matters. Every story tracks characters (with pronoun agreement), where they are, what they hold
 and how many, and which item lies in which container; later sentences restate that state. The
 same generator annotates the spans that earlier sentences determine (:class:`Slot`), so the
-held-out split doubles as the source of the few-shot tasks (:mod:`rrt.tasks`).
+held-out split doubles as the source of the few-shot tasks (:mod:`rrt.embedded.tasks`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from rrt import config as schema
+from rrt.config import section
+from rrt.data import SPLITS, read_meta
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 
 # Bump when the generated text changes for a given seed: tasks and token caches key on it.
 GENERATOR_VERSION = 2
-SPLITS = ("train", "validation", "test")
 
 # --------------------------------------------------------------------------------------------
 # The world's vocabulary. Every list is sampled uniformly, so no word is more frequent than its
@@ -524,14 +526,14 @@ def write_story(rng: random.Random, annotate: bool = True) -> Story:
 # --------------------------------------------------------------------------------------------
 # Splits
 # --------------------------------------------------------------------------------------------
-@dataclass
+@section("corpus")
 class CorpusConfig:
-    """How much text to write. Defaults mirror ``corpus`` in config/config.yaml."""
+    """How much text to write (``corpus`` in the config schema)."""
 
-    tokens: int = 3_000_000  # word tokens (words and punctuation) in the train split
-    validation_documents: int = 1000
-    test_documents: int = 1000
-    seed: int = 0
+    tokens: int
+    validation_documents: int
+    test_documents: int
+    seed: int
 
 
 def _split_rng(seed: int, split: str) -> random.Random:
@@ -596,12 +598,6 @@ def _held_out_plan(config: CorpusConfig) -> list[tuple[str, int]]:
 
 def write_corpus(out: str | Path, config: CorpusConfig) -> dict:
     """Write train/validation/test JSONL and meta.json into ``out``, atomically as a whole."""
-    if config.tokens <= 0 or config.validation_documents <= 0 or config.test_documents <= 0:
-        raise UserError(
-            f"corpus sizes must be positive: tokens={config.tokens}, "
-            f"validation_documents={config.validation_documents}, "
-            f"test_documents={config.test_documents}"
-        )
     seen: set[bytes] = set()
     plan = [(name, {"documents": n}) for name, n in _held_out_plan(config)]
     plan.append(("train", {"tokens": config.tokens}))
@@ -621,7 +617,7 @@ def write_corpus(out: str | Path, config: CorpusConfig) -> dict:
                     words += count_word_tokens(text)
             splits[split] = {"documents": docs, "word_tokens": words, "sha256": digest.hexdigest()}
         meta = {
-            "generator": "rrt.corpus",
+            "generator": "rrt.embedded.corpus",
             "generator_version": GENERATOR_VERSION,
             "config": asdict(config),
             "splits": {s: splits[s] for s in SPLITS},
@@ -630,14 +626,10 @@ def write_corpus(out: str | Path, config: CorpusConfig) -> dict:
     return meta
 
 
-def read_meta(corpus: str | Path) -> dict:
-    """The corpus's meta.json, with a clear error when ``corpus`` is not a corpus folder."""
-    path = Path(corpus) / "meta.json"
-    if not path.is_file():
-        raise UserError(
-            f"{corpus} is not a corpus folder (no meta.json); write one with `rrt corpus`"
-        )
-    meta = json.loads(path.read_text())
+def read_generated_meta(corpus: str | Path) -> dict:
+    """The meta.json of a corpus this generator wrote, refusing one of another version (its
+    stories could not be generated again)."""
+    meta = read_meta(corpus)
     if meta.get("generator_version") != GENERATOR_VERSION:
         raise UserError(
             f"{corpus} was written by corpus generator version {meta.get('generator_version')}; "
@@ -646,42 +638,17 @@ def read_meta(corpus: str | Path) -> dict:
     return meta
 
 
-def read_texts(corpus: str | Path, split: str) -> Iterator[str]:
-    """The documents of one split, in file order."""
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    with open(Path(corpus) / f"{split}.jsonl", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
-
-
 # --------------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------------
 def add_cli(p: argparse.ArgumentParser) -> None:
-    defaults = CorpusConfig()
     p.description = __doc__
     p.add_argument("--out", required=True, type=Path, help="output folder")
-    p.add_argument(
-        "--tokens",
-        type=int,
-        default=defaults.tokens,
-        help="word tokens in the train split (default: %(default)s)",
-    )
-    for name in ("validation_documents", "test_documents"):
-        flag = "--" + name.replace("_", "-")
-        p.add_argument(flag, type=int, default=getattr(defaults, name))
-    p.add_argument("--seed", type=int, default=defaults.seed)
+    schema.add_arguments(p, CorpusConfig)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
-    config = CorpusConfig(
-        tokens=args.tokens,
-        validation_documents=args.validation_documents,
-        test_documents=args.test_documents,
-        seed=args.seed,
-    )
-    meta = write_corpus(args.out, config)
+    meta = write_corpus(args.out, schema.from_arguments(CorpusConfig, args))
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['word_tokens']} word tokens")

@@ -13,16 +13,15 @@ token. No post-processor adds special tokens, so ``encode`` returns the text's t
 from __future__ import annotations
 
 import argparse
-import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 
-from rrt.corpus import read_meta, read_texts
-from rrt.errors import UserError
+from rrt import config as schema
+from rrt.config import section
+from rrt.data import read_meta, read_texts
 from rrt.io import atomic_path
 
 EOS = "<|endoftext|>"
@@ -30,24 +29,18 @@ PAD = "<|pad|>"
 MIN_VOCAB = 256 + 2  # every byte, plus the special tokens
 
 
-@dataclass
+@section("tokenizer")
 class TokenizerConfig:
-    """Defaults mirror ``tokenizer`` in config/config.yaml."""
+    """The BPE's size and context (``tokenizer`` in the config schema)."""
 
-    vocab_size: int = 1024
-    model_max_length: int = 256  # the source model's context: lm-eval truncates to it
+    vocab_size: int
+    model_max_length: int
 
 
 def train_tokenizer(
     texts: Iterator[str], config: TokenizerConfig, length: int | None = None
 ) -> PreTrainedTokenizerFast:
     """Train byte-level BPE on ``texts`` (deterministic: the BPE trainer breaks ties by order)."""
-    if config.vocab_size < MIN_VOCAB:
-        raise UserError(
-            f"vocab size {config.vocab_size} is too small; byte-level BPE needs >= {MIN_VOCAB}"
-        )
-    if config.vocab_size > 65535:
-        raise UserError(f"vocab size {config.vocab_size} is too large; the token files hold uint16")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -80,31 +73,15 @@ def build_tokenizer(corpus: str | Path, out: str | Path, config: TokenizerConfig
     return Path(out)
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a tokenizer folder, with a clear error when there is none."""
-    if not (Path(path) / "tokenizer.json").is_file():
-        raise UserError(
-            f"{path} holds no tokenizer (tokenizer.json); make one with `rrt tokenizer`"
-        )
-    return AutoTokenizer.from_pretrained(str(path))
-
-
-def fingerprint(path: str | Path) -> str:
-    """A short hash of the tokenizer's vocabulary and merges: token caches key on it."""
-    return hashlib.sha256((Path(path) / "tokenizer.json").read_bytes()).hexdigest()[:16]
-
-
 def add_cli(p: argparse.ArgumentParser) -> None:
-    defaults = TokenizerConfig()
     p.description = __doc__
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
     p.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained)")
-    p.add_argument("--vocab-size", type=int, default=defaults.vocab_size)
-    p.add_argument("--model-max-length", type=int, default=defaults.model_max_length)
+    schema.add_arguments(p, TokenizerConfig)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
-    config = TokenizerConfig(vocab_size=args.vocab_size, model_max_length=args.model_max_length)
+    config = schema.from_arguments(TokenizerConfig, args)
     out = build_tokenizer(args.corpus, args.out, config)
     print(f"tokenizer with {config.vocab_size} tokens written to {out}")

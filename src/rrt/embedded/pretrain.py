@@ -11,46 +11,42 @@ like the recursive models (``--teacher``), as in the paper.
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, set_seed
 
+from rrt import config as schema
 from rrt import tracking as mlflow_tracking
-from rrt.corpus import read_meta
+from rrt.config import section
+from rrt.data import read_meta
 from rrt.errors import UserError
-from rrt.tokenizer import fingerprint, load_tokenizer
+from rrt.objective import UptrainLoss, load_teacher, uptrain_loss
+from rrt.store import load_tokenizer, tokenizer_fingerprint
 from rrt.tracking import Tracking
 from rrt.train import (
     TrainConfig,
-    add_config_arguments,
     causal_lm_loss,
-    config_from_arguments,
     resolve_precision,
     token_file,
     train,
 )
-from rrt.uptrain import UptrainLoss, load_teacher, uptrain_loss
 
 
-@dataclass
+@section("source.embedded")
 class ModelShape:
-    """The Llama pretrained here. Defaults mirror ``source.embedded`` in config/config.yaml."""
+    """The Llama pretrained here (``source.embedded`` in the config schema)."""
 
-    layers: int = 8  # B = 2 and B = 4 both divide it
-    hidden_size: int = 128
-    heads: int = 4
-    kv_heads: int = 2
-    intermediate_size: int = 384
-    rope_theta: float = 10000.0
-    tie_embeddings: bool = False
+    layers: int
+    hidden_size: int
+    heads: int
+    kv_heads: int
+    intermediate_size: int
+    rope_theta: float
+    tie_embeddings: bool
 
     def check(self) -> None:
-        for name in ("layers", "hidden_size", "heads", "kv_heads", "intermediate_size"):
-            if getattr(self, name) <= 0:
-                raise UserError(f"model {name} must be positive, got {getattr(self, name)}")
         if self.hidden_size % self.heads or self.heads % self.kv_heads:
             raise UserError(
                 f"hidden_size {self.hidden_size} must divide by heads {self.heads}, "
@@ -90,7 +86,7 @@ def pretrain(
     tokenizer_dir: str | Path,
     out: str | Path,
     shape: ModelShape,
-    config: TrainConfig,
+    recipe: TrainConfig,
     tracking: Tracking | None = None,
     teacher_dir: str | Path | None = None,
     loss: UptrainLoss | None = None,
@@ -102,7 +98,7 @@ def pretrain(
     """
     meta = read_meta(corpus)
     tokenizer = load_tokenizer(tokenizer_dir)
-    config.plan()  # fail on a bad budget before tokenizing anything
+    recipe.plan()  # fail on a bad budget before tokenizing anything
     loss = loss or UptrainLoss()
     if teacher_dir is not None:
         loss.check(has_teacher=True)
@@ -110,18 +106,18 @@ def pretrain(
             raise UserError("--early-exit is for recursive models, not for pretraining")
     train_tokens = token_file(corpus, tokenizer_dir, "train")
     validation_tokens = token_file(corpus, tokenizer_dir, "validation")
-    set_seed(config.seed)
-    model = LlamaForCausalLM(llama_config(shape, tokenizer, config.seq_len))
+    set_seed(recipe.seed)
+    model = LlamaForCausalLM(llama_config(shape, tokenizer, recipe.seq_len))
     loss_fn = causal_lm_loss
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, model.config.vocab_size)
-        loss_fn = uptrain_loss(loss, teacher, resolve_precision(config.precision))
+        loss_fn = uptrain_loss(loss, teacher, resolve_precision(recipe.precision))
     run_info = {
         "model": asdict(shape),
         "architecture": "LlamaForCausalLM",
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_sha256": {s: meta["splits"][s]["sha256"] for s in ("train", "validation")},
-        "tokenizer": fingerprint(tokenizer_dir),
+        "tokenizer": tokenizer_fingerprint(tokenizer_dir),
         "teacher": str(teacher_dir) if teacher_dir is not None else None,
         "loss": asdict(loss) if teacher_dir is not None else None,
     }
@@ -131,7 +127,7 @@ def pretrain(
         train_tokens=train_tokens,
         validation_tokens=validation_tokens,
         out=out,
-        config=config,
+        config=recipe,
         run_info=run_info,
         loss_fn=loss_fn,
         tracking=tracking,
@@ -152,43 +148,24 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         type=Path,
         help="distil from this model (the reduced-size baseline learns from the source)",
     )
-    p.add_argument(
-        "--kd-weight",
-        type=float,
-        default=UptrainLoss.kd_weight,
-        help="with --teacher: w in (1 - w) CE + w forward KL (default: %(default)s)",
+    schema.add_setting(p, "threads")
+    schema.add_arguments(
+        p, UptrainLoss, skip=("early_exit", "exit_weight"), title="with --teacher: the loss"
     )
-    p.add_argument(
-        "--temperature",
-        type=float,
-        default=UptrainLoss.temperature,
-        help="with --teacher: distillation temperature (default: %(default)s)",
-    )
-    p.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default). On a machine shared with other torch "
-        "jobs, 1 thread (or OMP_WAIT_POLICY=PASSIVE) avoids spinning OpenMP threads starving "
-        "each other; keep it the same across a resume, float sums depend on it",
-    )
-    add_config_arguments(p, ModelShape, ModelShape())
-    add_config_arguments(p, TrainConfig, TrainConfig())
+    schema.add_arguments(p, ModelShape, title="the model (source.embedded)")
+    schema.add_arguments(p, TrainConfig, title="train")
     mlflow_tracking.add_arguments(p)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.threads < 0:
-        raise UserError(f"--threads must be 0 (torch's default) or positive, got {args.threads}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    shape = config_from_arguments(ModelShape, args)
-    config = config_from_arguments(TrainConfig, args)
+    schema.set_threads(args.threads)
+    shape = schema.from_arguments(ModelShape, args)
+    recipe = schema.from_arguments(TrainConfig, args)
     tracking = mlflow_tracking.from_arguments(args)
     loss = UptrainLoss(kd_weight=args.kd_weight, temperature=args.temperature)
     metrics = pretrain(
-        args.corpus, args.tokenizer, args.out, shape, config, tracking, args.teacher, loss
+        args.corpus, args.tokenizer, args.out, shape, recipe, tracking, args.teacher, loss
     )
     if not metrics:  # a data-parallel process other than the main one
         return

@@ -20,10 +20,10 @@ from typing import Any
 
 from lm_eval.api.model import LM
 
-from rrt.corpus import read_texts
+from rrt.data import read_texts
+from rrt.embedded.tasks import CHANCE, GROUP, HEADLINE_METRIC, TASKS, task_manager
 from rrt.errors import UserError
 from rrt.io import write_json
-from rrt.tasks import CHANCE, GROUP, HEADLINE_METRIC, TASKS, task_manager
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 START = "<s>"

@@ -3,9 +3,9 @@
 Why: the paper evaluates on lm-eval tasks (app. E) that need the hub; the embedded default
 needs the same kinds of task offline. Each task here copies one paper task's form, and every
 item is cut from a held-out (test) story at a span that earlier sentences determine (a
-:class:`rrt.corpus.Slot`), with wrong choices of the same kind drawn from the same story first,
-then from the vocabulary. A model must track the story to score; word frequencies cannot help,
-which :mod:`rrt.baseline` checks with a unigram and a bigram model.
+:class:`rrt.embedded.corpus.Slot`), with wrong choices of the same kind drawn from the same story
+first, then from the vocabulary. A model must track the story to score; word frequencies cannot
+help, which :mod:`rrt.embedded.baseline` checks with a unigram and a bigram model.
 
 | task | paper kind | output type | metric |
 |---|---|---|---|
@@ -25,7 +25,7 @@ import argparse
 import json
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from functools import partial
 from importlib import resources
 from pathlib import Path
@@ -33,15 +33,17 @@ from typing import Any
 
 import yaml
 
-from rrt.corpus import (
+from rrt import config as schema
+from rrt.config import section
+from rrt.data import read_texts
+from rrt.embedded.corpus import (
     CorpusConfig,
     Question,
     Slot,
     Story,
     held_out_stories,
     question_prompt,
-    read_meta,
-    read_texts,
+    read_generated_meta,
 )
 from rrt.errors import UserError
 from rrt.io import atomic_path
@@ -70,14 +72,14 @@ CHANCE = {  # accuracy of a uniform guess; the cloze is open-vocabulary
 }
 
 
-@dataclass
+@section("tasks")
 class TasksConfig:
-    """Defaults mirror ``tasks`` in config/config.yaml."""
+    """How many items of each task (``tasks`` in the config schema)."""
 
-    seed: int = 0
-    items: int = 500  # per multiple-choice or cloze task
-    perplexity_documents: int = 200
-    max_tokens: int = 256  # with a tokenizer: drop items longer than the model's context
+    seed: int
+    items: int
+    perplexity_documents: int
+    max_tokens: int
 
 
 Item = dict[str, Any]
@@ -211,7 +213,7 @@ def _length_filter(tokenizer_dir: str | Path | None, max_tokens: int) -> Callabl
     """Keep items whose context plus longest answer fits the model's context (lm-eval would cut)."""
     if tokenizer_dir is None:
         return lambda item: True
-    from rrt.tokenizer import load_tokenizer
+    from rrt.store import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
 
@@ -250,7 +252,7 @@ def write_tasks(
     tokenizer_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write the task YAMLs, their JSONL and meta.json into ``out`` (atomically, as a whole)."""
-    meta = read_meta(corpus)
+    meta = read_generated_meta(corpus)
     corpus_config = CorpusConfig(**meta["config"])
     stories = held_out_stories(corpus_config, "test")
     texts = list(read_texts(corpus, "test"))
@@ -286,7 +288,7 @@ def write_tasks(
 
 
 def _template_text(name: str) -> str:
-    return (resources.files("rrt") / "task_templates" / f"{name}.yaml").read_text()
+    return (resources.files("rrt.embedded") / "task_templates" / f"{name}.yaml").read_text()
 
 
 def _template(name: str) -> dict[str, Any]:
@@ -304,7 +306,6 @@ def task_manager(tasks_dir: str | Path) -> Any:
 # CLI
 # --------------------------------------------------------------------------------------------
 def add_cli(p: argparse.ArgumentParser) -> None:
-    defaults = TasksConfig()
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
@@ -315,20 +316,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         default=None,
         help="drop items longer than --max-tokens under this tokenizer",
     )
-    p.add_argument("--seed", type=int, default=defaults.seed)
-    p.add_argument("--items", type=int, default=defaults.items)
-    p.add_argument("--perplexity-documents", type=int, default=defaults.perplexity_documents)
-    p.add_argument("--max-tokens", type=int, default=defaults.max_tokens)
+    schema.add_arguments(p, TasksConfig)
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> None:
-    if args.items <= 0 or args.perplexity_documents <= 0 or args.max_tokens <= 0:
-        raise UserError(
-            f"--items ({args.items}), --perplexity-documents ({args.perplexity_documents}) and "
-            f"--max-tokens ({args.max_tokens}) must be positive"
-        )
-    config = TasksConfig(args.seed, args.items, args.perplexity_documents, args.max_tokens)
+    config = schema.from_arguments(TasksConfig, args)
     info = write_tasks(args.corpus, args.out, config, args.tokenizer)
     counts = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
     print(f"wrote group {GROUP!r} to {args.out}: {counts}")
