@@ -1,0 +1,502 @@
+"""Fetch, where the hub is reachable, what the compute nodes cannot: models and the paper's data.
+
+Compute nodes have no internet. This step runs on a machine that has it and writes plain local
+folders that every later step reads without a network: a model directory that
+``from_pretrained`` loads (the ``source`` of DESIGN.md step 1), and ``DIR/<task>/<split>.jsonl``
+that ``rrt evaluate --paper-data DIR`` points lm-eval's own task definitions at (paper app. E).
+
+Everything is pinned to a commit and the commit is written to ``provenance.json``. Outputs are
+written atomically (a temporary folder or file beside the output, then a rename), so a killed
+download never leaves a half folder that looks done; a complete output is left as it is. A hub
+that cannot be reached, a repository or revision that does not exist, all end in one
+:class:`~rrt.errors.UserError` line naming what was asked for. The revision is resolved with one
+request, without retries, before any file is fetched; its answer is awaited at most
+``HF_HUB_ETAG_TIMEOUT`` seconds (huggingface_hub's own setting, 10 s unless set), so a hub that
+cannot be reached fails in seconds instead of going through huggingface_hub's retry loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import constants as hub_constants
+from huggingface_hub import errors as hub_errors
+
+from rrt.errors import UserError
+from rrt.io import atomic_path, write_json
+from rrt.store import PROVENANCE, provenance
+
+# --- what is pinned --------------------------------------------------------------------------
+
+# The paper's three source models (sec. 4), each at a full commit sha of its hub repo; `rrt
+# download model --repo ID` uses these unless --revision says otherwise. Where each comes from:
+MODEL_REVISIONS: dict[str, str] = {
+    # NVIDIA's Megatron-Bridge pins it (NVIDIA-NeMo/Megatron-Bridge, file
+    # src/megatron/bridge/recipes/gemma/h100/gemma_text.py, gemma_2b_pretrain_1gpu_h100_bf16_config)
+    # as do other public projects. The repo is gated: accept Google's terms on its hub page and
+    # set HF_TOKEN.
+    "google/gemma-2b": "9cf48e52b224239de00d483ec8eb84fb8d0f3a3a",
+    # The only snapshot of this repo in public code (Hugging Face cache paths
+    # models--TinyLlama--TinyLlama-1.1B-intermediate-step-1431k-3T/snapshots/<sha> in several
+    # projects); public code fetches a single model.safetensors from the repo's main.
+    "TinyLlama/TinyLlama-1.1B-intermediate-step-1431k-3T": (
+        "036fa4651240b9a1487f709833b9e4b96b4c1574"
+    ),
+    # main of EleutherAI/pythia-1b, which holds the final checkpoint (the step143000 branch's
+    # weights, per the Pythia model card) and a model.safetensors; public code pins this sha
+    # as main's and fetches "*.safetensors" at it. The step* branches are not used: they may
+    # hold only pytorch_model.bin, which this step does not fetch.
+    "EleutherAI/pythia-1b": "f73d7dcc545c8bd326d8559c8ef84ffe92fea6b2",
+}
+
+# What from_pretrained needs, at the top of the repo: config, safetensors weights (one file or
+# shards with their index) and tokenizer files. No .bin/.pth pickles, no onnx/flax/tf/gguf.
+MODEL_FILES = (
+    "config.json",
+    "generation_config.json",
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "tokenizer.model",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+SUBFOLDERS = "*/*"  # ignored: from_pretrained reads the top level only
+
+
+@dataclass(frozen=True)
+class PaperSource:
+    """Where a paper task's rows come from: the hub dataset of lm-eval's task YAML, at a commit.
+
+    ``config`` is lm-eval's ``dataset_name``. The rows are read with ``datasets.load_dataset``,
+    as lm-eval does, unless ``files`` names the repo file of each split (JSON lines), for a
+    revision whose own loader ``datasets`` >= 4 no longer runs (a loading script).
+    """
+
+    repo: str
+    revision: str
+    config: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+
+
+# One row per task of suite `paper` (src/rrt/suites.yaml); repo and config are those of the
+# task's YAML in lm-eval 0.4.13 (tests/test_download.py checks this). Each revision is a full
+# commit sha found pinned in public code. For all but LAMBADA, `datasets` caches seen in public
+# code name that commit under cache version 0.0.0 (<owner>___<name>/<config>/0.0.0/<sha>), which
+# `datasets` uses for plain data files, not for a loading script: those load with datasets >= 4.
+_ARC = "210d026faf9955653af8916fad021475a3f00453"  # ARC-Easy and ARC-Challenge: one repo
+PAPER_SOURCES: dict[str, PaperSource] = {
+    # A dataset lock of one public project (repository, revision, file, size, sha256) and a
+    # download recipe of another pin this commit and this file: 1,819,752 bytes, sha256
+    # 4aa8d02cd17c719165fc8a7887fddd641f43fcafa4b1c806ca8abc31fabdb226, OpenAI's LAMBADA test
+    # split, which is the repo's "default" config (the dataset card gives that config this
+    # download size). It is read directly: whether this commit still holds the repo's old
+    # loading script, which datasets >= 4 refuses, is not known.
+    "lambada_openai": PaperSource(
+        "EleutherAI/lambada_openai",
+        "900124bf3b8235c6daf21033af9948b3f07346c4",
+        "default",
+        files={"test": "data/lambada_test.jsonl"},
+    ),
+    # hellaswag, piqa, arc_* and openbookqa: a public dataset lock made with lm_eval 0.4.12 and
+    # datasets 4.8.5 (builder parquet, cache version 0.0.0) records these four commits; others pin
+    # them too (hf_revision of lighteval task configs for openbookqa, dataset tables for the rest).
+    "hellaswag": PaperSource("Rowan/hellaswag", "218ec52e09a7e7462a5400043bb9a69a41d06b76"),
+    "piqa": PaperSource("baber/piqa", "142f6d7367fd9877f0fb3b5734ea6a545f54cdd1"),
+    # Pinned by inspect_evals replay cases and dataset tables of several projects; public code
+    # fetches winogrande_xl/train-00000-of-00001.parquet at it.
+    "winogrande": PaperSource(
+        "allenai/winogrande", "01e74176c63542e6b0bcb004dcdea22d94fb67b5", "winogrande_xl"
+    ),
+    "arc_easy": PaperSource("allenai/ai2_arc", _ARC, "ARC-Easy"),
+    "arc_challenge": PaperSource("allenai/ai2_arc", _ARC, "ARC-Challenge"),
+    "openbookqa": PaperSource(
+        "allenai/openbookqa", "388097ea7776314e93a529163e0fea805b8a6454", "main"
+    ),
+}
+
+# --- models ----------------------------------------------------------------------------------
+
+
+def download_model(
+    repo_id: str,
+    revision: str,
+    out: str | Path,
+    *,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> Path:
+    """Fetch a causal LM repo at ``revision`` into ``out`` (safetensors, config, tokenizer).
+
+    The revision is resolved to its commit first (one request, fast failure); the files are
+    then fetched at that commit into a temporary folder beside ``out`` and renamed into place
+    with ``provenance.json`` holding the commit. An ``out`` already holding this repo and
+    revision is left as it is, without asking the hub. ``endpoint`` defaults to
+    ``HF_ENDPOINT``; ``token`` to ``HF_TOKEN`` or the saved login.
+    """
+    out = Path(out)
+    what = f"model {repo_id} at revision {revision}"
+    if _model_is_complete(out, repo_id, revision):
+        return out
+    api = HfApi(endpoint=endpoint, token=token, library_name="rrt")
+    with _hub_errors(what, api.endpoint):
+        info = api.repo_info(repo_id, revision=revision, timeout=_timeout())
+    commit = info.sha
+    present = sorted(s.rfilename for s in info.siblings or [])
+    if not any(f.endswith(".safetensors") and "/" not in f for f in present):
+        raise UserError(
+            f"cannot download {what}: it has no safetensors weights at commit {commit} "
+            f"(files: {', '.join(present) or 'none'}); only safetensors are fetched, so pick a "
+            "revision that has them"
+        )
+    with atomic_path(out) as tmp, _hub_errors(what, api.endpoint):
+        snapshot_download(
+            repo_id,
+            revision=commit,
+            local_dir=tmp,
+            allow_patterns=list(MODEL_FILES),
+            ignore_patterns=[SUBFOLDERS],
+            endpoint=endpoint,
+            token=token,
+            etag_timeout=_timeout(),
+            library_name="rrt",
+        )
+        shutil.rmtree(tmp / ".cache", ignore_errors=True)  # huggingface_hub's download metadata
+        if not (tmp / "config.json").is_file():
+            raise UserError(f"cannot download {what}: the repo has no config.json at {commit}")
+        files = {p.name: p.stat().st_size for p in sorted(tmp.iterdir()) if p.is_file()}
+        params = {
+            "repo_id": repo_id,
+            "revision": revision,
+            "commit": commit,
+            "endpoint": api.endpoint,
+            "files": files,
+        }
+        write_json(tmp / PROVENANCE, provenance("download", params))
+    return out
+
+
+def _model_is_complete(out: Path, repo_id: str, revision: str) -> bool:
+    """Whether ``out`` already holds this download; an ``out`` holding anything else is an error
+    (it is never replaced silently)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    try:
+        recorded = json.loads((out / PROVENANCE).read_text())
+        params = recorded["params"] if recorded["step"] == "download" else {}
+    except (OSError, ValueError, KeyError, TypeError):
+        params = {}
+    if not isinstance(params, dict) or "repo_id" not in params:
+        raise UserError(
+            f"--out {out} exists and is not a download made by rrt download (its {PROVENANCE} "
+            "says otherwise or is missing); remove it or choose another --out"
+        )
+    if (params.get("repo_id"), params.get("revision")) != (repo_id, revision):
+        raise UserError(
+            f"--out {out} holds model {params.get('repo_id')} at revision "
+            f"{params.get('revision')}, not {repo_id} at {revision}; remove it or choose another "
+            "--out"
+        )
+    files = params.get("files") or {}
+    return all(
+        (out / name).is_file() and (out / name).stat().st_size == size
+        for name, size in files.items()
+    )
+
+
+# --- the paper's task data -------------------------------------------------------------------
+
+
+def download_paper_data(
+    out: str | Path, tasks: Sequence[str] | None = None, *, token: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Write the rows of the paper's tasks as ``out/<task>/<split>.jsonl`` (all when ``tasks``
+    is None), in the schema of the hub dataset that lm-eval's task YAML loads, for
+    ``rrt evaluate --paper-data out``; return what ``out/provenance.json`` records per task.
+
+    Each file is written atomically. A task whose files are all there and whose recorded source
+    is the pinned one is not fetched again.
+    """
+    from rrt.evaluate import load_suites  # light: lm-eval is imported inside its functions
+
+    paper = {t.name: t for t in load_suites()["paper"].tasks}
+    tasks = list(paper) if tasks is None else list(dict.fromkeys(tasks))
+    unknown = [t for t in tasks if t not in paper]
+    if unknown or not tasks:
+        raise UserError(
+            f"--tasks {','.join(unknown) or '(none)'}: not a task of suite paper; choose among "
+            f"{', '.join(paper)}"
+        )
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a directory")
+    record_path = out / PROVENANCE
+    recorded = _read_recorded_tasks(record_path)
+    api = HfApi(token=token, library_name="rrt")
+    for name in tasks:
+        source = PAPER_SOURCES[name]
+        splits = paper[name].splits
+        wanted = {"repo": source.repo, "config": source.config, "revision": source.revision}
+        done = recorded.get(name, {})
+        if {k: done.get(k) for k in wanted} == wanted and all(
+            (out / name / f"{s}.jsonl").is_file() for s in splits
+        ):
+            continue
+        recorded[name] = _download_task(api, name, source, splits, out / name)
+        write_json(record_path, provenance("download paper-data", {"tasks": recorded}))
+    return recorded
+
+
+def _read_recorded_tasks(path: Path) -> dict[str, dict[str, Any]]:
+    if not path.is_file():
+        return {}
+    try:
+        return dict(json.loads(path.read_text())["params"]["tasks"])
+    except (ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a provenance file of rrt download paper-data") from None
+
+
+def _download_task(
+    api: HfApi, name: str, source: PaperSource, splits: Sequence[str], out: Path
+) -> dict[str, Any]:
+    """Fetch one task's splits at its pinned commit and write them; return their record."""
+    what = f"paper data for {name} (dataset {source.repo}"
+    what += f" config {source.config}" if source.config and not source.files else ""
+    what += f" at revision {source.revision})"
+    with _hub_errors(what, api.endpoint):
+        commit = api.repo_info(
+            source.repo, repo_type="dataset", revision=source.revision, timeout=_timeout()
+        ).sha
+    if source.files:
+        rows = {split: _read_hub_jsonl(api, what, source, commit, split) for split in splits}
+    else:
+        rows = _load_with_datasets(what, source, commit, splits, api.token)
+    written = {}
+    for split, split_rows in rows.items():
+        path = out / f"{split}.jsonl"
+        text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in split_rows)
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+        digest = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        written[split] = {"rows": len(split_rows), "sha256": digest}
+    return {**asdict(source), "commit": commit, "splits": written}
+
+
+def _read_hub_jsonl(
+    api: HfApi, what: str, source: PaperSource, commit: str, split: str
+) -> list[dict[str, Any]]:
+    if split not in source.files:
+        raise UserError(f"cannot download {what}: no file is known for its {split} split")
+    with _hub_errors(what, api.endpoint):
+        local = hf_hub_download(
+            source.repo,
+            source.files[split],
+            repo_type="dataset",
+            revision=commit,
+            endpoint=api.endpoint,
+            token=api.token,
+            etag_timeout=_timeout(),
+            library_name="rrt",
+        )
+    rows = []
+    with open(local, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:
+                    raise UserError(
+                        f"cannot read {what}: {source.files[split]} line {number} is not JSON"
+                    ) from None
+    return rows
+
+
+def _load_with_datasets(
+    what: str, source: PaperSource, commit: str, splits: Sequence[str], token: str | None
+) -> dict[str, list[dict[str, Any]]]:
+    """The splits' rows as ``datasets.load_dataset(repo, config, revision=commit)`` gives them,
+    which is how lm-eval reads the same hub dataset."""
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE:
+        raise UserError(
+            f"cannot download {what}: HF_DATASETS_OFFLINE (or HF_HUB_OFFLINE) is set; unset it "
+            "for this step, which needs the hub"
+        )
+    try:
+        loaded = datasets.load_dataset(source.repo, source.config, revision=commit, token=token)
+    except datasets.exceptions.DatasetNotFoundError as err:
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None
+    except RuntimeError as err:  # "Dataset scripts are no longer supported, but found ..."
+        raise UserError(
+            f"cannot download {what}: {_one_line(err)} (datasets {datasets.__version__})"
+        ) from None
+    except ValueError as err:  # an unknown config names the available ones
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None
+    except (ConnectionError, TimeoutError) as err:
+        raise UserError(f"cannot download {what}: the hub cannot be reached ({err})") from None
+    missing = [s for s in splits if s not in loaded]
+    if missing:
+        raise UserError(
+            f"cannot download {what}: it has no split {', '.join(missing)} "
+            f"(it has {', '.join(loaded)})"
+        )
+    return {split: loaded[split].to_list() for split in splits}
+
+
+# --- errors ----------------------------------------------------------------------------------
+
+
+def _timeout() -> float:
+    """Seconds to wait for the hub's answer: huggingface_hub's HF_HUB_ETAG_TIMEOUT (default 10)."""
+    return float(hub_constants.HF_HUB_ETAG_TIMEOUT)
+
+
+def _network_errors() -> tuple[type[BaseException], ...]:
+    """The transport errors of whichever HTTP client this huggingface_hub uses."""
+    found: list[type[BaseException]] = [TimeoutError]
+    for module, names in (
+        ("httpx2", ("TransportError",)),
+        ("httpx", ("TransportError",)),
+        ("requests", ("ConnectionError", "Timeout")),
+    ):
+        try:
+            imported = __import__(module)
+        except ImportError:
+            continue
+        found += [getattr(imported, n) for n in names if hasattr(imported, n)]
+    return tuple(found)
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())
+
+
+@contextmanager
+def _hub_errors(what: str, endpoint: str) -> Iterator[None]:
+    """Turn what huggingface_hub raises into one line that names ``what`` and the cause."""
+    try:
+        yield
+    except UserError:
+        raise
+    except hub_errors.OfflineModeIsEnabled:
+        raise UserError(
+            f"cannot download {what}: HF_HUB_OFFLINE is set; unset it for this step, which needs "
+            "the hub (run it on a machine that can reach it)"
+        ) from None
+    except hub_errors.GatedRepoError:
+        raise UserError(
+            f"cannot download {what}: the repository is gated; accept its terms on its page at "
+            f"{endpoint} and set HF_TOKEN (or run `hf auth login`)"
+        ) from None
+    except hub_errors.RepositoryNotFoundError:
+        raise UserError(
+            f"cannot download {what}: no such repository at {endpoint} (or it is private and "
+            "HF_TOKEN does not grant access)"
+        ) from None
+    except hub_errors.RevisionNotFoundError:
+        raise UserError(
+            f"cannot download {what}: the repository has no such revision (give a branch, tag "
+            "or full commit sha)"
+        ) from None
+    except hub_errors.LocalEntryNotFoundError as err:  # raised when the hub vanished mid-way
+        cause = err.__cause__ or err.__context__
+        raise UserError(
+            f"cannot download {what}: the hub at {endpoint} cannot be reached "
+            f"({type(cause or err).__name__})"
+        ) from None
+    except hub_errors.EntryNotFoundError as err:
+        raise UserError(f"cannot download {what}: a file is missing ({_one_line(err)})") from None
+    except hub_errors.HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "?"
+        raise UserError(
+            f"cannot download {what}: the hub at {endpoint} answered HTTP {status}"
+        ) from None
+    except hub_errors.HFValidationError as err:
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None
+    except _network_errors() as err:
+        raise UserError(
+            f"cannot download {what}: the hub at {endpoint} cannot be reached "
+            f"({type(err).__name__}: {_one_line(err) or 'no answer'}); run `rrt download` where "
+            "it can be, then copy the output"
+        ) from None
+
+
+# --- the command line ------------------------------------------------------------------------
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Fetch hub models and the paper's task data onto local disk, pinned to commits, for "
+        "compute nodes without internet. Set HF_TOKEN for gated models (google/gemma-2b) and "
+        "HF_ENDPOINT for a mirror; HF_HUB_OFFLINE must be unset."
+    )
+    sub = p.add_subparsers(dest="download_what", required=True, metavar="WHAT")
+    pinned = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in MODEL_REVISIONS.items())
+    model = sub.add_parser(
+        "model",
+        help="a causal LM repo at a revision: safetensors, config and tokenizer",
+        description=(
+            "Download a causal LM (safetensors weights, config, generation config, tokenizer; "
+            "no .bin/onnx/flax/tf files) at a pinned revision into --out, with provenance.json "
+            "holding the commit. An --out that already holds it is left as it is."
+        ),
+    )
+    model.add_argument("--repo", required=True, help="hub model id, e.g. EleutherAI/pythia-1b")
+    model.add_argument(
+        "--revision",
+        help=f"branch, tag or commit sha (default for the paper's models: {pinned})",
+    )
+    model.add_argument("--out", required=True, help="output model directory")
+    model.set_defaults(func=_model_cli)
+    data = sub.add_parser(
+        "paper-data",
+        help="the paper's seven lm-eval tasks as DIR/<task>/<split>.jsonl for --paper-data",
+        description=(
+            "Write the rows of suite paper's tasks (hub datasets pinned to commits) as "
+            "DIR/<task>/<split>.jsonl, which `rrt evaluate --paper-data DIR` reads offline, and "
+            "DIR/provenance.json."
+        ),
+    )
+    data.add_argument("--out", required=True, help="output directory DIR")
+    data.add_argument(
+        "--tasks",
+        help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
+    )
+    data.set_defaults(func=_paper_data_cli)
+
+
+def _model_cli(args: argparse.Namespace) -> None:
+    revision = args.revision or MODEL_REVISIONS.get(args.repo)
+    if revision is None:
+        raise UserError(
+            f"--revision is required for {args.repo} (pinned revisions are known only for "
+            f"{', '.join(MODEL_REVISIONS)})"
+        )
+    out = download_model(args.repo, revision, args.out)
+    commit = json.loads((out / PROVENANCE).read_text())["params"]["commit"]
+    print(f"{args.repo} at {revision} (commit {commit}) in {out}")
+
+
+def _paper_data_cli(args: argparse.Namespace) -> None:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
+    recorded = download_paper_data(args.out, tasks)
+    for name in tasks or list(PAPER_SOURCES):
+        splits = recorded[name]["splits"]
+        rows = ", ".join(f"{s} {v['rows']}" for s, v in splits.items())
+        print(f"{name}: {rows} rows in {Path(args.out) / name}")
