@@ -14,8 +14,8 @@ from _embedded import RECIPE, corpus, recipe_args, shape_args, tokenizer
 from mlflow import MlflowClient
 
 from rrt.errors import UserError
-from rrt.tracking import RUN_ID_FILE, Tracking, TrainingRun, flatten
-from rrt.train import work_dir
+from rrt.tracking import RUN_ID_FILE, Tracking, flatten
+from rrt.train import TrainingRun, work_dir
 
 
 @pytest.fixture(scope="module")

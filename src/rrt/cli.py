@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
 
+from rrt import tracking
 from rrt.errors import UserError
 
 # name -> (module that registers it, one line for `rrt --help`), in the order help lists them.
@@ -49,7 +53,13 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
     ),
     "evaluate": ("rrt.evaluate", "few-shot accuracy of a model directory through lm-eval"),
+    "download": (
+        "rrt.download",
+        "fetch a hub model, or the paper suite's task data, at pinned commits (needs the hub)",
+    ),
 }
+# Commands that open their own MLflow run (with per-step metrics); the CLI opens one for others.
+TRACKS_ITSELF = {"pretrain", "uptrain"}
 
 
 def _command_in(argv: list[str]) -> str | None:
@@ -69,6 +79,7 @@ def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         if full is None or name in full:
             importlib.import_module(module).add_cli(p)
+            tracking.add_arguments(p)
     return parser
 
 
@@ -76,10 +87,16 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     command = next((word for word in argv if word in COMMANDS), None)
     args = build_parser([command] if command else []).parse_args(argv)
+    run = None
     try:
-        args.func(args)
+        run = _job_run(args)
+        metrics = args.func(args)
+        if run is not None:
+            out = getattr(args, "out", None)
+            run.finish(metrics or {}, Path(out) if out is not None else None)
     except UserError as err:
         print(f"rrt {args.command}: error: {err}", file=sys.stderr)
+        _end(run, "FAILED")
         return 2
     except KeyboardInterrupt:
         print(
@@ -87,8 +104,33 @@ def main(argv: list[str] | None = None) -> int:
             "command again resumes a training step from its last checkpoint",
             file=sys.stderr,
         )
+        _end(run, "KILLED")
         return 130
+    except BaseException:
+        _end(run, "FAILED")
+        raise
     return 0
+
+
+def _job_run(args: argparse.Namespace) -> tracking.JobRun | None:
+    """The job's MLflow run when tracking is on (training commands open their own)."""
+    settings = tracking.from_arguments(args)
+    if not settings.enabled or args.command in TRACKS_ITSELF:
+        return None
+    params: dict[str, Any] = {
+        k: str(v) if isinstance(v, Path) else v
+        for k, v in vars(args).items()
+        if k != "func" and not k.startswith("mlflow_")
+    }
+    out = getattr(args, "out", None)
+    key = str(Path(out).resolve()) if out is not None else None
+    return tracking.JobRun(settings, args.command, params, key)
+
+
+def _end(run: tracking.JobRun | None, status: str) -> None:
+    if run is not None:
+        with suppress(Exception):  # the job's own error matters more than the tracking store's
+            run.end(status)
 
 
 if __name__ == "__main__":

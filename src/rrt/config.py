@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import json
 import shlex
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -284,3 +285,104 @@ def walk(values: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
             yield from walk(value, f"{prefix}{key}.")
     else:
         yield prefix.rstrip("."), values
+
+
+# --- a whole experiment config (the Snakefile's) ----------------------------------------------
+
+
+def resolve(values: dict[str, Any]) -> dict[str, Any]:
+    """Check an experiment config and fill in its defaults, in place (Snakemake's ``config``).
+
+    Fails with one line naming the key and what is allowed, before any job runs: unknown keys,
+    wrong types and bounds (the schema), then what the schema cannot say (:func:`check`).
+    """
+    validate(values)
+    filled = resolve_defaults(values, "")
+    validate(filled)
+    check(filled)
+    values.clear()
+    values.update(filled)
+    return values
+
+
+def source_layers(values: dict[str, Any]) -> int:
+    """The source model's decoder layers, from the config or the local model's config.json."""
+    source = values["source"]
+    if source["kind"] == "embedded":
+        return source["embedded"]["layers"]
+    if source["kind"] == "local":
+        if not source["path"]:
+            raise ConfigError("source.path: a local source needs the path of its model folder")
+        config_file = Path(source["path"]) / "config.json"
+        if not config_file.is_file():
+            raise ConfigError(f"source.path: {source['path']} holds no model (no config.json)")
+        return int(json.loads(config_file.read_text())["num_hidden_layers"])
+    missing = [key for key in ("repo", "revision", "layers") if not source[key]]
+    if missing:
+        raise ConfigError(
+            f"source: a hub source needs {', '.join(f'source.{k}' for k in missing)} "
+            "(the model id, a pinned revision and its decoder layers)"
+        )
+    return source["layers"]
+
+
+def check(values: dict[str, Any]) -> None:
+    """What a schema cannot say: loops that divide the source's layers, early-exit models that
+    the experiment makes, baselines that fit the source, task names lm-eval knows."""
+    layers = source_layers(values)
+    divisors = [b for b in range(1, layers + 1) if layers % b == 0]
+    looped = [
+        *(("recursive.loops", b) for b in values["recursive"]["loops"]),
+        *(("relaxed.loops", b) for b in values["relaxed"]["loops"]),
+        *(("baselines.reduced_loops", b) for b in values["baselines"]["reduced_loops"]),
+        *(("early_exit.models", m["loops"]) for m in values["early_exit"]["models"]),
+    ]
+    for key, loops in looped:
+        if layers % loops:
+            raise ConfigError(
+                f"{key}: {loops} loops do not divide the source's {layers} layers; "
+                f"allowed: {', '.join(map(str, divisors))}"
+            )
+    for model in values["early_exit"]["models"]:
+        loops, init, rank = model["loops"], model["init"], model["rank"]
+        kind = "recursive" if rank == 0 else "relaxed"
+        made = loops in values[kind]["loops"] and init in values[kind]["inits"]
+        if kind == "relaxed":
+            made = made and rank in values["relaxed"]["ranks"]
+        if not made:
+            raise ConfigError(
+                f"early_exit.models: {model} is not a model this experiment uptrains; add its "
+                f"loops, init{' and rank' if rank else ''} to {kind}"
+            )
+    if (
+        "source" in values["baselines"]["reduced_budgets"]
+        and values["source"]["kind"] != "embedded"
+    ):
+        raise ConfigError(
+            "baselines.reduced_budgets: 'source' (the source's own pretraining tokens) needs the "
+            "embedded source; allowed here: uptrain"
+        )
+    check_tasks(values["evaluate"]["tasks"])
+
+
+def check_tasks(tasks: str) -> None:
+    """Every name is a suite, an embedded task, or a task in lm-eval's index."""
+    suites = yaml.safe_load(Path(__file__).with_name("suites.yaml").read_text())
+    known = set(suites) | {t for suite in suites.values() for t in suite["tasks"]}
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise ConfigError("evaluate.tasks: no task named; give suites (embedded, paper) or tasks")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        from lm_eval.tasks import TaskManager  # its index takes ~10 s: only for other names
+
+        index = set(TaskManager().all_tasks)
+        unknown = [n for n in unknown if n not in index]
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(known), n=3)
+        raise ConfigError(
+            f"evaluate.tasks: unknown task {unknown[0]!r}; suites: {', '.join(suites)}"
+            + (f"; close: {', '.join(close)}" if close else "")
+        )

@@ -1,11 +1,12 @@
-"""MLflow tracking of training runs: parameters, per-step metrics, final metrics and artifacts.
+"""MLflow tracking: every rrt job is one run, nested under its experiment's parent run.
 
 Off unless a tracking URI is given (``--mlflow-uri`` or ``MLFLOW_TRACKING_URI``), so the library
 and its tests never need a server. Why a client and not ``mlflow.start_run``: a killed job that
-is started again must go on logging into the *same* run, so the run id is kept in the training
-work folder and reopened on resume, and steps the killed run had already logged are not logged
-twice. A run is nested under a parent (the workflow's experiment run) by the standard
-``mlflow.parentRunId`` tag, taken from ``--mlflow-parent`` or ``MLFLOW_PARENT_RUN_ID``.
+is started again must go on logging into the *same* run. A training job keeps its run id in its
+work folder (and does not log the steps it replays twice); any other job finds its unfinished
+run by the output it writes (tag ``rrt.output``). A run is nested under a parent (the
+workflow's experiment run, :func:`start_experiment`) by the standard ``mlflow.parentRunId`` tag,
+taken from ``--mlflow-parent`` or ``MLFLOW_PARENT_RUN_ID``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,9 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from transformers import TrainerCallback
 
 from rrt.errors import UserError
 
@@ -36,6 +35,7 @@ class Tracking:
     experiment: str = "rrt"
     run_name: str | None = None
     parent_run_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
 
     @property
     def enabled(self) -> bool:
@@ -43,7 +43,7 @@ class Tracking:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``--mlflow-*`` options of every stage that trains."""
+    """The ``--mlflow-*`` options of every subcommand."""
     group = parser.add_argument_group("MLflow", "off unless a tracking URI is given")
     group.add_argument(
         "--mlflow-uri",
@@ -61,11 +61,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=os.environ.get("MLFLOW_PARENT_RUN_ID"),
         help="run id to nest this run under (default: $MLFLOW_PARENT_RUN_ID)",
     )
+    group.add_argument(
+        "--mlflow-tag",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a tag of the run (repeatable), e.g. the workflow rule and its wildcards",
+    )
 
 
 def from_arguments(args: argparse.Namespace) -> Tracking:
     name = args.mlflow_run_name or (Path(args.out).name if getattr(args, "out", None) else None)
-    return Tracking(args.mlflow_uri, args.mlflow_experiment, name, args.mlflow_parent)
+    tags = {}
+    for tag in args.mlflow_tag:
+        key, sep, value = tag.partition("=")
+        if not sep or not key:
+            raise UserError(f"--mlflow-tag {tag!r} is not KEY=VALUE")
+        tags[key] = value
+    return Tracking(args.mlflow_uri, args.mlflow_experiment, name, args.mlflow_parent, tags)
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -80,70 +93,81 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-class TrainingRun(TrainerCallback):
-    """One MLflow run for one training job, reopened when the job resumes after a kill.
+def _client(uri: str) -> Any:
+    from mlflow import MlflowClient
 
-    Used as a Trainer callback for the per-step metrics; :meth:`finish` logs the final metrics
-    and the output's small files, and marks the run finished.
+    return MlflowClient(tracking_uri=uri)
+
+
+def _experiment_id(client: Any, name: str) -> str:
+    experiment = client.get_experiment_by_name(name)
+    return experiment.experiment_id if experiment is not None else client.create_experiment(name)
+
+
+def _params(params: dict[str, Any]) -> list[Any]:
+    from mlflow.entities import Param
+
+    flat = flatten(params)
+    values = {k: v if isinstance(v, str) else json.dumps(v, default=str) for k, v in flat.items()}
+    return [Param(k, v[:_MAX_PARAM]) for k, v in sorted(values.items())]
+
+
+class JobRun:
+    """One MLflow run for one job, found again when the job is started again after a kill.
+
+    ``key`` names the job (its output); an unfinished run with that key is reopened, a finished
+    one means the job runs again and gets a new run.
     """
 
-    def __init__(self, tracking: Tracking, work: Path, stage: str, params: dict[str, Any]):
-        from mlflow import MlflowClient
+    def __init__(
+        self, tracking: Tracking, stage: str, params: dict[str, Any], key: str | None = None
+    ) -> None:
         from mlflow.exceptions import MlflowException
 
-        from rrt.store import git_commit, versions
-
-        id_file = work / RUN_ID_FILE
         try:
-            self.client = MlflowClient(tracking_uri=tracking.uri)
-            self.run_id = self._reopen(id_file)
+            self.client = _client(tracking.uri)
+            self.run_id = self._reopen(tracking, key)
             if self.run_id is None:
-                self.run_id = self._create(tracking, stage, params, git_commit(), versions())
-                id_file.write_text(self.run_id)
+                self.run_id = self._create(tracking, stage, params, key)
         except MlflowException as err:
             raise UserError(f"MLflow at {tracking.uri!r}: {err.message}") from None
-        self.logged_step = self._last_logged_step()
 
-    def _reopen(self, id_file: Path) -> str | None:
-        if not id_file.is_file():
+    def _reopen(self, tracking: Tracking, key: str | None) -> str | None:
+        if key is None:
             return None
-        run_id = id_file.read_text().strip()
-        self.client.update_run(run_id, status="RUNNING")
-        return run_id
+        experiment = self.client.get_experiment_by_name(tracking.experiment)
+        if experiment is None:
+            return None
+        found = self.client.search_runs(
+            [experiment.experiment_id],
+            filter_string=f"tags.`rrt.output` = '{key}' and attributes.status != 'FINISHED'",
+            max_results=1,
+        )
+        if not found:
+            return None
+        self.client.update_run(found[0].info.run_id, status="RUNNING")
+        return found[0].info.run_id
 
     def _create(
-        self,
-        tracking: Tracking,
-        stage: str,
-        params: dict[str, Any],
-        commit: str | None,
-        libs: dict[str, str],
+        self, tracking: Tracking, stage: str, params: dict[str, Any], key: str | None
     ) -> str:
-        experiment = self.client.get_experiment_by_name(tracking.experiment)
-        experiment_id = (
-            experiment.experiment_id
-            if experiment is not None
-            else self.client.create_experiment(tracking.experiment)
-        )
-        tags = {"rrt.stage": stage, "mlflow.source.git.commit": commit or "unknown"}
-        tags.update({f"version.{lib}": v for lib, v in libs.items()})
+        from rrt.store import git_commit, versions
+
+        experiment_id = _experiment_id(self.client, tracking.experiment)
+        tags = {"rrt.stage": stage, "mlflow.source.git.commit": git_commit() or "unknown"}
+        tags.update({f"version.{lib}": v for lib, v in versions().items()})
+        tags.update(tracking.tags)
+        if key is not None:
+            tags["rrt.output"] = key
         if tracking.parent_run_id:
             tags["mlflow.parentRunId"] = tracking.parent_run_id
         run = self.client.create_run(experiment_id, tags=tags, run_name=tracking.run_name)
-        from mlflow.entities import Param
-
-        flat = flatten(params)
-        values = {k: json.dumps(v) if not isinstance(v, str) else v for k, v in flat.items()}
-        entries = [Param(k, v[:_MAX_PARAM]) for k, v in sorted(values.items())]
+        entries = _params(params)
         for start in range(0, len(entries), 100):  # MLflow's limit on params per batch
             self.client.log_batch(run.info.run_id, params=entries[start : start + 100])
         return run.info.run_id
 
-    def _last_logged_step(self) -> int:
-        history = self.client.get_metric_history(self.run_id, "loss")
-        return max((m.step for m in history), default=-1)
-
-    def log_metrics(self, metrics: dict[str, Any], step: int) -> None:
+    def log_metrics(self, metrics: dict[str, Any], step: int = 0) -> None:
         """Log every finite number in ``metrics`` (nested keys joined by dots) at ``step``."""
         from mlflow.entities import Metric
 
@@ -157,25 +181,63 @@ class TrainingRun(TrainerCallback):
         for start in range(0, len(entries), _BATCH):
             self.client.log_batch(self.run_id, metrics=entries[start : start + _BATCH])
 
-    # ---- TrainerCallback --------------------------------------------------------------------
-    def on_log(
-        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
-    ) -> None:
-        # A resumed job replays the steps between its checkpoint and the kill; they were logged.
-        if logs and "loss" in logs and state.global_step > self.logged_step:
-            self.log_metrics(logs, state.global_step)
-            self.logged_step = state.global_step
+    def log_outputs(self, out: Path) -> None:
+        """The output's small files: a JSON report (and its samples), or a folder's JSON files."""
+        if out.is_file():
+            files = [out, *out.parent.glob(f"{out.name.removesuffix('.json')}.samples.jsonl")]
+        else:
+            skip = ("config.json", "tokenizer.json", "tokenizer_config.json")
+            files = [f for f in sorted(out.glob("*.json")) if f.name not in skip]
+        for file in files:
+            self.client.log_artifact(self.run_id, str(file))
 
-    # ---- end --------------------------------------------------------------------------------
-    def finish(self, metrics: dict[str, Any], out: Path, step: int) -> None:
-        """Final metrics (under ``final.``), the output's JSON files, and status FINISHED."""
-        final = {k: v for k, v in metrics.items() if k not in ("config", "run", "final_step")}
-        self.log_metrics({"final": final}, step)
-        for name in sorted(out.glob("*.json")):
-            if name.name not in ("config.json", "tokenizer.json", "tokenizer_config.json"):
-                self.client.log_artifact(self.run_id, str(name))
+    def finish(self, metrics: dict[str, Any], out: Path | None, step: int = 0) -> None:
+        """Final metrics, the output's files, and status FINISHED."""
+        self.log_metrics(metrics, step)
+        if out is not None and out.exists():
+            self.log_outputs(out)
         self.client.set_terminated(self.run_id, status="FINISHED")
 
     def end(self, status: str) -> None:
-        """Mark the run FAILED (an error) or KILLED (Ctrl-C); resuming sets it RUNNING again."""
+        """Mark the run FAILED (an error) or KILLED (Ctrl-C); running again sets it RUNNING."""
         self.client.set_terminated(self.run_id, status=status)
+
+
+# --- the workflow's parent run -----------------------------------------------------------------
+
+PARENT_TAG = "rrt.experiment_run"
+
+
+def start_experiment(uri: str, experiment: str, params: dict[str, Any]) -> str:
+    """The experiment's parent run (created once, then reopened), RUNNING; its id.
+
+    The Snakefile calls this before any job starts, so the tracking store is created by one
+    process (eight jobs creating a fresh sqlite store at once corrupted it).
+    """
+    client = _client(uri)
+    experiment_id = _experiment_id(client, experiment)
+    found = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{PARENT_TAG}` = 'true'", max_results=1
+    )
+    if found:
+        run_id = found[0].info.run_id
+        client.update_run(run_id, status="RUNNING")
+    else:
+        from rrt.store import git_commit, versions
+
+        tags = {PARENT_TAG: "true", "mlflow.source.git.commit": git_commit() or "unknown"}
+        tags.update({f"version.{lib}": v for lib, v in versions().items()})
+        run_id = client.create_run(experiment_id, tags=tags, run_name=experiment).info.run_id
+    entries = [p for p in _params(params) if p.key not in _logged_params(client, run_id)]
+    for start in range(0, len(entries), 100):
+        client.log_batch(run_id, params=entries[start : start + 100])
+    return run_id
+
+
+def _logged_params(client: Any, run_id: str) -> dict[str, str]:
+    return client.get_run(run_id).data.params
+
+
+def end_experiment(uri: str, run_id: str, status: str) -> None:
+    """FINISHED when the workflow succeeded, FAILED when a job failed."""
+    _client(uri).set_terminated(run_id, status=status)

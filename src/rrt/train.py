@@ -53,7 +53,7 @@ from rrt.config import defaults, section, validate
 from rrt.data import read_meta, read_texts
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
-from rrt.tracking import Tracking, TrainingRun
+from rrt.tracking import RUN_ID_FILE, JobRun, Tracking
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
 """A training objective: the loss to minimise and its named components (detached is fine)."""
@@ -408,6 +408,51 @@ class ProgressBar(TrainerCallback):
             self.bar = None
 
 
+class TrainingRun(JobRun, TrainerCallback):
+    """The run of a training job: a Trainer callback for the per-step metrics, reopened on
+    resume from the run id kept in the work folder (so replayed steps are not logged twice)."""
+
+    def __init__(
+        self,
+        tracking: Tracking,
+        work: Path,
+        stage: str,
+        params: dict[str, Any],
+        key: str | None = None,
+    ) -> None:
+        id_file = work / RUN_ID_FILE
+        self._id_file = id_file
+        super().__init__(tracking, stage, params, key)
+        if not id_file.is_file():
+            id_file.write_text(self.run_id)
+        self.logged_step = self._last_logged_step()
+
+    def _reopen(self, tracking: Tracking, key: str | None) -> str | None:
+        if not self._id_file.is_file():
+            return None
+        run_id = self._id_file.read_text().strip()
+        self.client.update_run(run_id, status="RUNNING")
+        return run_id
+
+    def _last_logged_step(self) -> int:
+        history = self.client.get_metric_history(self.run_id, "loss")
+        return max((m.step for m in history), default=-1)
+
+    # ---- TrainerCallback --------------------------------------------------------------------
+    def on_log(
+        self, args: Any, state: Any, control: Any, logs: dict | None = None, **kw: Any
+    ) -> None:
+        # A resumed job replays the steps between its checkpoint and the kill; they were logged.
+        if logs and "loss" in logs and state.global_step > self.logged_step:
+            self.log_metrics(logs, state.global_step)
+            self.logged_step = state.global_step
+
+    def finish(self, metrics: dict[str, Any], out: Path | None, step: int = 0) -> None:
+        """Final metrics (under ``final.``), the output's JSON files, and status FINISHED."""
+        final = {k: v for k, v in metrics.items() if k not in ("config", "run", "final_step")}
+        super().finish({"final": final}, out, step)
+
+
 # --------------------------------------------------------------------------------------------
 # The run
 # --------------------------------------------------------------------------------------------
@@ -522,7 +567,7 @@ def train(
     steps_file = work / STEPS_FILE
     tracker = None
     if main and tracking is not None and tracking.enabled:
-        tracker = TrainingRun(tracking, work, stage, identity)
+        tracker = TrainingRun(tracking, work, stage, identity, str(out.resolve()))
     progress = ProgressBar()
     reporters = [StepLog(steps_file), progress, *([tracker] if tracker else [])]
     trainer = LossHookTrainer(

@@ -115,7 +115,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     schema.add_setting(p, "threads")
     schema.add_arguments(p, UptrainLoss, title="uptrain.loss")
     schema.add_arguments(p, TrainConfig, uptrain_recipe(), title="uptrain (the train recipe)")
-    mlflow_tracking.add_arguments(p)
     p.set_defaults(func=_run)
 
 

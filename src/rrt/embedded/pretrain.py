@@ -154,7 +154,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     schema.add_arguments(p, ModelShape, title="the model (source.embedded)")
     schema.add_arguments(p, TrainConfig, title="train")
-    mlflow_tracking.add_arguments(p)
     p.set_defaults(func=_run)
 
 
