@@ -55,7 +55,7 @@ def test_pretraining_logs_params_every_step_and_final_metrics_to_mlflow(data, st
     client, runs = _runs(store_uri, "pretrain-test")
     assert len(runs) == 1
     run = runs[0]
-    assert run.info.status == "FINISHED" and run.info.run_name == "source"
+    assert run.info.status == "FINISHED" and run.info.run_name == "pretrain source"
     assert run.data.tags["rrt.stage"] == "pretrain"
     assert run.data.tags["mlflow.parentRunId"] == "parent123"
     assert "mlflow.source.git.commit" in run.data.tags and "version.torch" in run.data.tags

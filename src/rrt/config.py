@@ -362,12 +362,29 @@ def check(values: dict[str, Any]) -> None:
             "baselines.reduced_budgets: 'source' (the source's own pretraining tokens) needs the "
             "embedded source; allowed here: uptrain"
         )
+    corpus = values["corpus_source"]
+    needs = {"local": ("path",), "hub": ("repo", "revision")}.get(corpus["kind"], ())
+    missing = [f"corpus_source.{key}" for key in needs if not corpus[key]]
+    if missing:
+        raise ConfigError(f"corpus_source: a {corpus['kind']} corpus needs {', '.join(missing)}")
     check_tasks(values["evaluate"]["tasks"])
+    embedded_tasks = {"embedded", *_suites()["embedded"]["tasks"]}
+    asked = {t.strip() for t in values["evaluate"]["tasks"].split(",")}
+    if asked & embedded_tasks and corpus["kind"] != "generated":
+        raise ConfigError(
+            "evaluate.tasks: the embedded tasks are cut from the generated corpus's stories; "
+            "with corpus_source.kind "
+            f"{corpus['kind']!r} evaluate the paper suite or lm-eval tasks instead"
+        )
+
+
+def _suites() -> dict[str, Any]:
+    return yaml.safe_load(Path(__file__).with_name("suites.yaml").read_text())
 
 
 def check_tasks(tasks: str) -> None:
     """Every name is a suite, an embedded task, or a task in lm-eval's index."""
-    suites = yaml.safe_load(Path(__file__).with_name("suites.yaml").read_text())
+    suites = _suites()
     known = set(suites) | {t for suite in suites.values() for t in suite["tasks"]}
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:

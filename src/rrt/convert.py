@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
 from rrt.families import family_of
@@ -108,7 +109,8 @@ def build_like(config: RecursiveConfig, reference: torch.nn.Module) -> Recursive
         return RecursiveForCausalLM._from_config(config, dtype=weight.dtype)
 
 
-def _convert_cli(args: argparse.Namespace) -> None:
+def _convert_cli(args: argparse.Namespace) -> dict:
+    schema.set_threads(args.threads)
     if args.init not in INITS:
         raise UserError(f"unknown --init {args.init!r}; choose one of {', '.join(INITS)}")
     config = store.load_config(args.source)  # fail on bad arguments before loading weights
@@ -128,6 +130,9 @@ def _convert_cli(args: argparse.Namespace) -> None:
         dtype=source_dtype(args.source),
     )
     print(f"recursive model ({args.init}, B={args.loops}) written to {args.out}")
+    from rrt.params import count_parameters  # params imports this module
+
+    return {"parameters": count_parameters(model)}
 
 
 def source_dtype(path: str) -> torch.dtype | None:
@@ -143,11 +148,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--init", default="stepwise", help=f"shared-layer initialisation: {', '.join(INITS)}"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=store.DEVICES,
-        help="where the conversion runs (auto: the GPU when there is one)",
-    )
+    schema.add_setting(p, "device")
+    schema.add_setting(p, "threads")
     p.add_argument("--out", required=True, help="output model directory")
     p.set_defaults(func=_convert_cli)

@@ -553,7 +553,7 @@ def write_evaluation(evaluation: Evaluation, out: str | os.PathLike[str]) -> Pat
 # --- CLI -------------------------------------------------------------------------------------
 
 
-def run(args: argparse.Namespace) -> None:
+def run(args: argparse.Namespace) -> dict:
     # No network at run time (DESIGN): without these a missing hub dataset costs ~34 s of retries.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -586,6 +586,16 @@ def run(args: argparse.Namespace) -> None:
         head = task["headline"]
         print(f"{name}: {head['metric']} = {head['value']}")
     print(f"wrote {args.out} and {samples}")
+    return {
+        "suites": {name: suite["average"] for name, suite in evaluation.report["suites"].items()},
+        "tasks": {
+            name: {
+                task["headline"]["metric"]: task["headline"]["value"],
+                "stderr": task["stderr"].get(task["headline"]["metric"]),
+            }
+            for name, task in evaluation.report["tasks"].items()
+        },
+    }
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:

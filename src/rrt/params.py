@@ -20,7 +20,7 @@ from rrt.convert import check_loops
 from rrt.errors import UserError
 from rrt.families import family_of
 from rrt.modeling import RecursiveConfig, RecursiveForCausalLM
-from rrt.relax import parse_rank
+from rrt.relax import full_ranks, parse_rank
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
@@ -60,20 +60,20 @@ def build_on_meta(config: Any, loops: int | None = None, rank: Any = None) -> nn
             return AutoModelForCausalLM.from_config(config)
     family_of(config.model_type)
     check_loops(config.num_hidden_layers, loops)
+    ranks = parse_rank(rank or 0)
     recursive = RecursiveConfig(
-        text_config=copy.deepcopy(config),
-        num_loops=loops,
-        lora_rank=parse_rank(rank or 0),
-        relax_vectors=vectors,
+        text_config=copy.deepcopy(config), num_loops=loops, relax_vectors=vectors
     )
     with torch.device("meta"):
+        recursive.lora_rank = full_ranks(ranks, RecursiveForCausalLM(recursive))
         return RecursiveForCausalLM(recursive)
 
 
-def _params_cli(args: argparse.Namespace) -> None:
+def _params_cli(args: argparse.Namespace) -> dict:
     config = store.load_config(args.path)
     counts = count_parameters(build_on_meta(config, args.loops, args.rank))
     print(json.dumps(counts, indent=2))
+    return counts
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:

@@ -15,35 +15,57 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
+from rrt import config as schema
 from rrt import store
 from rrt.convert import build_like, copy_outside_layers, source_dtype, source_layers
 from rrt.errors import UserError
 from rrt.modeling import LORA_KINDS, RecursiveForCausalLM
 
+FULL = "full"
 
-def parse_rank(value: int | str | dict[str, int]) -> dict[str, int]:
-    """A rank for every module kind from ``64``, ``"attention=64,mlp=128"`` or a dict."""
+
+def parse_rank(value: int | str | dict[str, int | str]) -> dict[str, int | str]:
+    """A rank for every module kind from ``64``, ``"full"``, ``"attention=64,mlp=full"`` or a
+    dict. ``full`` is min(in, out) of the kind's widest linear (:func:`full_ranks`)."""
+
+    def one(text: int | str) -> int | str:
+        text = str(text).strip()
+        if text == FULL:
+            return FULL
+        if not text.lstrip("-").isdigit():
+            raise UserError(
+                f"rank {value!r}: write an integer, 'full', or kind=rank pairs such as "
+                f"'attention=64,mlp=128'"
+            )
+        return int(text)
+
     if isinstance(value, dict):
-        ranks = dict(value)
-    elif isinstance(value, int) or str(value).strip().lstrip("-").isdigit():
-        ranks = dict.fromkeys(LORA_KINDS, int(value))
+        ranks = {kind: one(r) for kind, r in value.items()}
+    elif "=" not in str(value):
+        ranks = dict.fromkeys(LORA_KINDS, one(value))
     else:
         ranks = {}
         for part in str(value).split(","):
             kind, _, number = part.partition("=")
-            if not number.strip().lstrip("-").isdigit():
-                raise UserError(
-                    f"rank {value!r}: write an integer or kind=integer pairs such as "
-                    f"'attention=64,mlp=128'"
-                )
-            ranks[kind.strip()] = int(number)
+            ranks[kind.strip()] = one(number)
     unknown = set(ranks) - set(LORA_KINDS)
     if unknown:
         raise UserError(f"rank kinds {sorted(unknown)} unknown; allowed: {', '.join(LORA_KINDS)}")
-    negative = {k: v for k, v in ranks.items() if v < 0}
+    negative = {k: v for k, v in ranks.items() if v != FULL and v < 0}
     if negative:
-        raise UserError(f"rank must be >= 0, got {negative}")
+        raise UserError(f"rank must be >= 0 or 'full', got {negative}")
     return {kind: ranks.get(kind, 0) for kind in LORA_KINDS}
+
+
+def full_ranks(ranks: dict[str, int | str], model: RecursiveForCausalLM) -> dict[str, int]:
+    """``full`` replaced by the largest min(in, out) among the kind's linears, the rank at which
+    every linear of that kind reproduces its source exactly (eq. 5)."""
+    widest = {kind: 0 for kind in LORA_KINDS}
+    for name in model.family.linears:
+        linear = model.looped_layers[0].get_submodule(name)
+        kind = model.family.kind(name)
+        widest[kind] = max(widest[kind], min(linear.in_features, linear.out_features))
+    return {kind: widest[kind] if r == FULL else int(r) for kind, r in ranks.items()}
 
 
 def svd_init(
@@ -78,7 +100,7 @@ def relax(
         raise UserError(
             f"relax needs a recursive model (rrt convert), got {type(recursive).__name__}"
         )
-    ranks = parse_rank(rank)
+    ranks = full_ranks(parse_rank(rank), recursive)
     text = recursive.config.text_config
     if (source.config.model_type, source.config.num_hidden_layers) != (
         text.model_type,
@@ -119,9 +141,11 @@ def relax(
     return model.eval()
 
 
-def _relax_cli(args: argparse.Namespace) -> None:
-    ranks = parse_rank(args.rank)
+def _relax_cli(args: argparse.Namespace) -> dict:
+    schema.set_threads(args.threads)
+    parse_rank(args.rank)  # fail on a bad rank before loading anything
     recursive = store.load_model(args.recursive, device=args.device)
+    ranks = full_ranks(parse_rank(args.rank), recursive)
     source = store.load_model(args.source, device=args.device)
     model = relax(recursive, source, ranks, relax_vectors=args.relax_vectors, seed=args.seed)
     prov = store.provenance(
@@ -143,6 +167,9 @@ def _relax_cli(args: argparse.Namespace) -> None:
         dtype=source_dtype(args.recursive),
     )
     print(f"relaxed model (rank {ranks}) written to {args.out}")
+    from rrt.params import count_parameters  # params imports this module
+
+    return {"parameters": count_parameters(model), "rank": ranks}
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
@@ -151,7 +178,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--recursive", required=True, help="recursive model directory (rrt convert)")
     p.add_argument(
-        "--rank", required=True, help="LoRA rank: R, or attention=R1,mlp=R2 (0 = pure recursive)"
+        "--rank",
+        required=True,
+        help="LoRA rank: R, full, or attention=R1,mlp=R2 (0 = pure recursive; full = exact)",
     )
     p.add_argument(
         "--relax-vectors",
@@ -161,11 +190,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--seed", type=int, default=0, help="seed of the Gaussian A where the residual is zero"
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        choices=store.DEVICES,
-        help="where the SVDs run (auto: the GPU when there is one)",
-    )
+    schema.add_setting(p, "device")
+    schema.add_setting(p, "threads")
     p.add_argument("--out", required=True, help="output model directory")
     p.set_defaults(func=_relax_cli)

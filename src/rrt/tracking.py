@@ -71,7 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def from_arguments(args: argparse.Namespace) -> Tracking:
-    name = args.mlflow_run_name or (Path(args.out).name if getattr(args, "out", None) else None)
+    out = getattr(args, "out", None)
+    command = getattr(args, "command", None)
+    default = " ".join(filter(None, (command, Path(out).name if out else None))) or None
+    name = args.mlflow_run_name or default
     tags = {}
     for tag in args.mlflow_tag:
         key, sep, value = tag.partition("=")

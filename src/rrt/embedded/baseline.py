@@ -142,7 +142,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> dict:
     report = run_baselines(args.corpus, args.tasks)
     write_json(args.out, report)
     print(json.dumps({k: report[k] for k in ("chance", "unigram", "bigram")}, indent=2))
+    return {k: report[k] for k in ("unigram", "bigram")}

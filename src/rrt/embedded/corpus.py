@@ -648,7 +648,11 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> dict:
     meta = write_corpus(args.out, schema.from_arguments(CorpusConfig, args))
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['word_tokens']} word tokens")
+    return {
+        split: {k: info[k] for k in ("documents", "word_tokens")}
+        for split, info in meta["splits"].items()
+    }

@@ -320,8 +320,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> dict:
     config = schema.from_arguments(TasksConfig, args)
     info = write_tasks(args.corpus, args.out, config, args.tokenizer)
     counts = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
     print(f"wrote group {GROUP!r} to {args.out}: {counts}")
+    return {"items": info["tasks"]}

@@ -81,7 +81,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> dict:
     config = schema.from_arguments(TokenizerConfig, args)
     out = build_tokenizer(args.corpus, args.out, config)
     print(f"tokenizer with {config.vocab_size} tokens written to {out}")
+    return {"vocab_size": config.vocab_size}

@@ -1,0 +1,22 @@
+"""Source -> recursive model: K = N/B shared layers looped B times (paper sec. 2.2)."""
+
+
+rule convert:
+    input:
+        model("source"),
+    output:
+        directory(model("recursive-B{loops}-{init}")),
+    log:
+        log("convert", "B{loops}-{init}"),
+    conda:
+        "../../envs/rrt.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        **job_resources(gpu=True),
+    params:
+        device=config["device"],
+        track=lambda w: track("convert", loops=w.loops, init=w.init),
+    shell:
+        "rrt convert --source {input} --loops {wildcards.loops} --init {wildcards.init}"
+        " --device {params.device} --threads {threads} --out {output} {params.track}"
+        " > {log} 2>&1"

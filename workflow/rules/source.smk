@@ -1,0 +1,162 @@
+"""The source model and what it is trained and evaluated on: corpus, tokenizer, tasks, the
+embedded source's pretraining or the hub download, and the reduced-size baselines."""
+
+
+localrules:
+    download_paper_data,
+
+
+if config["corpus_source"]["kind"] == "generated":
+
+    rule corpus:
+        output:
+            directory(data("corpus")),
+        log:
+            log("corpus", "corpus"),
+        conda:
+            "../../envs/rrt.yaml"
+        params:
+            sizes=as_flags(config["corpus"]),
+            track=track("corpus"),
+        shell:
+            "rrt corpus --out {output} {params.sizes} {params.track} > {log} 2>&1"
+
+
+if config["corpus_source"]["kind"] == "hub":
+
+    localrules:
+        download_corpus,
+
+    rule download_corpus:
+        output:
+            directory(data("corpus")),
+        log:
+            log("download", "corpus"),
+        conda:
+            "../../envs/rrt.yaml"
+        params:
+            source=hub_corpus(),
+            track=track("download_corpus"),
+        shell:
+            "rrt download corpus {params.source} --out {output} {params.track} > {log} 2>&1"
+
+
+rule tokenizer:
+    input:
+        corpus(),
+    output:
+        directory(data("tokenizer")),
+    log:
+        log("tokenizer", "tokenizer"),
+    conda:
+        "../../envs/rrt.yaml"
+    params:
+        options=as_flags(config["tokenizer"]),
+        track=track("tokenizer"),
+    shell:
+        "rrt tokenizer --corpus {input} --out {output} {params.options} {params.track}"
+        " > {log} 2>&1"
+
+
+rule tasks:
+    input:
+        corpus=corpus(),
+        tokenizer=tokenizer(),
+    output:
+        directory(data("tasks")),
+    log:
+        log("tasks", "tasks"),
+    conda:
+        "../../envs/rrt.yaml"
+    params:
+        options=as_flags(config["tasks"]),
+        track=track("tasks"),
+    shell:
+        "rrt tasks --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+        " {params.options} {params.track} > {log} 2>&1"
+
+
+rule download_paper_data:
+    output:
+        directory(data("paper")),
+    log:
+        log("download", "paper-data"),
+    conda:
+        "../../envs/rrt.yaml"
+    params:
+        track=track("download_paper_data"),
+    shell:
+        "rrt download paper-data --out {output} {params.track} > {log} 2>&1"
+
+
+if config["source"]["kind"] == "embedded":
+
+    rule pretrain_source:
+        input:
+            corpus=corpus(),
+            tokenizer=tokenizer(),
+        output:
+            directory(model("source")),
+        log:
+            log("pretrain", "source"),
+        conda:
+            "../../envs/rrt.yaml"
+        threads: config["resources"]["threads"]
+        resources:
+            **job_resources(gpu=True),
+        params:
+            shape=as_flags(config["source"]["embedded"]),
+            recipe=as_flags(config["train"]),
+            track=track("pretrain_source"),
+        shell:
+            "rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+            " {params.shape} {params.recipe} --threads {threads} {params.track} > {log} 2>&1"
+
+
+if config["source"]["kind"] == "hub":
+
+    localrules:
+        download_source,
+
+    rule download_source:
+        output:
+            directory(model("source")),
+        log:
+            log("download", "source"),
+        conda:
+            "../../envs/rrt.yaml"
+        params:
+            repo=config["source"]["repo"],
+            revision=config["source"]["revision"],
+            track=track("download_source"),
+        shell:
+            "rrt download model --repo {params.repo} --revision {params.revision} --out {output}"
+            " {params.track} > {log} 2>&1"
+
+
+rule reduced:
+    """The paper's reduced-size baseline: N/B layers from scratch, distilled from the source,
+    on the uptraining budget (the paper's) or the embedded source's own (ours, stronger).
+    """
+    input:
+        corpus=corpus(),
+        tokenizer=tokenizer(),
+        teacher=model("source"),
+    output:
+        directory(model("reduced-B{loops}-{budget}")),
+    log:
+        log("reduced", "B{loops}-{budget}"),
+    conda:
+        "../../envs/rrt.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        **job_resources(gpu=True),
+    params:
+        shape=lambda w: reduced_shape(int(w.loops)),
+        recipe=lambda w: reduced_recipe(w.budget),
+        loss=loss(early_exit=None, exit_weight=None),
+        track=lambda w: track("reduced", loops=w.loops, budget=w.budget),
+    shell:
+        "rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+        " --teacher {input.teacher} {params.shape} {params.recipe} {params.loss}"
+        " --threads {threads} {params.track} > {log} 2>&1"

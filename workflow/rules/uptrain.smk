@@ -1,0 +1,57 @@
+"""Uptraining with distillation from the source (paper app. E, I), and early-exit
+post-training (sec. 3.7)."""
+
+
+rule uptrain:
+    """All weights train on the uptraining budget; the full-size baseline (base: source) with
+    CE alone, every smaller model distilled from the source."""
+    input:
+        model=model("{base}"),
+        teacher=model("source"),
+        corpus=corpus(),
+        tokenizer=tokenizer(),
+    output:
+        directory(model("{base}.up")),
+    log:
+        log("uptrain", "{base}"),
+    conda:
+        "../../envs/rrt.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        **job_resources(gpu=True),
+    params:
+        recipe=recipe(),
+        loss=lambda w: loss(kd_weight=0.0) if w.base == "source" else loss(),
+        track=lambda w: track("uptrain", base=w.base),
+    shell:
+        "rrt uptrain --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
+        " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
+        " --threads {threads} {params.track} > {log} 2>&1"
+
+
+rule early_exit:
+    """The aggressive early-exit loss: every loop's exit learns, the final loop keeps weight 1."""
+    input:
+        model=model("{base}.up"),
+        teacher=model("source"),
+        corpus=corpus(),
+        tokenizer=tokenizer(),
+    output:
+        directory(model("{base}.up.ee")),
+    log:
+        log("early_exit", "{base}"),
+    conda:
+        "../../envs/rrt.yaml"
+    threads: config["resources"]["threads"]
+    resources:
+        **job_resources(gpu=True),
+    params:
+        recipe=recipe(
+            tokens=config["early_exit"]["tokens"], lr=config["early_exit"]["lr"]
+        ),
+        loss=loss(early_exit=True),
+        track=lambda w: track("early_exit", base=w.base),
+    shell:
+        "rrt uptrain --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
+        " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
+        " --threads {threads} {params.track} > {log} 2>&1"
