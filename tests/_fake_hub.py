@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 import threading
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -350,4 +351,101 @@ def paper_dataset_repos(lambada_commit: str, arc_commit: str) -> list[Repo]:
     return [
         Repo("EleutherAI/lambada_openai", lambada, "dataset", commit=lambada_commit),
         Repo("allenai/ai2_arc", arc, "dataset", commit=arc_commit),
+    ]
+
+
+# --- text datasets for `rrt download corpus` -----------------------------------------------------
+
+_WORDS = (
+    "river", "stone", "market", "lantern", "quiet", "north", "garden", "copper", "winter",
+    "harbor", "signal", "meadow", "engine", "silver", "paper", "orbit",
+)  # fmt: skip
+
+
+def document(split: str, i: int) -> str:
+    """A short web-like document, distinct per (split, i), with punctuation, a line break and a
+    non-ASCII letter now and then (what JSON-lines writing must keep intact)."""
+    words = [_WORDS[(i * 7 + k * 3 + len(split)) % len(_WORDS)] for k in range(6 + i % 9)]
+    text = f"{split.capitalize()} note {i}: " + " ".join(words) + "."
+    if i % 4 == 1:
+        text += "\nSecond line, café-style."
+    return text
+
+
+def zstd_frame(data: bytes) -> bytes:
+    """``data`` as one zstd frame of raw (stored) blocks: a valid .zst file, made without the
+    zstandard package (RFC 8878: single-segment frame with a 4-byte content size)."""
+    frame = struct.pack("<IBI", 0xFD2FB528, 0b1010_0000, len(data))
+    size = 1 << 17  # the largest block
+    blocks = [data[i : i + size] for i in range(0, len(data), size)] or [b""]
+    for n, block in enumerate(blocks):
+        last = n == len(blocks) - 1
+        frame += struct.pack("<I", int(last) | (len(block) << 3))[:3] + block
+    return frame
+
+
+def jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode()
+
+
+# What tiny-org/tiny-pajama holds, split by split, in stream order. Its train stream repeats
+# the first and the fifth validation documents (which a corpus with 2 test and 3 validation
+# documents holds out) and the eighth (which it does not), and has an empty document.
+PAJAMA_VALIDATION = [document("validation", i) for i in range(8)]
+PAJAMA_TEST = [document("test", i) for i in range(8)]
+PAJAMA_TRAIN = [
+    *(document("train", i) for i in range(3)),
+    PAJAMA_VALIDATION[0],
+    *(document("train", i) for i in range(3, 6)),
+    "   ",
+    PAJAMA_VALIDATION[4],
+    *(document("train", i) for i in range(6, 12)),
+    PAJAMA_VALIDATION[7],
+    *(document("train", i) for i in range(12, 40)),
+]
+# tiny-org/tiny-web has one split (train), whose texts are in field "content"; it repeats its
+# second document later on.
+WEB_TRAIN = [document("web", i) for i in range(12)]
+WEB_TRAIN.insert(5, WEB_TRAIN[1])
+
+
+def corpus_dataset_repos() -> list[Repo]:
+    """Three small text datasets laid out as the corpora `rrt download corpus` reads:
+
+    - ``tiny-org/tiny-pajama``, as DKYoon/SlimPajama-6B: parquet shards under ``data/`` named
+      ``<split>-NNNNN-of-NNNNN-<hash>.parquet``, a ``meta`` column beside ``text``, train in two
+      shards (the stream crosses from one to the next);
+    - ``tiny-org/tiny-web``: one ``data/train.jsonl`` with its text in ``content``, no held-out
+      split;
+    - ``tiny-org/tiny-pajama-zst``, as cerebras/SlimPajama-627B: zstd-compressed JSON lines
+      under ``{train,validation,test}/chunk1/``.
+    """
+
+    def rows(texts: list[str]) -> list[dict]:
+        return [{"text": t, "meta": {"redpajama_set_name": "RedPajamaC4"}} for t in texts]
+
+    half = len(PAJAMA_TRAIN) // 2
+    pajama = {
+        "README.md": b"---\nlanguage:\n- en\n---\n# tiny pajama\n",
+        "data/train-00000-of-00002-1a2b3c.parquet": parquet(rows(PAJAMA_TRAIN[:half])),
+        "data/train-00001-of-00002-4d5e6f.parquet": parquet(rows(PAJAMA_TRAIN[half:])),
+        "data/validation-00000-of-00001-7a8b9c.parquet": parquet(rows(PAJAMA_VALIDATION)),
+        "data/test-00000-of-00001-0d1e2f.parquet": parquet(rows(PAJAMA_TEST)),
+        ".gitattributes": b"*.parquet filter=lfs\n",
+    }
+    web = {
+        "README.md": b"---\nlanguage:\n- en\n---\n# tiny web\n",
+        "data/train.jsonl": jsonl([{"id": i, "content": t} for i, t in enumerate(WEB_TRAIN)]),
+    }
+    zst = {
+        "README.md": b"---\nlanguage:\n- en\n---\n# tiny pajama, zstd\n",
+        "train/chunk1/example_train_0.jsonl.zst": zstd_frame(jsonl(rows(PAJAMA_TRAIN[:half]))),
+        "train/chunk1/example_train_1.jsonl.zst": zstd_frame(jsonl(rows(PAJAMA_TRAIN[half:]))),
+        "validation/chunk1/example_holdout_0.jsonl.zst": zstd_frame(jsonl(rows(PAJAMA_VALIDATION))),
+        "test/chunk1/example_holdout_0.jsonl.zst": zstd_frame(jsonl(rows(PAJAMA_TEST))),
+    }
+    return [
+        Repo("tiny-org/tiny-pajama", pajama, "dataset"),
+        Repo("tiny-org/tiny-web", web, "dataset"),
+        Repo("tiny-org/tiny-pajama-zst", zst, "dataset"),
     ]

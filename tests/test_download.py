@@ -1,4 +1,4 @@
-"""`rrt download`: models and the paper's task data fetched at pinned commits.
+"""`rrt download`: models, the paper's task data and a text corpus fetched at pinned commits.
 
 The real download code runs against a loopback server standing in for the hub
 (tests/_fake_hub.py); nothing here touches the network. Offline mode, which conftest sets for
@@ -9,9 +9,11 @@ patching the constants huggingface_hub read at import, in a subprocess through i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -25,16 +27,27 @@ import yaml
 from _fake_hub import (
     DECOYS,
     LAMBADA_ROWS,
+    PAJAMA_TRAIN,
+    PAJAMA_VALIDATION,
+    WEB_TRAIN,
     FakeHub,
     Repo,
     arc_rows,
+    corpus_dataset_repos,
     paper_dataset_repos,
     tiny_model_files,
 )
 from huggingface_hub import constants as hub_constants
 
 from rrt import download
-from rrt.download import MODEL_REVISIONS, PAPER_SOURCES, download_model
+from rrt.data import read_texts
+from rrt.download import (
+    CORPUS_REVISIONS,
+    MODEL_REVISIONS,
+    PAPER_SOURCES,
+    download_corpus,
+    download_model,
+)
 from rrt.errors import UserError
 from rrt.evaluate import load_suites, load_tasks, write_paper_overrides
 
@@ -346,6 +359,286 @@ def test_pinned_paper_sources_are_the_datasets_lm_eval_loads() -> None:
         assert [s for s in keys if shipped.get(keys[s])] == list(task.splits), task.name
         assert set(source.files) in (set(), set(task.splits)), task.name
     assert all(re.fullmatch(r"[0-9a-f]{40}", sha) for sha in MODEL_REVISIONS.values())
+    assert all(re.fullmatch(r"[0-9a-f]{40}", sha) for sha in CORPUS_REVISIONS.values())
+
+
+# --- a text corpus ---------------------------------------------------------------------------
+
+# Run in one subprocess against the fake hub (datasets reads HF_ENDPOINT at import): each job is
+# a `rrt download` command line (argv) or a download_corpus call (kwargs); its outcome (exit
+# status, meta, or the UserError's message) is written as JSON to argv[2].
+_CORPUS_JOBS = """
+import json, sys
+from rrt.cli import main
+from rrt.download import download_corpus
+from rrt.errors import UserError
+
+done = {}
+for name, job in json.loads(sys.argv[1]).items():
+    try:
+        if "argv" in job:
+            done[name] = {"exit": main(job["argv"])}
+        else:
+            done[name] = {"meta": download_corpus(**job["kwargs"])}
+    except UserError as err:
+        done[name] = {"error": str(err)}
+with open(sys.argv[2], "w") as f:
+    json.dump(done, f)
+"""
+PAJAMA, WEB, ZST = "tiny-org/tiny-pajama", "tiny-org/tiny-web", "tiny-org/tiny-pajama-zst"
+PAJAMA_ARGS = ["--repo", PAJAMA, "--revision", "main", "--tokens", "300"]
+PAJAMA_ARGS += ["--validation-documents", "3", "--test-documents", "2"]
+PAJAMA_REQUEST = {
+    "repo": PAJAMA,
+    "revision": "main",
+    "train_tokens": 300,
+    "validation_documents": 3,
+    "test_documents": 2,
+}
+
+
+def _take_words(texts: list[str], words: int, skip: set[str] = frozenset()) -> list[str]:
+    """The documents the corpus rule picks: non-empty, not in ``skip``, until ``words``."""
+    taken: list[str] = []
+    for text in texts:
+        if sum(len(t.split()) for t in taken) >= words:
+            break
+        if text.strip() and text not in skip:
+            taken.append(text)
+    return taken
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The corpus jobs, run once against the fake hub: their outcomes, the requests the hub
+    saw, the commits of its repos, the subprocess's stderr and the folder they wrote into."""
+    root = tmp_path_factory.mktemp("corpora")
+    out = root / "out"
+    jobs = {
+        "pajama": {"argv": ["download", "corpus", *PAJAMA_ARGS, "--out", str(out / "pajama")]},
+        "web": {
+            "kwargs": {
+                "repo": WEB,
+                "revision": "main",
+                "out": str(out / "web"),
+                "text_field": "content",
+                "train_tokens": 60,
+                "validation_documents": 2,
+                "test_documents": 1,
+            }
+        },
+        "too-small": {
+            "kwargs": {
+                "repo": WEB,
+                "revision": "main",
+                "out": str(out / "too-small"),
+                "text_field": "content",
+                "train_tokens": 10**6,
+                "validation_documents": 2,
+                "test_documents": 1,
+            }
+        },
+        "no-field": {
+            "kwargs": {
+                "repo": PAJAMA,
+                "revision": "main",
+                "out": str(out / "no-field"),
+                "text_field": "body",
+                "train_tokens": 10,
+                "validation_documents": 1,
+                "test_documents": 1,
+            }
+        },
+        "zst": {
+            "kwargs": {
+                "repo": ZST,
+                "revision": "main",
+                "out": str(out / "zst"),
+                "train_tokens": 300,
+                "validation_documents": 3,
+                "test_documents": 2,
+            }
+        },
+    }
+    repos = corpus_dataset_repos()
+    with FakeHub(repos) as server:
+        run = subprocess.run(
+            [sys.executable, "-c", _CORPUS_JOBS, json.dumps(jobs), str(root / "done.json")],
+            env=_hub_env(server.url, root / "hf-home"),
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+        requests = [path for _, path in server.requests]
+    return {
+        "done": json.loads((root / "done.json").read_text()),
+        "requests": requests,
+        "commits": {repo.repo_id: repo.commit for repo in repos},
+        "stderr": run.stderr,
+        "out": out,
+    }
+
+
+def _lines(path: Path) -> list[str]:
+    return list(read_texts(path.parent, path.stem))
+
+
+def test_corpus_is_streamed_at_its_commit_into_splits_that_training_reads(
+    streamed: dict, tmp_path: Path
+) -> None:
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    from rrt.embedded.tokenizer import TokenizerConfig, build_tokenizer
+    from rrt.train import token_file
+
+    assert streamed["done"]["pajama"] == {"exit": 0}
+    out, commit = streamed["out"] / "pajama", streamed["commits"][PAJAMA]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["generator"] == "rrt.download" and meta["commit"] == commit
+    assert meta["request"] == {
+        **PAJAMA_REQUEST,
+        "config": None,
+        "text_field": "text",
+        "split": "train",
+        "validation_split": None,
+    }
+    assert meta["held_out_from"] == "split validation"
+    # Held out: the dataset's first validation documents, test first; train: the train stream
+    # until 300 words, without the empty document and the held-out ones.
+    texts = {split: _lines(out / f"{split}.jsonl") for split in ("train", "validation", "test")}
+    assert texts["test"] == PAJAMA_VALIDATION[:2]
+    assert texts["validation"] == PAJAMA_VALIDATION[2:5]
+    held_out = set(PAJAMA_VALIDATION[:5])
+    assert texts["train"] == _take_words(PAJAMA_TRAIN, 300, skip=held_out)
+    assert PAJAMA_VALIDATION[7] in texts["train"], "a document not held out was dropped"
+    assert len(texts["train"]) > len(PAJAMA_TRAIN) // 2, "the stream did not cross shards"
+    assert not held_out & set(texts["train"])
+    for split, split_texts in texts.items():
+        data = (out / f"{split}.jsonl").read_bytes()
+        recorded = meta["splits"][split]
+        assert recorded["sha256"] == hashlib.sha256(data).hexdigest(), split
+        assert recorded["bytes"] == len(data), split
+        assert recorded["documents"] == len(split_texts), split
+        assert recorded["word_tokens"] == sum(len(t.split()) for t in split_texts), split
+    assert meta["splits"]["train"]["word_tokens"] >= 300
+    assert meta["splits"]["train"]["duplicates_skipped"] == 2
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["step"] == "download corpus" and prov["params"]["commit"] == commit
+    assert not [p for p in streamed["out"].iterdir() if p.name.startswith(".")], "temp left"
+    fetched = [p for p in streamed["requests"] if "tiny-pajama/resolve/" in p]
+    assert fetched and all(f"/resolve/{commit}/" in p for p in fetched)
+    assert not any("test-00000" in p for p in fetched), "read a split it did not need"
+    assert "words" in streamed["stderr"], "no progress bar on stderr"
+
+    # Training's reader takes it: token_file keys on meta's sha256 and tokenizes every document.
+    out = shutil.copytree(out, tmp_path / "corpus")  # token_file writes its cache into it
+    tokenizer = build_tokenizer(out, tmp_path / "tokenizer", TokenizerConfig(vocab_size=300))
+    tokens = np.load(token_file(out, tokenizer, "train"))
+    bos = AutoTokenizer.from_pretrained(tokenizer).bos_token_id
+    assert int((tokens == bos).sum()) == meta["splits"]["train"]["documents"]
+    assert len(tokens) > meta["splits"]["train"]["word_tokens"]
+
+
+def test_second_call_for_the_same_request_is_a_no_op_without_the_hub(
+    streamed: dict, tmp_path: Path
+) -> None:
+    out = tmp_path / "pajama"
+    shutil.copytree(streamed["out"] / "pajama", out)
+    (out / "tokens-train-0123456789abcdef.npy").write_bytes(b"a token cache training wrote")
+    stamp = (out / "train.jsonl").stat().st_mtime_ns
+    assert hub_constants.HF_HUB_OFFLINE, "conftest sets HF_HUB_OFFLINE=1: any hub call fails"
+    meta = download_corpus(**PAJAMA_REQUEST, out=out)
+    assert meta == json.loads((out / "meta.json").read_text())
+    assert (out / "train.jsonl").stat().st_mtime_ns == stamp
+    assert (out / "tokens-train-0123456789abcdef.npy").exists()
+
+
+def test_a_different_request_into_a_corpus_folder_is_refused_in_one_line(
+    streamed: dict,
+) -> None:
+    out = streamed["out"] / "pajama"
+    before = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    with pytest.raises(UserError) as err:
+        download_corpus(**{**PAJAMA_REQUEST, "train_tokens": 400}, out=out)
+    message = _message(err)
+    assert f"--out {out} holds another corpus download" in message
+    assert "train_tokens 300 (asked: 400)" in message
+    with pytest.raises(UserError) as err:
+        download_corpus(**{**PAJAMA_REQUEST, "revision": "v2"}, out=out)
+    assert "revision 'main' (asked: 'v2')" in _message(err)
+    assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == before
+
+
+def test_a_folder_that_is_no_corpus_download_is_refused_and_kept(tmp_path: Path) -> None:
+    from rrt.embedded.corpus import CorpusConfig, write_corpus
+
+    embedded = tmp_path / "embedded"
+    write_corpus(embedded, CorpusConfig(tokens=200, validation_documents=2, test_documents=2))
+    with pytest.raises(UserError) as err:
+        download_corpus(**PAJAMA_REQUEST, out=embedded)
+    assert "is not a corpus made by rrt download corpus" in _message(err)
+    assert json.loads((embedded / "meta.json").read_text())["generator"] == "rrt.embedded.corpus"
+
+
+def test_without_a_validation_split_the_stream_head_is_held_out_and_never_repeated_in_train(
+    streamed: dict,
+) -> None:
+    meta = streamed["done"]["web"]["meta"]
+    out = streamed["out"] / "web"
+    assert meta["held_out_from"] == "the first documents of split train"
+    assert _lines(out / "test.jsonl") == WEB_TRAIN[:1]
+    assert _lines(out / "validation.jsonl") == WEB_TRAIN[1:3]
+    train = _lines(out / "train.jsonl")
+    assert train == _take_words(WEB_TRAIN[3:], 60, skip=set(WEB_TRAIN[:3]))
+    assert WEB_TRAIN[1] not in train and meta["splits"]["train"]["duplicates_skipped"] == 1
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ("too-small", "split train ran out after"),
+        ("no-field", "has no field 'body' (it has text, meta)"),
+    ],
+)
+def test_a_request_the_dataset_cannot_meet_is_one_line_and_writes_nothing(
+    streamed: dict, job: str, expected: str
+) -> None:
+    message = streamed["done"][job]["error"]
+    assert "\n" not in message and expected in message, message
+    assert message.startswith("cannot download corpus tiny-org/")
+    assert not (streamed["out"] / job).exists()
+
+
+@pytest.mark.skipif(find_spec("zstandard") is not None, reason="zstandard is installed")
+def test_zstd_corpus_without_zstandard_says_what_to_install_in_one_line(streamed: dict) -> None:
+    message = streamed["done"]["zst"]["error"]
+    assert "\n" not in message and f"corpus {ZST} at revision main" in message
+    assert "pip install zstandard" in message
+    assert not (streamed["out"] / "zst").exists()
+
+
+@pytest.mark.skipif(find_spec("zstandard") is None, reason="needs zstandard")
+def test_zstd_corpus_laid_out_as_slimpajama_627b_streams_like_the_parquet_one(
+    streamed: dict,
+) -> None:
+    out, parquet_out = streamed["out"] / "zst", streamed["out"] / "pajama"
+    for split in ("train", "validation", "test"):
+        assert _lines(out / f"{split}.jsonl") == _lines(parquet_out / f"{split}.jsonl"), split
+
+
+def test_unreachable_hub_is_one_line_naming_corpus_and_revision(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _point_hub_at(monkeypatch, _dead_url())
+    start = time.monotonic()
+    with pytest.raises(UserError) as err:
+        download_corpus(**PAJAMA_REQUEST, out=tmp_path / "corpus")
+    assert time.monotonic() - start < 10
+    message = _message(err)
+    assert f"corpus {PAJAMA} at revision main" in message and "cannot be reached" in message
+    assert not list(tmp_path.iterdir())
 
 
 # --- the command line ------------------------------------------------------------------------
@@ -377,6 +670,13 @@ def test_cli_failure_prints_one_line_and_exits_2(
     assert cli(["download", "paper-data", "--out", str(tmp_path), "--tasks", "piqa,nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--tasks nope: not a task of suite paper" in err
+
+    argv = ["download", "corpus", "--repo", "someone/text", "--tokens", "10"]
+    argv += ["--validation-documents", "1", "--test-documents", "1", "--out", str(tmp_path / "c")]
+    assert cli(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--revision is required for someone/text" in err
+    assert "DKYoon/SlimPajama-6B" in err
 
 
 def test_cli_in_offline_mode_says_so_in_one_line(

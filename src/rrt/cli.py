@@ -55,7 +55,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("rrt.evaluate", "few-shot accuracy of a model directory through lm-eval"),
     "download": (
         "rrt.download",
-        "fetch a hub model, or the paper suite's task data, at pinned commits (needs the hub)",
+        "fetch a hub model, a text corpus or the paper suite's task data at pinned commits",
     ),
 }
 # Commands that open their own MLflow run (with per-step metrics); the CLI opens one for others.

@@ -2,8 +2,10 @@
 
 Compute nodes have no internet. This step runs on a machine that has it and writes plain local
 folders that every later step reads without a network: a model directory that
-``from_pretrained`` loads (the ``source`` of DESIGN.md step 1), and ``DIR/<task>/<split>.jsonl``
-that ``rrt evaluate --paper-data DIR`` points lm-eval's own task definitions at (paper app. E).
+``from_pretrained`` loads (the ``source`` of DESIGN.md step 1), ``DIR/<task>/<split>.jsonl``
+that ``rrt evaluate --paper-data DIR`` points lm-eval's own task definitions at (paper app. E),
+and a corpus folder (:mod:`rrt.data`) streamed from a hub text dataset such as SlimPajama, the
+paper's uptraining data, for ``rrt uptrain``.
 
 Everything is pinned to a commit and the commit is written to ``provenance.json``. Outputs are
 written atomically (a temporary folder or file beside the output, then a rename), so a killed
@@ -21,6 +23,7 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -128,6 +131,26 @@ PAPER_SOURCES: dict[str, PaperSource] = {
     "openbookqa": PaperSource(
         "allenai/openbookqa", "388097ea7776314e93a529163e0fea805b8a6454", "main"
     ),
+}
+
+# Text datasets for `rrt download corpus --repo ID`, each at a full commit sha of its hub repo
+# (used unless --revision says otherwise). The paper uptrains on SlimPajama (15B or 60B tokens).
+CORPUS_REVISIONS: dict[str, str] = {
+    # The paper's corpus: 59,166 zstd-compressed JSON-lines files (its card) in chunk*/ folders
+    # under train/ (chunk1..chunk10), validation/ and test/, no loading script. `datasets`
+    # streams it, but only with the `zstandard` package installed (rrt does not depend on it;
+    # without it this step says so in one line). The sha is the snapshot that Hugging Face
+    # cache paths in several public projects name (datasets--cerebras--SlimPajama-627B/
+    # snapshots/<sha>/{validation,test}/chunk1/...), the README's last change on main, and what
+    # Marin's download steps pin (as its prefix 2d0accd).
+    "cerebras/SlimPajama-627B": "2d0accdd58c5d5511943ca1f5ff0e3eb5e293543",
+    # The practical choice: a ~6B-token sample of SlimPajama-627B (the hub's viewer counts 5.49M
+    # train, 9.35k validation and 9.35k test rows) as parquet files under data/, which stream
+    # with what rrt already depends on. It is too small for the paper's 15B tokens. Public code
+    # pins this full sha and fetches data/train-*.parquet at it; `datasets` caches name it
+    # under the parquet builder's cache version 0.0.0 (DKYoon___slim_pajama-6_b/default/0.0.0/
+    # <sha>), and Hugging Face cache paths show data/ at this snapshot.
+    "DKYoon/SlimPajama-6B": "b5f90f419b7489cdba26fdbc8c022fcb5562f968",
 }
 
 # --- models ----------------------------------------------------------------------------------
@@ -331,13 +354,7 @@ def _load_with_datasets(
 ) -> dict[str, list[dict[str, Any]]]:
     """The splits' rows as ``datasets.load_dataset(repo, config, revision=commit)`` gives them,
     which is how lm-eval reads the same hub dataset."""
-    import datasets
-
-    if datasets.config.HF_HUB_OFFLINE:
-        raise UserError(
-            f"cannot download {what}: HF_DATASETS_OFFLINE (or HF_HUB_OFFLINE) is set; unset it "
-            "for this step, which needs the hub"
-        )
+    datasets = _online_datasets(what)
     try:
         loaded = datasets.load_dataset(source.repo, source.config, revision=commit, token=token)
     except datasets.exceptions.DatasetNotFoundError as err:
@@ -357,6 +374,296 @@ def _load_with_datasets(
             f"(it has {', '.join(loaded)})"
         )
     return {split: loaded[split].to_list() for split in splits}
+
+
+def _online_datasets(what: str) -> Any:
+    """The `datasets` module, refusing in one line when its offline mode is on."""
+    import datasets
+
+    if datasets.config.HF_HUB_OFFLINE:
+        raise UserError(
+            f"cannot download {what}: HF_DATASETS_OFFLINE (or HF_HUB_OFFLINE) is set; unset it "
+            "for this step, which needs the hub"
+        )
+    return datasets
+
+
+# --- a text corpus for uptraining ------------------------------------------------------------
+
+CORPUS_GENERATOR = "rrt.download"
+WORD_UNIT = "whitespace-separated words (len(text.split()))"
+_BATCH = 1000  # documents per batch read from the stream
+
+
+@dataclass(frozen=True)
+class CorpusRequest:
+    """What a corpus download was asked for. A folder made for the same request is complete
+    as it is; a folder made for any other is never replaced."""
+
+    repo: str
+    revision: str
+    config: str | None
+    text_field: str
+    split: str
+    validation_split: str | None
+    train_tokens: int
+    validation_documents: int
+    test_documents: int
+
+
+def download_corpus(
+    repo: str,
+    revision: str,
+    out: str | Path,
+    *,
+    config: str | None = None,
+    text_field: str = "text",
+    train_tokens: int,
+    validation_documents: int,
+    test_documents: int,
+    split: str = "train",
+    validation_split: str | None = None,
+    token: str | None = None,
+) -> dict[str, Any]:
+    """Stream a hub text dataset at ``revision`` into the corpus folder ``out`` (train,
+    validation and test JSONL and meta.json, :mod:`rrt.data`) and return its meta.
+
+    Nothing is downloaded whole: ``datasets`` streams the rows at the resolved commit and
+    reading stops once the sizes asked for are written. The held-out documents come first, test
+    then validation (so a test split stays the same when only the validation size changes),
+    from ``validation_split`` (default: the dataset's ``validation`` split when it has one,
+    else the first documents of ``split``). Train documents from ``split`` follow until
+    ``train_tokens`` words (:data:`WORD_UNIT`; the last document may pass the mark), skipping
+    empty ones and any that is a held-out document. ``out`` is written atomically, with
+    ``provenance.json``; an ``out`` already complete for this request is left as it is without
+    asking the hub, and one holding anything else is refused.
+    """
+    if train_tokens < 1 or validation_documents < 0 or test_documents < 0:
+        raise UserError(
+            f"--tokens {train_tokens}, --validation-documents {validation_documents}, "
+            f"--test-documents {test_documents}: need at least 1 token and no negative counts"
+        )
+    request = CorpusRequest(
+        repo=repo,
+        revision=revision,
+        config=config,
+        text_field=text_field,
+        split=split,
+        validation_split=validation_split,
+        train_tokens=train_tokens,
+        validation_documents=validation_documents,
+        test_documents=test_documents,
+    )
+    out = Path(out)
+    if _corpus_is_complete(out, request):
+        return json.loads((out / "meta.json").read_text())
+    what = f"corpus {repo}" + (f" config {config}" if config else "") + f" at revision {revision}"
+    api = HfApi(token=token, library_name="rrt")
+    with _hub_errors(what, api.endpoint):
+        commit = api.repo_info(repo, repo_type="dataset", revision=revision, timeout=_timeout()).sha
+    datasets = _online_datasets(what)
+    with _hub_errors(what, api.endpoint), _datasets_errors(what), atomic_path(out) as tmp:
+        streams = datasets.load_dataset(
+            repo, config, streaming=True, revision=commit, token=api.token
+        )
+        held_out_split = _held_out_split(what, request, list(streams))
+        train = _documents(what, streams[split], split, text_field)
+        if held_out_split is None:  # the stream's head, then train goes on after it
+            held_out, held_out_from = train, f"the first documents of split {split}"
+        else:
+            held_out = _documents(what, streams[held_out_split], held_out_split, text_field)
+            held_out_from = f"split {held_out_split}"
+        seen: set[bytes] = set()
+        tmp.mkdir()
+        splits = {}
+        for name, documents in (("test", test_documents), ("validation", validation_documents)):
+            splits[name] = _write_split(
+                what, tmp, name, held_out, held_out_from, seen, documents=documents
+            )
+        with _word_bar(f"{repo} train", train_tokens) as bar:
+            splits["train"] = _write_split(
+                what, tmp, "train", train, f"split {split}", seen, words=train_tokens, bar=bar
+            )
+        meta = {
+            "generator": CORPUS_GENERATOR,
+            "request": asdict(request),
+            "commit": commit,
+            "held_out_from": held_out_from,
+            "word_unit": WORD_UNIT,
+            "splits": {name: splits[name] for name in ("train", "validation", "test")},
+        }
+        write_json(tmp / "meta.json", meta)
+        params = {**asdict(request), "commit": commit, "endpoint": api.endpoint}
+        write_json(tmp / PROVENANCE, provenance("download corpus", params))
+    return meta
+
+
+def _corpus_is_complete(out: Path, request: CorpusRequest) -> bool:
+    """Whether ``out`` already holds this request's corpus (its split files at their recorded
+    sizes); an ``out`` holding anything else is an error (it is never replaced)."""
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return False
+    try:
+        meta = json.loads((out / "meta.json").read_text())
+        recorded = meta["request"] if meta["generator"] == CORPUS_GENERATOR else None
+    except (OSError, ValueError, KeyError, TypeError):
+        recorded = None
+    if not isinstance(recorded, dict):
+        raise UserError(
+            f"--out {out} exists and is not a corpus made by rrt download corpus (its meta.json "
+            "says otherwise or is missing); remove it or choose another --out"
+        )
+    asked = asdict(request)
+    if recorded != asked:
+        differences = ", ".join(
+            f"{key} {recorded.get(key)!r} (asked: {value!r})"
+            for key, value in asked.items()
+            if recorded.get(key) != value
+        )
+        raise UserError(
+            f"--out {out} holds another corpus download ({differences}); remove it or choose "
+            "another --out"
+        )
+    splits = meta.get("splits") or {}
+    return all(
+        (out / f"{name}.jsonl").is_file()
+        and (out / f"{name}.jsonl").stat().st_size == splits.get(name, {}).get("bytes")
+        for name in ("train", "validation", "test")
+    )
+
+
+def _held_out_split(what: str, request: CorpusRequest, available: list[str]) -> str | None:
+    """The dataset split the held-out documents come from; None for the head of the stream."""
+    for flag, name in (
+        ("--split", request.split),
+        ("--validation-split", request.validation_split),
+    ):
+        if name is not None and name not in available:
+            raise UserError(
+                f"cannot download {what}: {flag} {name}: it has no such split (it has "
+                f"{', '.join(available)})"
+            )
+    if request.validation_split is not None:
+        return request.validation_split
+    return "validation" if "validation" in available and request.split != "validation" else None
+
+
+def _documents(what: str, stream: Any, split: str, field: str) -> Iterator[str]:
+    """The non-empty texts of one streamed split, in stream order."""
+    columns = stream.column_names
+    if columns is not None:
+        if field not in columns:
+            raise UserError(
+                f"cannot download {what}: split {split} has no field {field!r} (it has "
+                f"{', '.join(columns)}); choose one with --text-field"
+            )
+        stream = stream.select_columns([field])
+    for batch in stream.iter(batch_size=_BATCH):
+        if field not in batch:
+            raise UserError(
+                f"cannot download {what}: split {split} has no field {field!r} (it has "
+                f"{', '.join(batch)}); choose one with --text-field"
+            )
+        for text in batch[field]:
+            if text is not None and not isinstance(text, str):
+                raise UserError(
+                    f"cannot download {what}: field {field!r} of split {split} holds "
+                    f"{type(text).__name__}, not text; choose another with --text-field"
+                )
+            if text and not text.isspace():
+                yield text
+
+
+def _write_split(
+    what: str,
+    folder: Path,
+    name: str,
+    texts: Iterator[str],
+    source: str,
+    seen: set[bytes],
+    *,
+    documents: int | None = None,
+    words: int | None = None,
+    bar: Any = None,
+) -> dict[str, Any]:
+    """Write ``folder/<name>.jsonl``, one ``{"text": ...}`` line per text, until ``documents``
+    documents (a held-out split, whose texts join ``seen``) or ``words`` words; texts already
+    in ``seen`` are skipped. Return the split's entry of meta.json."""
+    digest = hashlib.sha256()
+    count = total = size = skipped = 0
+    with open(folder / f"{name}.jsonl", "wb") as f:
+        while (documents is None or count < documents) and (words is None or total < words):
+            text = next(texts, None)
+            if text is None:
+                wanted = f"{documents} documents" if documents is not None else f"{words} words"
+                raise UserError(
+                    f"cannot download {what}: {source} ran out after {count} documents "
+                    f"({total} words) for {name}, which asks for {wanted}; ask for less"
+                )
+            text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
+            key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if key in seen:
+                skipped += 1
+                continue
+            if documents is not None:
+                seen.add(key)
+            line = (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+            f.write(line)
+            digest.update(line)
+            n = len(text.split())
+            count, total, size = count + 1, total + n, size + len(line)
+            if bar is not None:
+                bar.update(n)
+    return {
+        "documents": count,
+        "word_tokens": total,
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "duplicates_skipped": skipped,
+    }
+
+
+@contextmanager
+def _word_bar(desc: str, total: int) -> Iterator[Any]:
+    """A tqdm bar on stderr over the words written."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit=" words", unit_scale=True, file=sys.stderr)
+    try:
+        yield bar
+    finally:
+        bar.close()
+
+
+@contextmanager
+def _datasets_errors(what: str) -> Iterator[None]:
+    """Turn what `datasets` raises while opening or streaming a dataset into one line; hub
+    errors pass on to :func:`_hub_errors`."""
+    from datasets.exceptions import DatasetNotFoundError
+
+    hub = (
+        hub_errors.HfHubHTTPError,
+        hub_errors.EntryNotFoundError,
+        hub_errors.HFValidationError,
+        hub_errors.OfflineModeIsEnabled,
+    )
+    try:
+        yield
+    except hub:
+        raise
+    except DatasetNotFoundError as err:
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None
+    except ValueError as err:
+        if "zstd" in str(err):  # fsspec knows zstd only when zstandard is installed
+            raise UserError(
+                f"cannot download {what}: its files are zstd-compressed (.zst) and the "
+                "zstandard package is not installed; `pip install zstandard` and run again"
+            ) from None
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None  # unknown config
+    except (FileNotFoundError, RuntimeError) as err:  # no data files; a loading script
+        raise UserError(f"cannot download {what}: {_one_line(err)}") from None
+    except ConnectionError as err:
+        raise UserError(f"cannot download {what}: the hub cannot be reached ({err})") from None
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -442,9 +749,9 @@ def _hub_errors(what: str, endpoint: str) -> Iterator[None]:
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = (
-        "Fetch hub models and the paper's task data onto local disk, pinned to commits, for "
-        "compute nodes without internet. Set HF_TOKEN for gated models (google/gemma-2b) and "
-        "HF_ENDPOINT for a mirror; HF_HUB_OFFLINE must be unset."
+        "Fetch hub models, the paper's task data and a text corpus onto local disk, pinned to "
+        "commits, for compute nodes without internet. Set HF_TOKEN for gated models "
+        "(google/gemma-2b) and HF_ENDPOINT for a mirror; HF_HUB_OFFLINE must be unset."
     )
     sub = p.add_subparsers(dest="download_what", required=True, metavar="WHAT")
     pinned = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in MODEL_REVISIONS.items())
@@ -479,6 +786,42 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
     )
     data.set_defaults(func=_paper_data_cli)
+    pinned = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in CORPUS_REVISIONS.items())
+    corpus = sub.add_parser(
+        "corpus",
+        help="a hub text dataset (e.g. SlimPajama) streamed into a corpus folder for uptraining",
+        description=(
+            "Stream a hub text dataset at a pinned revision into a corpus folder (train, "
+            "validation and test JSONL, meta.json, provenance.json) that rrt uptrain reads: "
+            "held-out documents first (from the dataset's validation split if it has one, else "
+            "the first documents of --split), then train documents until --tokens words "
+            "(whitespace-separated), none of them a held-out one. Only what is written is "
+            "read. An --out already holding this request is left as it is."
+        ),
+    )
+    corpus.add_argument("--repo", required=True, help="hub dataset id, e.g. DKYoon/SlimPajama-6B")
+    corpus.add_argument(
+        "--revision", help=f"branch, tag or commit sha (default for known corpora: {pinned})"
+    )
+    corpus.add_argument("--config", help="the dataset's config (subset), if it has several")
+    corpus.add_argument(
+        "--text-field", default="text", help="the column holding the text (default: %(default)s)"
+    )
+    corpus.add_argument(
+        "--split", default="train", help="the split train documents come from (default: train)"
+    )
+    corpus.add_argument(
+        "--validation-split",
+        help="the split held-out documents come from (default: validation if the dataset has "
+        "it, else the first documents of --split)",
+    )
+    corpus.add_argument(
+        "--tokens", type=int, required=True, help="train size in whitespace-separated words"
+    )
+    corpus.add_argument("--validation-documents", type=int, required=True)
+    corpus.add_argument("--test-documents", type=int, required=True)
+    corpus.add_argument("--out", required=True, help="output corpus folder")
+    corpus.set_defaults(func=_corpus_cli)
 
 
 def _model_cli(args: argparse.Namespace) -> None:
@@ -500,3 +843,31 @@ def _paper_data_cli(args: argparse.Namespace) -> None:
         splits = recorded[name]["splits"]
         rows = ", ".join(f"{s} {v['rows']}" for s, v in splits.items())
         print(f"{name}: {rows} rows in {Path(args.out) / name}")
+
+
+def _corpus_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    revision = args.revision or CORPUS_REVISIONS.get(args.repo)
+    if revision is None:
+        raise UserError(
+            f"--revision is required for {args.repo} (pinned revisions are known only for "
+            f"{', '.join(CORPUS_REVISIONS)})"
+        )
+    meta = download_corpus(
+        args.repo,
+        revision,
+        args.out,
+        config=args.config,
+        text_field=args.text_field,
+        train_tokens=args.tokens,
+        validation_documents=args.validation_documents,
+        test_documents=args.test_documents,
+        split=args.split,
+        validation_split=args.validation_split,
+    )
+    print(f"{args.repo} at {revision} (commit {meta['commit']}) in {args.out}")
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['documents']} documents, {info['word_tokens']} words")
+    return {
+        split: {k: info[k] for k in ("documents", "word_tokens")}
+        for split, info in meta["splits"].items()
+    }

@@ -108,7 +108,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
     p.add_argument("--model", required=True, type=Path, help="model folder to start from")
-    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
+    p.add_argument(
+        "--corpus", required=True, type=Path, help="corpus folder (rrt corpus, rrt download corpus)"
+    )
     p.add_argument("--out", required=True, type=Path, help="output model folder")
     p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
     p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")

@@ -9,6 +9,35 @@ from rrt import config as schema
 from rrt import tracking
 from rrt.config import as_flags
 
+# --- a run killed with SIGKILL leaves Snakemake's locks behind -----------------------------------
+OWNER = Path(
+    ".snakemake", "rrt-owner.pid"
+)  # the Snakemake process that holds the locks
+
+
+def alive(pid):
+    """Whether the process of that id still runs."""
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_stale_locks():
+    """Remove the locks of a Snakemake run that is gone (SIGKILL gave it no time to unlock),
+    so starting the workflow again is all a killed run needs. A live run keeps its locks, and
+    Snakemake then refuses a second one as usual."""
+    if OWNER.is_file() and not alive(OWNER.read_text().strip()):
+        for lock in Path(".snakemake", "locks").glob("*.lock"):
+            lock.unlink()
+        OWNER.unlink()
+
+
+clear_stale_locks()
+
 # Defaults filled in and every value checked before any job runs (one line naming the key).
 try:
     schema.resolve(config)
@@ -249,6 +278,7 @@ def start_tracking():
     """Create the tracking store and the parent run (one process, before any job), and hand
     jobs where to log through the environment they inherit."""
     Path(RESULTS).mkdir(parents=True, exist_ok=True)
+    OWNER.write_text(str(os.getpid()))
     PARENT_RUN["id"] = tracking.start_experiment(MLFLOW_URI, MLFLOW_EXPERIMENT, config)
     os.environ.update(
         MLFLOW_TRACKING_URI=MLFLOW_URI,

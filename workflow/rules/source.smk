@@ -101,7 +101,7 @@ if config["source"]["kind"] == "embedded":
             log("pretrain", "source"),
         conda:
             "../../envs/rrt.yaml"
-        threads: config["resources"]["threads"]
+        threads: workflow.cores  # nothing else can run until the source exists
         resources:
             **job_resources(gpu=True),
         params:
