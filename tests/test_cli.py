@@ -131,3 +131,17 @@ print("LOADED", loaded)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "LOADED {False}" in result.stdout
+
+
+def test_a_truncated_weights_file_is_one_line_naming_it(source_dir, tmp_path, capsys):
+    import shutil
+
+    broken = shutil.copytree(source_dir, tmp_path / "broken")
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert (
+        main(["convert", "--source", str(broken), "--loops", "3", "--out", str(tmp_path / "r")])
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"{weights} is not a readable safetensors file" in err

@@ -456,3 +456,11 @@ def test_conversion_and_relaxation_keep_the_sources_dtype():
     assert {p.dtype for p in relaxed.parameters()} == {torch.bfloat16}
     reference = relax(convert(source, loops=2, init="average"), source, rank=4)
     assert max_diff(relaxed(x).logits.float(), reference(x).logits) < 0.1
+
+
+@torch.no_grad()
+def test_the_public_api_converts_and_relaxes_in_two_calls():
+    source = source_model("llama")
+    relaxed = rrt.relax(rrt.convert(source, loops=2, init="average"), source, rank="full")
+    x = tokens()
+    assert max_diff(relaxed(x).logits, source(x).logits) < TOL  # full rank is exact

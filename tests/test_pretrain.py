@@ -179,6 +179,26 @@ def test_reduced_baseline_distils_from_a_teacher_with_the_uptraining_loss(data, 
     assert all("kd" in s for s in steps)
 
 
+def test_a_reduced_baseline_like_a_hub_source_keeps_its_architecture(data, tmp_path):
+    """A hub source's reduced-size baseline is its own family with N/B layers (--like)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from rrt.store import load_tokenizer
+
+    vocab = len(load_tokenizer(data["tokenizer"]))
+    config = AutoConfig.for_model(
+        "gemma3_text", vocab_size=vocab, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=6, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        sliding_window=8, max_position_embeddings=64,
+    )  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "source")
+    args = [*_args(data, tmp_path / "reduced"), "--like", str(tmp_path / "source")]
+    assert main([*args, "--layers", "3"]) == 0
+    reduced = AutoConfig.from_pretrained(tmp_path / "reduced")
+    assert reduced.model_type == "gemma3_text" and reduced.num_hidden_layers == 3
+    assert reduced.layer_types == config.layer_types[:3]
+
+
 def test_a_teacher_with_another_vocabulary_is_refused(data, tmp_path, capsys):
     teacher = tmp_path / "teacher"
     config = LlamaForCausalLM.config_class(

@@ -88,6 +88,19 @@ def test_plan_rejects_a_step_size_that_micro_batches_cannot_reach():
         TrainConfig(tokens=0)
 
 
+def test_a_vocabulary_over_65535_tokens_gets_uint32_token_files(data, tmp_path):
+    """Gemma's 256k vocabulary does not fit uint16."""
+    import shutil
+
+    tok = load_tokenizer(data["tokenizer"])
+    tok.add_tokens([f"<extra{i}>" for i in range(70_000)])
+    tok.save_pretrained(tmp_path / "big")
+    corpus_dir = shutil.copytree(data["corpus"], tmp_path / "corpus")
+    tokens = np.load(token_file(corpus_dir, tmp_path / "big", "validation"))
+    small = np.load(data["validation"])
+    assert tokens.dtype == np.uint32 and np.array_equal(tokens, small)
+
+
 def test_token_file_is_cached_and_starts_every_document_with_the_separator(data):
     tokens = np.load(data["train"])
     tok = load_tokenizer(data["tokenizer"])

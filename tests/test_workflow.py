@@ -88,6 +88,22 @@ def test_the_default_experiment_builds_what_the_papers_story_needs(tmp_path):
     assert jobs["early_exit"] == 1 and jobs["evaluate_exit"] == 1
 
 
+def test_an_uptraining_sweep_passes_each_combination_to_its_run(tmp_path):
+    ablation = REPO / "config" / "experiments" / "uptrain-ablation.yaml"
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(ablation))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert planned_jobs(result)["uptrain"] == 1 + 4 * 3 * 3
+    commands = [line for line in result.stdout.splitlines() if "rrt uptrain " in line]
+    (run,) = [
+        c
+        for c in commands
+        if "--out results/uptrain-ablation/models/recursive-B2-stepwise.up-t131072-w0.0-s2 " in c
+    ]
+    assert "--tokens 131072" in run and "--seed 2" in run and "--kd-weight 0.0" in run
+    (plain,) = [c for c in commands if "recursive-B2-stepwise.up " in c]
+    assert "--tokens 262144" in plain and "--kd-weight 0.5" in plain
+
+
 # --- bad configs fail before any job runs, with one line ---------------------------------------
 
 BAD_CONFIGS = {
@@ -168,6 +184,13 @@ def test_the_smoke_workflow_evaluates_every_model_and_exit_loop(smoke):
     report = json.loads((_results(smoke) / "eval" / "relaxed-B2-average-r4.up.json").read_text())
     assert report["suites"]["embedded"]["average"] is not None
     assert report["model"]["num_loops"] == 2
+    models = _results(smoke) / "models"
+    exits = json.loads((models / "relaxed-B2-average-r4.up.ee" / "metrics.json").read_text())
+    assert set(exits["held_out_exits"]) == {"ce_loop1", "ce_loop2", "acc_loop1", "acc_loop2"}
+    reduced = json.loads((models / "reduced-B2-uptrain" / "config.json").read_text())
+    assert reduced["num_hidden_layers"] == 2  # N / B of the 4-layer source
+    full = json.loads((models / "source.up" / "metrics.json").read_text())
+    assert full["run"]["loss"]["kd_weight"] == 0.0 and full["run"]["teacher"] is None
 
 
 @pytest.mark.slow

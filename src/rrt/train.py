@@ -142,11 +142,14 @@ class TrainPlan:
 # Data: a token file per corpus split and tokenizer, cut into fixed-length blocks
 # --------------------------------------------------------------------------------------------
 def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Path:
-    """The split's tokens as one uint16 array, written once and cached in the corpus folder.
+    """The split's tokens as one array (.npy, memory-mapped when read), written once and cached
+    in the corpus folder: uint16 where the vocabulary fits, else uint32 (Gemma's 256k).
 
     Every document is preceded by the tokenizer's BOS (else EOS) token, the separator that
     lm-eval also puts before a document. The file name carries a hash of the split's content
-    and of the tokenizer, so a changed corpus or tokenizer never reuses a stale file.
+    and of the tokenizer, so a changed corpus or tokenizer never reuses a stale file. Tokens are
+    streamed to disk as they come, so a split larger than memory (the paper's billions of
+    tokens) tokenizes in constant memory.
     """
     from transformers import AutoTokenizer
 
@@ -157,25 +160,34 @@ def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Pat
         return path
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     sep = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    if sep is None or len(tokenizer) > np.iinfo(np.uint16).max:
-        raise UserError(f"{tokenizer_dir}: need a BOS or EOS token and a vocabulary under 65536")
-    chunks: list[np.ndarray] = []
-    batch: list[str] = []
-
-    def flush() -> None:
-        ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
-        flat = [t for doc in ids for t in (sep, *doc)]
-        chunks.append(np.asarray(flat, dtype=np.uint16))
-        batch.clear()
-
-    for text in read_texts(corpus, split):
-        batch.append(text)
-        if len(batch) == 2048:
-            flush()
-    if batch:
-        flush()
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.save(f, np.concatenate(chunks) if chunks else np.zeros(0, np.uint16))
+    if sep is None:
+        raise UserError(f"{tokenizer_dir}: the tokenizer has neither a BOS nor an EOS token")
+    dtype = np.dtype(np.uint16 if len(tokenizer) <= np.iinfo(np.uint16).max else np.uint32)
+    documents = meta["splits"][split].get("documents")
+    bar = tqdm(total=documents, unit="doc", desc=f"tokenizing {split}", file=sys.stderr)
+    with atomic_path(path) as tmp:
+        raw = tmp.with_suffix(".raw")
+        count = 0
+        with open(raw, "wb") as out:
+            batch: list[str] = []
+            for text in [*read_texts(corpus, split), None]:
+                if text is not None:
+                    batch.append(text)
+                if batch and (text is None or len(batch) == 2048):
+                    ids = tokenizer(batch, add_special_tokens=False)["input_ids"]
+                    flat = np.fromiter((t for doc in ids for t in (sep, *doc)), dtype=dtype)
+                    flat.tofile(out)
+                    count += len(flat)
+                    bar.update(len(batch))
+                    batch.clear()
+        tokens = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=(count,))
+        source = np.memmap(raw, dtype=dtype, mode="r", shape=(count,)) if count else tokens
+        for start in range(0, count, 1 << 26):
+            tokens[start : start + (1 << 26)] = source[start : start + (1 << 26)]
+        tokens.flush()
+        del tokens, source
+        raw.unlink()
+    bar.close()
     return path
 
 

@@ -57,6 +57,7 @@ wildcard_constraints:
     exit=r"\d+",
     base=r"[^/]+",
     name=r"[^/]+",
+    variant=r"(-t\d+-w[0-9.]+-s\d+)?",
 
 
 # --- paths: one function per kind of artifact ----------------------------------------------------
@@ -142,6 +143,33 @@ def evaluated_names():
         names.append("source.up")
     names += [f"{n}.up" for n in recursive_names() + relaxed_names()]
     return names + [name for name, _ in early_exit_names()]
+
+
+def swept_models():
+    """The uptraining ablation's models: every recursive and relaxed model once per sweep
+    combination, named NAME.up-tTOKENS-wKD-sSEED."""
+    sweep, defaults = config["sweep"], config["uptrain"]
+    if not any(sweep.values()):
+        return []
+    combos = [
+        (t, w, s)
+        for t in sweep["tokens"] or [defaults["tokens"]]
+        for w in sweep["kd_weights"] or [defaults["loss"]["kd_weight"]]
+        for s in sweep["seeds"] or [config["train"]["seed"]]
+    ]
+    return [
+        model(f"{name}.up-t{t}-w{w}-s{s}")
+        for name in recursive_names() + relaxed_names()
+        for t, w, s in combos
+    ]
+
+
+def sweep_settings(variant):
+    """``-t131072-w0.5-s1`` as the settings it overrides (none for the plain uptraining)."""
+    if not variant:
+        return {}
+    tokens, kd_weight, seed = variant[2:].replace("-w", " ").replace("-s", " ").split()
+    return {"tokens": int(tokens), "kd_weight": float(kd_weight), "seed": int(seed)}
 
 
 def evaluations():
@@ -245,6 +273,22 @@ def reduced_recipe(budget):
 
 def loss(**overrides):
     return as_flags({**config["uptrain"]["loss"], **overrides})
+
+
+def uptrain_recipe(variant):
+    settings = sweep_settings(variant)
+    settings.pop("kd_weight", None)
+    return recipe(**settings)
+
+
+def uptrain_loss(base, variant):
+    """CE alone for the full-size baseline (the source learns nothing from itself); otherwise
+    the configured distillation, or the sweep's weight."""
+    if base == "source":
+        return loss(kd_weight=0.0)
+    return loss(
+        **{k: v for k, v in sweep_settings(variant).items() if k == "kd_weight"}
+    )
 
 
 def track(rule, **wildcards):

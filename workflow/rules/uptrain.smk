@@ -4,25 +4,26 @@ post-training (sec. 3.7)."""
 
 rule uptrain:
     """All weights train on the uptraining budget; the full-size baseline (base: source) with
-    CE alone, every smaller model distilled from the source."""
+    CE alone, every smaller model distilled from the source; a sweep variant overrides the
+    budget, the distillation weight and the seed."""
     input:
         model=model("{base}"),
         teacher=model("source"),
         corpus=corpus(),
         tokenizer=tokenizer(),
     output:
-        directory(model("{base}.up")),
+        directory(model("{base}.up{variant}")),
     log:
-        log("uptrain", "{base}"),
+        log("uptrain", "{base}{variant}"),
     conda:
         "../../envs/rrt.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
     params:
-        recipe=recipe(),
-        loss=lambda w: loss(kd_weight=0.0) if w.base == "source" else loss(),
-        track=lambda w: track("uptrain", base=w.base),
+        recipe=lambda w: uptrain_recipe(w.variant),
+        loss=lambda w: uptrain_loss(w.base, w.variant),
+        track=lambda w: track("uptrain", base=w.base, variant=w.variant),
     shell:
         "rrt uptrain --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
         " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"

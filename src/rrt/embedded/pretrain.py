@@ -11,13 +11,21 @@ like the recursive models (``--teacher``), as in the paper.
 from __future__ import annotations
 
 import argparse
+import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, set_seed
+from transformers import (
+    AutoModelForCausalLM,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+    set_seed,
+)
 
 from rrt import config as schema
+from rrt import store
 from rrt import tracking as mlflow_tracking
 from rrt.config import section
 from rrt.data import read_meta
@@ -90,11 +98,13 @@ def pretrain(
     tracking: Tracking | None = None,
     teacher_dir: str | Path | None = None,
     loss: UptrainLoss | None = None,
+    like: str | Path | None = None,
 ) -> dict[str, Any]:
     """Pretrain a fresh Llama of ``shape`` on ``corpus``; resumes a killed run by itself.
 
     With ``teacher_dir`` the objective is uptraining's CE + forward KL (``loss``), which is how
-    the paper trains its reduced-size baselines.
+    the paper trains its reduced-size baselines. With ``like`` the model is instead the
+    architecture of the model in that folder (a hub source's) with ``shape.layers`` layers.
     """
     meta = read_meta(corpus)
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -107,14 +117,17 @@ def pretrain(
     train_tokens = token_file(corpus, tokenizer_dir, "train")
     validation_tokens = token_file(corpus, tokenizer_dir, "validation")
     set_seed(recipe.seed)
-    model = LlamaForCausalLM(llama_config(shape, tokenizer, recipe.seq_len))
+    if like is not None:
+        model = AutoModelForCausalLM.from_config(shallower(store.load_config(like), shape.layers))
+    else:
+        model = LlamaForCausalLM(llama_config(shape, tokenizer, recipe.seq_len))
     loss_fn = causal_lm_loss
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, model.config.vocab_size)
         loss_fn = uptrain_loss(loss, teacher, resolve_precision(recipe.precision))
     run_info = {
-        "model": asdict(shape),
-        "architecture": "LlamaForCausalLM",
+        "model": asdict(shape) if like is None else {"like": str(like), "layers": shape.layers},
+        "architecture": type(model).__name__,
         "parameters": sum(p.numel() for p in model.parameters()),
         "corpus_sha256": {s: meta["splits"][s]["sha256"] for s in ("train", "validation")},
         "tokenizer": tokenizer_fingerprint(tokenizer_dir),
@@ -135,6 +148,15 @@ def pretrain(
     )
 
 
+def shallower(config: Any, layers: int) -> Any:
+    """``config`` with ``layers`` decoder layers (and the first ``layers`` per-layer types)."""
+    config = copy.deepcopy(config)
+    config.num_hidden_layers = layers
+    if getattr(config, "layer_types", None):
+        config.layer_types = config.layer_types[:layers]
+    return config
+
+
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = __doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
@@ -147,6 +169,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--teacher",
         type=Path,
         help="distil from this model (the reduced-size baseline learns from the source)",
+    )
+    p.add_argument(
+        "--like",
+        type=Path,
+        help="train the architecture of this model (a hub source's) with --layers layers, "
+        "instead of the embedded Llama shape",
     )
     schema.add_setting(p, "threads")
     schema.add_arguments(
@@ -164,7 +192,15 @@ def _run(args: argparse.Namespace) -> None:
     tracking = mlflow_tracking.from_arguments(args)
     loss = UptrainLoss(kd_weight=args.kd_weight, temperature=args.temperature)
     metrics = pretrain(
-        args.corpus, args.tokenizer, args.out, shape, recipe, tracking, args.teacher, loss
+        args.corpus,
+        args.tokenizer,
+        args.out,
+        shape,
+        recipe,
+        tracking,
+        args.teacher,
+        loss,
+        args.like,
     )
     if not metrics:  # a data-parallel process other than the main one
         return
