@@ -141,3 +141,22 @@ def test_uptrain_and_pretrain_offer_the_mlflow_options():
             [sys.executable, "-m", "rrt", command, "--help"], capture_output=True, text=True
         )
         assert "--mlflow-uri" in done.stdout and "--mlflow-parent" in done.stdout
+
+
+def test_a_killed_job_reruns_into_its_run_and_a_finished_one_into_a_new_run(store_uri):
+    from rrt.tracking import JobRun
+
+    tracking = Tracking(store_uri, "jobs", "evaluate x.json", None, {"rule": "evaluate"})
+    killed = JobRun(tracking, "evaluate", {"model": "m"}, key="/results/eval/x.json")
+    # SIGKILL: nothing marks the run, it stays RUNNING; the job is started again
+    again = JobRun(tracking, "evaluate", {"model": "m"}, key="/results/eval/x.json")
+    assert again.run_id == killed.run_id
+    again.finish({"accuracy": 0.5}, None)
+    later = JobRun(tracking, "evaluate", {"model": "m"}, key="/results/eval/x.json")
+    assert later.run_id != killed.run_id  # a finished job that runs again is a new run
+    other = JobRun(tracking, "evaluate", {"model": "m"}, key="/results/eval/y.json")
+    assert other.run_id not in (killed.run_id, later.run_id)
+    client, runs = _runs(store_uri, "jobs")
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert status[killed.run_id] == "FINISHED"
+    assert client.get_run(killed.run_id).data.metrics["accuracy"] == 0.5

@@ -172,6 +172,15 @@ def sweep_settings(variant):
     return {"tokens": int(tokens), "kd_weight": float(kd_weight), "seed": int(seed)}
 
 
+def models():
+    """Every model folder the experiment makes: deliverables, so a deleted one is made again
+    (with what depends on it)."""
+    names = [*recursive_names(), *relaxed_names(), *evaluated_names()]
+    if config["source"]["kind"] == "local":
+        names.remove("source")
+    return [model(name) for name in dict.fromkeys(names)]
+
+
 def evaluations():
     """Every evaluation of the experiment: what `rule all` asks for."""
     files = [evaluation(n) for n in evaluated_names()]
