@@ -31,7 +31,10 @@ def snakemake(workdir: Path, *args: str, timeout: float = 600) -> subprocess.Com
 
 def _env() -> dict[str, str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"  # the jobs' `rrt` is this environment's
+    # No activated environment, as in the README's `.venv/bin/snakemake --cores all`: the
+    # workflow must find `rrt` itself.
+    env["PATH"] = os.defpath
+    env.pop("VIRTUAL_ENV", None)
     for name in ("MLFLOW_TRACKING_URI", "MLFLOW_PARENT_RUN_ID", "MLFLOW_EXPERIMENT_NAME"):
         env.pop(name, None)
     return env

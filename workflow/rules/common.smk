@@ -38,6 +38,14 @@ def clear_stale_locks():
 
 clear_stale_locks()
 
+# Jobs call `rrt` from the environment that runs Snakemake (`.venv/bin/snakemake` needs no
+# activated venv); with --sdm conda, the rule's environment comes first on the PATH.
+os.environ.update(
+    PATH=os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
+    )
+)
+
 # Defaults filled in and every value checked before any job runs (one line naming the key).
 try:
     schema.resolve(config)
