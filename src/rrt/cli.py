@@ -53,6 +53,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
     ),
     "evaluate": ("rrt.evaluate", "few-shot accuracy of a model directory through lm-eval"),
+    "benchmark": (
+        "rrt.bench",
+        "serve one workload with every system (generate, continuous, depth-wise, early exit)",
+    ),
     "download": (
         "rrt.download",
         "fetch a hub model, a text corpus or the paper suite's task data at pinned commits",
