@@ -353,7 +353,7 @@ def test_rows_at_different_loops_in_one_call_equal_single_loop_calls(family, rel
 
 
 @torch.no_grad()
-def test_looped_linear_takes_per_token_loop_ids_grouped_by_loop():
+def test_looped_linear_takes_per_token_loop_ids_each_row_at_its_own_loop():
     torch.manual_seed(0)
     linear = LoopedLinear(8, 6, num_loops=3, rank=2, bias=True, loop_bias=True)
     torch.nn.init.normal_(linear.lora_B)

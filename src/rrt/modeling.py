@@ -134,10 +134,14 @@ def token_loops(loops: torch.Tensor, x: torch.Tensor, heads_first: bool = False)
     return ids.reshape(*ids.shape, *(1,) * (len(lead) - ids.dim())).expand(lead).reshape(-1)
 
 
-def loop_groups(ids: torch.Tensor, num_loops: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(loop, row indices) for each loop present in flat ``ids``: B groups at most."""
+def check_loops(ids: torch.Tensor, num_loops: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_loops):
         raise ValueError(f"loop ids must be in 0..{num_loops - 1}, got {ids.unique().tolist()}")
+
+
+def loop_groups(ids: torch.Tensor, num_loops: int) -> Iterator[tuple[int, torch.Tensor]]:
+    """(loop, row indices) for each loop present in flat ``ids``: B groups at most."""
+    check_loops(ids, num_loops)
     for loop in range(num_loops):
         rows = (ids == loop).nonzero().squeeze(1)
         if rows.numel():
@@ -204,21 +208,24 @@ class LoopedLinear(nn.Module):
         return self._per_token(x, loop)
 
     def _per_token(self, x: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
-        """Rows grouped by loop: the shared matmul once, then each present loop's LoRA on its rows
-        (B groups at most)."""
+        """Rows at their own loops in one call: the shared matmul once, then every loop's LoRA
+        stacked (A as [B * r, in], B as [out, B * r]) with each row's other loops masked to zero
+        in between. Two matmuls B times as wide as one LoRA and no gather, sort or host sync, so
+        the cost does not depend on how the rows' loops are mixed."""
         flat = x.reshape(-1, self.in_features)
+        ids = token_loops(loops, x)
+        if ids.device.type == "cpu":  # free here; on a GPU it would wait for the device
+            check_loops(ids, self.num_loops)
         y = F.linear(flat, self.weight, None if self.loop_bias else self.bias)
         if self.rank or self.loop_bias:
-            for loop, rows in loop_groups(token_loops(loops, x), self.num_loops):
-                part = flat.index_select(0, rows)
-                delta = (
-                    F.linear(F.linear(part, self.lora_A[loop]), self.lora_B[loop])
-                    if self.rank
-                    else torch.zeros(len(rows), self.out_features, dtype=y.dtype, device=y.device)
-                )
-                if self.loop_bias:
-                    delta = delta + self.bias[loop]
-                y = y.index_add(0, rows, delta.to(y.dtype))
+            own = F.one_hot(ids, self.num_loops).to(flat.dtype)  # [tokens, B]
+            if self.rank:
+                down = F.linear(flat, self.lora_A.reshape(-1, self.in_features))  # [tokens, B*r]
+                down = down * own.repeat_interleave(self.rank, dim=1)
+                stacked_b = self.lora_B.permute(1, 0, 2).reshape(self.out_features, -1)
+                y = y + F.linear(down, stacked_b)
+            if self.loop_bias:
+                y = y + own @ self.bias
         return y.view(*x.shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
@@ -312,10 +319,11 @@ class LoopedLayers(nn.ModuleList):
         """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
 
         One call then runs tokens of different loops through the layer, each with its loop's
-        LoRA (grouped by loop, never row by row). What else depends on the position (the
-        attention's KV slot, its sliding window) is None here: a caller that mixes depths in one
-        call brings its own KV cache and attention masks.
+        LoRA (every loop's LoRA stacked, the other loops masked; never row by row). What else
+        depends on the position (the attention's KV slot, its sliding window) is None here: a
+        caller that mixes depths in one call brings its own KV cache and attention masks.
         """
+        check_loops(loops, len(self.positions) // len(self))
         mixed: dict[str, dict[str, Any]] = {}
         for p in range(index, len(self.positions), len(self)):
             for path, attrs in self.overrides[p].items():
