@@ -223,3 +223,17 @@ def test_generation_stops_at_the_context_end(llama_relaxed):
     (out,) = Engine(llama_relaxed, max_batch=1).generate([prompt], 50, progress=False)
     assert len(out.tokens) == 128 - 119 and out.finish_reason == "length"
     assert out.tokens == reference(llama_relaxed, prompt, 9)
+
+
+@pytest.mark.parametrize("family", SERVED)
+def test_every_served_family_propagates_exit_states_into_the_skipped_loops(family):
+    """B = 3, every decode token exits after loop 1: its keys at loops 2 and 3 come from one
+    attention-block call over rows at two loops; the tokens are the one-loop model's."""
+    source = source_model(family, seed=0)
+    model = relax(convert(source, loops=3, init="average"), source, rank=4)
+    prompt = prompts()[1]
+    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1)
+    (out,) = engine.generate([prompt], 5, progress=False)
+    first = reference(model, prompt, 1)
+    assert out.tokens == first + loop_one_reference(model, prompt + first, 4)
+    assert engine.stats["kv_fill_rows"] == 2 * 3  # the last exit ends the request: no fill

@@ -1,5 +1,5 @@
-"""The one table of family differences: where a family keeps its decoder layers and which of a
-layer's linears belong to attention and to the MLP.
+"""The one table of family differences: where a family keeps its decoder layers, which of a
+layer's linears belong to attention and to the MLP, and where its attention block sits.
 
 Everything else (masks, rotary, embedding scaling, logit softcapping, sliding windows) is left to
 the family's own ``transformers`` forward, which the recursive model reuses unchanged.
@@ -25,6 +25,10 @@ class Family:
     mlp: tuple[str, ...]  # the block's MLP linears, relative to a decoder layer
     # Norms that see [batch, heads, seq, dim] rather than tokens first (per-token loops need it).
     heads_first_norms: tuple[str, ...] = ()
+    # The attention block and the norm before it, relative to a decoder layer: the serving
+    # engine runs them alone to compute an exited token's keys and values (state propagation).
+    attention_block: str = "self_attn"
+    attention_norm: str = "input_layernorm"
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -71,6 +75,7 @@ FAMILIES: dict[str, Family] = {
         "gpt_neox.final_layer_norm",
         ("attention.query_key_value", "attention.dense"),
         ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
+        attention_block="attention",
     ),
 }
 

@@ -182,7 +182,11 @@ class Engine:
         self.stats["rows"] += sum(w.n for w in works)
         self.stats["kv_fill_rows"] += sum(w.n for w in works if w.kind is not Kind.MAIN)
         self.stats["mixed_steps"] += len({w.loop for w in works}) > 1
-        hidden = self.runner.run(works, cache, self.sequence)
+        fills = [w for w in works if w.kind is Kind.PROPAGATE]
+        works = [w for w in works if w.kind is not Kind.PROPAGATE]
+        hidden = self.runner.run(works, cache, self.sequence) if works else None
+        if fills:
+            self.runner.propagate(fills, cache)
         final = self.runner.loops - 1
         ends, at = [], 0
         for w in works:
@@ -221,7 +225,7 @@ class Engine:
                 if self._emit(r, tokens[i], done_loop + 1, now, carried):
                     finished.add(r.id)
                     scheduler.finish(r)
-            elif done_loop < final and w.kind is not Kind.PROPAGATE:
+            elif done_loop < final:
                 carried.append(
                     Work(r, w.start, w.loop + 1, w.kind, hidden=out, emits=w.emits, decode=w.decode)
                 )

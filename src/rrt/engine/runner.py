@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AttentionInterface, PreTrainedModel
 
 from rrt.engine.cache import KVCache
-from rrt.engine.request import Kind, Work
+from rrt.engine.request import Work
 from rrt.errors import UserError
 from rrt.families import family_of
 from rrt.modeling import RecursiveForCausalLM
@@ -104,6 +104,7 @@ class LayerCall:
     batch: Batch
     offset: int  # the layer offset d of this call
     windows: torch.Tensor | None  # [depth] sliding window per virtual depth (0: none)
+    keys_only: bool = False  # store keys and values, attend nothing (state propagation)
 
 
 def engine_attention(
@@ -133,6 +134,8 @@ def engine_attention(
         batch.rows0 + offset_rows, batch.pos, key[0].transpose(0, 1), value[0].transpose(0, 1)
     )
     heads, head_dim = query.shape[1], query.shape[3]
+    if call.keys_only:
+        return query.new_zeros(1, query.shape[2], heads, head_dim), None
     out = query.new_empty(query.shape[2], heads, head_dim)
     q_all = query[0]
     for g in batch.groups:
@@ -226,9 +229,8 @@ class Runner:
         """Each work's positions through its loop (sequence-wise: through every loop); returns
         the hidden states leaving it, [tokens, hidden_size], in the works' order.
 
-        Depth-wise, one pass runs the K shared layers once over rows at different loops; a
-        PROPAGATE work's rows enter every layer with the same exit hidden state (CALM), so only
-        their keys and values count.
+        Depth-wise, one pass runs the K shared layers once over rows at different loops, each
+        row with its loop's LoRA.
         """
         device = self.device
         pieces: list[torch.Tensor | None] = [w.hidden for w in works]
@@ -239,17 +241,6 @@ class Runner:
                 pieces[i] = e
         h = torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
         batch = Batch(works, cache, self.shared, sequence, device)
-        starts = [0]
-        for w in works:
-            starts.append(starts[-1] + w.n)
-        fixed = [
-            t
-            for i, w in enumerate(works)
-            if w.kind is Kind.PROPAGATE
-            for t in range(starts[i], starts[i + 1])
-        ]
-        fixed_rows = torch.tensor(fixed, dtype=torch.long, device=device) if fixed else None
-        fixed_h = h[:, fixed_rows] if fixed else None
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
             passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
@@ -261,19 +252,45 @@ class Runner:
             passes = [(0, [self.layers.at_loops(i, ids.unsqueeze(0)) for i in range(k)])]
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         with _attention_of(self.lm.config, ATTENTION):
-            h = self._passes(h, batch, passes, rotary, fixed_rows, fixed_h)
+            h = self._passes(h, batch, passes, rotary)
         return h[0]
 
-    def _passes(self, h, batch, passes, rotary, fixed_rows, fixed_h) -> torch.Tensor:
+    def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
             for i, layer in enumerate(views):
                 call = LayerCall(batch, base + i, self.windows)
                 emb = rotary if rotary is not None else self._rotary(h, batch, base + i)
                 out = layer(h, position_embeddings=emb, rrt_batch=call)
                 h = out[0] if isinstance(out, tuple) else out
-                if fixed_rows is not None:
-                    h = h.index_copy(1, fixed_rows, fixed_h)
         return h
+
+    @torch.inference_mode()
+    def propagate(self, works: list[Work], cache: KVCache) -> None:
+        """CALM's state propagation: the keys and values an exited token owes to the loops it
+        skipped come from its exit hidden state, fed to each skipped layer's attention block
+        (its norm, key/value projections and rotary) alone; the attention itself, the MLP and
+        the residual stream are never computed for it."""
+        h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
+        batch = Batch(works, cache, self.shared, False, self.device)
+        ids = torch.tensor([w.loop for w in works for _ in range(w.n)], device=self.device)
+        rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
+        norm, block = self.family.attention_norm, self.family.attention_block
+        with _attention_of(self.lm.config, ATTENTION):
+            single = len({w.loop for w in works}) == 1
+            for i in range(self.shared):
+                view = (
+                    self.positions[works[0].loop * self.shared + i]
+                    if single
+                    else self.layers.at_loops(i, ids.unsqueeze(0))
+                )
+                emb = rotary if rotary is not None else self._rotary(h, batch, i)
+                call = LayerCall(batch, i, self.windows, keys_only=True)
+                view.get_submodule(block)(
+                    hidden_states=view.get_submodule(norm)(h),
+                    position_embeddings=emb,
+                    attention_mask=None,
+                    rrt_batch=call,
+                )
 
     def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
         """cos/sin at each token's position, for the rotary of each token's layer type."""
