@@ -237,3 +237,25 @@ def test_every_served_family_propagates_exit_states_into_the_skipped_loops(famil
     first = reference(model, prompt, 1)
     assert out.tokens == first + loop_one_reference(model, prompt + first, 4)
     assert engine.stats["kv_fill_rows"] == 2 * 3  # the last exit ends the request: no fill
+
+
+def test_a_model_directory_serves_text_prompts(served_dir):
+    engine = Engine(served_dir, device="cpu")
+    out = engine.generate(["the cat", "a dog ran"], 5, ignore_eos=True, progress=False)
+    assert all(len(g.tokens) == 5 and g.text == engine.tokenizer.decode(g.tokens) for g in out)
+    tokens = engine.tokenizer("the cat")["input_ids"]
+    assert engine.generate([tokens], 5, ignore_eos=True, progress=False)[0].tokens == out[0].tokens
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory):
+    from _embedded import corpus, tokenizer
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("served")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer(corpus(root), root)))
+    source = source_model("llama", vocab_size=len(tok), max_position_embeddings=64)
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root / "model"

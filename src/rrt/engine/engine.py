@@ -62,11 +62,14 @@ class Engine:
         for name, value in (("max_batch", max_batch), ("max_batch_tokens", max_batch_tokens)):
             if value < 1:
                 raise UserError(f"{name} must be at least 1, got {value}")
+        self.tokenizer = None
         if not isinstance(model, PreTrainedModel):
             from rrt import store
 
-            model = store.load_model(model, dtype=dtype, device=device)
+            path = model
+            model = store.load_model(path, dtype=dtype, device=device)
             eos_token_id = eos_token_id if eos_token_id is not None else _eos(model)
+            self.tokenizer = store.load_tokenizer(path, required=False)
         self.model = model.eval()
         self.runner = Runner(model)
         if exit_threshold is not None and self.runner.loops == 1:
@@ -123,15 +126,21 @@ class Engine:
 
     def generate(
         self,
-        prompts: Sequence[Sequence[int]],
+        prompts: Sequence[Sequence[int] | str],
         max_new_tokens: int | Sequence[int],
         arrivals_s: Sequence[float] | None = None,
         ignore_eos: bool = False,
         progress: bool = True,
     ) -> list[Generation]:
-        """Greedy generation for every prompt (token ids); returns, in order, each one's tokens,
-        the loops each token ran, and its timings. A bad request gets its ``error`` and no tokens
-        while the others are served; ``arrivals_s`` staggers when requests arrive."""
+        """Greedy generation for every prompt (token ids, or text when the model directory holds
+        a tokenizer); returns, in order, each one's tokens (and text), the loops each token ran,
+        and its timings. A bad request gets its ``error`` and no tokens while the others are
+        served; ``arrivals_s`` staggers when requests arrive."""
+        texts = any(isinstance(p, str) for p in prompts)
+        if texts:
+            if self.tokenizer is None:
+                raise UserError("text prompts need a tokenizer in the model directory")
+            prompts = [self.tokenizer(p)["input_ids"] if isinstance(p, str) else p for p in prompts]
         n = len(prompts)
         limits = [max_new_tokens] * n if isinstance(max_new_tokens, int) else list(max_new_tokens)
         arrivals = list(arrivals_s) if arrivals_s is not None else [0.0] * n
@@ -174,7 +183,11 @@ class Engine:
                 continue
             carried = self._step(works, cache, scheduler, start)
         bar.close()
-        return [_generation(r) for r in requests]
+        out = [_generation(r) for r in requests]
+        if texts:
+            for g in out:
+                g.text = self.tokenizer.decode(g.tokens)
+        return out
 
     def _step(self, works: list[Work], cache: KVCache, scheduler: Scheduler, start: float):
         """Run the works, then turn their outputs into tokens and the next step's works."""

@@ -86,3 +86,4 @@ class Generation:
     finish_reason: str | None = None  # "length" (max_new_tokens or the context), "eos", or None
     ttft_s: float | None = None  # arrival to first token
     latency_s: float | None = None  # arrival to last token
+    text: str | None = None  # the tokens decoded, for text prompts
