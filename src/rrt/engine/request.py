@@ -70,10 +70,10 @@ class Work:
     hidden: torch.Tensor | None = None  # [n, hidden_size]
     emits: bool = False
     decode: bool = False
+    n: int = field(init=False)  # positions
 
-    @property
-    def n(self) -> int:
-        return len(self.ids) if self.ids is not None else int(self.hidden.shape[0])
+    def __post_init__(self) -> None:
+        self.n = len(self.ids) if self.ids is not None else int(self.hidden.shape[0])
 
 
 @dataclass
