@@ -259,3 +259,20 @@ def served_dir(tmp_path_factory):
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     return root / "model"
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "gpt_neox"])
+def test_per_loop_norms_and_biases_are_served_depth_wise(family):
+    """relax_vectors gives each loop its own norms (Gemma 3's heads-first q/k norms too) and
+    biases: mixed-loop steps (every decode token exits and rides along) still decode as the
+    one-loop model, and without exits as generate."""
+    source = source_model(family, seed=0, vectors="random")
+    model = relax(convert(source, loops=2, init="average"), source, rank=4, relax_vectors=True)
+    prompt = prompts()[3]
+    engine = Engine(model, exit_threshold=1e-9, max_batch=1)
+    (out,) = engine.generate([prompt], 6, progress=False)
+    assert engine.stats["mixed_steps"] > 0
+    first = reference(model, prompt, 1)
+    assert out.tokens == first + loop_one_reference(model, prompt + first, 5)
+    out = Engine(model, max_batch=2).generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert [g.tokens for g in out] == expected(model)

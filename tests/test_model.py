@@ -464,3 +464,31 @@ def test_the_public_api_converts_and_relaxes_in_two_calls():
     relaxed = rrt.relax(rrt.convert(source, loops=2, init="average"), source, rank="full")
     x = tokens()
     assert max_diff(relaxed(x).logits, source(x).logits) < TOL  # full rank is exact
+
+
+@torch.no_grad()
+def test_loop_spans_run_each_loop_on_its_slice_of_tokens_sorted_by_loop():
+    from rrt.modeling import LoopedNorm, LoopSpans
+
+    torch.manual_seed(0)
+    linear = LoopedLinear(8, 6, num_loops=3, rank=2, bias=True, loop_bias=True)
+    torch.nn.init.normal_(linear.lora_B)
+    torch.nn.init.normal_(linear.bias)
+    loops = [0, 0, 1, 2, 2, 2]
+    spans = LoopSpans.of(loops)
+    assert spans.spans == ((0, 0, 2), (1, 2, 3), (2, 3, 6))
+    x = torch.randn(1, 6, 8)
+    y = linear(x, spans)
+    for t, loop in enumerate(loops):
+        assert torch.allclose(y[0, t], linear(x[:, t : t + 1], loop)[0, 0], atol=1e-6)
+    norm = LoopedNorm([torch.nn.LayerNorm(8) for _ in range(3)], heads_first=True)
+    for i, n in enumerate(norm.loops):
+        torch.nn.init.constant_(n.weight, i + 1.0)
+    heads = torch.randn(1, 4, 6, 8)  # [batch, heads, seq, dim]
+    z = norm(heads, spans)
+    for t, loop in enumerate(loops):
+        assert torch.allclose(z[:, :, t], norm.loops[loop](heads[:, :, t]))
+    with pytest.raises(ValueError, match="sorted by loop"):
+        LoopSpans.of([1, 0])
+    with pytest.raises(ValueError, match="loop ids must be in 0..2"):
+        linear(x, LoopSpans(((3, 0, 6),)))

@@ -107,9 +107,36 @@ class RecursiveConfig(PreTrainedConfig):
             raise ValueError(f"lora_rank {bad}: keys must be {LORA_KINDS}, ranks >= 0")
 
 
-Loop = int | torch.Tensor
-"""A loop index: one int for every token of a call, or per-token ids (a LongTensor whose shape is
-the input's leading token dimensions, e.g. [batch, seq])."""
+@dataclass(frozen=True)
+class LoopSpans:
+    """Tokens laid out grouped by loop along the sequence dimension (the one before features):
+    ``spans[i] = (loop, start, end)``. A caller that orders its rows by loop (the serving engine)
+    passes this, and each loop's LoRA then runs on a slice: no gather and no wasted rows."""
+
+    spans: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def of(cls, loops: list[int]) -> LoopSpans:
+        """The spans of per-token loops that are already sorted."""
+        spans: list[tuple[int, int, int]] = []
+        for t, loop in enumerate(loops):
+            if spans and spans[-1][0] == loop:
+                spans[-1] = (loop, spans[-1][1], t + 1)
+            else:
+                if spans and loop < spans[-1][0]:
+                    raise ValueError(f"loop spans need tokens sorted by loop, got {loops}")
+                spans.append((loop, t, t + 1))
+        return cls(tuple(spans))
+
+    def check(self, num_loops: int) -> None:
+        bad = sorted({j for j, _, _ in self.spans if not 0 <= j < num_loops})
+        if bad:
+            raise ValueError(f"loop ids must be in 0..{num_loops - 1}, got {bad}")
+
+
+Loop = int | torch.Tensor | LoopSpans
+"""A loop index: one int for every token of a call, per-token ids (a LongTensor whose shape is
+the input's leading token dimensions, e.g. [batch, seq]), or :class:`LoopSpans`."""
 
 
 def token_loops(loops: torch.Tensor, x: torch.Tensor, heads_first: bool = False) -> torch.Tensor:
@@ -205,7 +232,22 @@ class LoopedLinear(nn.Module):
             if self.rank:
                 y = y + F.linear(F.linear(x, self.lora_A[loop]), self.lora_B[loop])
             return y
+        if isinstance(loop, LoopSpans):
+            return self._spans(x, loop)
         return self._per_token(x, loop)
+
+    def _spans(self, x: torch.Tensor, spans: LoopSpans) -> torch.Tensor:
+        """Tokens grouped by loop: the shared matmul once, each loop's LoRA on its slice."""
+        spans.check(self.num_loops)
+        y = F.linear(x, self.weight, None if self.loop_bias else self.bias)
+        if self.rank or self.loop_bias:
+            parts = []
+            for j, a, b in spans.spans:
+                part = x[..., a:b, :]
+                delta = F.linear(F.linear(part, self.lora_A[j]), self.lora_B[j]) if self.rank else 0
+                parts.append(delta + self.bias[j] if self.loop_bias else delta)
+            y = y + torch.cat(parts, dim=-2)
+        return y
 
     def _per_token(self, x: torch.Tensor, loops: torch.Tensor) -> torch.Tensor:
         """Rows at their own loops in one call: the shared matmul once, then every loop's LoRA
@@ -255,6 +297,9 @@ class LoopedNorm(nn.Module):
             raise RuntimeError("a looped norm needs its loop: call a position view, or pass loop")
         if isinstance(loop, int):
             return self.loops[loop](x)
+        if isinstance(loop, LoopSpans):
+            loop.check(len(self.loops))
+            return torch.cat([self.loops[j](x[..., a:b, :]) for j, a, b in loop.spans], dim=-2)
         flat = x.reshape(-1, x.shape[-1])
         groups = list(loop_groups(token_loops(loop, x, self.heads_first), len(self.loops)))
         parts = [(rows, self.loops[j](flat.index_select(0, rows))) for j, rows in groups]
@@ -315,7 +360,7 @@ class LoopedLayers(nn.ModuleList):
             return self.positions
         return self.positions[: self.exit_loop * len(self)]
 
-    def at_loops(self, index: int, loops: torch.Tensor) -> nn.Module:
+    def at_loops(self, index: int, loops: torch.Tensor | LoopSpans) -> nn.Module:
         """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
 
         One call then runs tokens of different loops through the layer, each with its loop's
@@ -323,7 +368,10 @@ class LoopedLayers(nn.ModuleList):
         depends on the position (the attention's KV slot, its sliding window) is None here: a
         caller that mixes depths in one call brings its own KV cache and attention masks.
         """
-        check_loops(loops, len(self.positions) // len(self))
+        if isinstance(loops, LoopSpans):
+            loops.check(len(self.positions) // len(self))
+        else:
+            check_loops(loops, len(self.positions) // len(self))
         mixed: dict[str, dict[str, Any]] = {}
         for p in range(index, len(self.positions), len(self)):
             for path, attrs in self.overrides[p].items():

@@ -195,8 +195,8 @@ class Engine:
         self.stats["rows"] += sum(w.n for w in works)
         self.stats["kv_fill_rows"] += sum(w.n for w in works if w.kind is not Kind.MAIN)
         self.stats["mixed_steps"] += len({w.loop for w in works}) > 1
-        fills = [w for w in works if w.kind is Kind.PROPAGATE]
-        works = [w for w in works if w.kind is not Kind.PROPAGATE]
+        fills = sorted((w for w in works if w.kind is Kind.PROPAGATE), key=lambda w: w.loop)
+        works = sorted((w for w in works if w.kind is not Kind.PROPAGATE), key=lambda w: w.loop)
         hidden = self.runner.run(works, cache, self.sequence) if works else None
         if fills:
             self.runner.propagate(fills, cache)

@@ -25,7 +25,7 @@ from rrt.engine.cache import KVCache
 from rrt.engine.request import Work
 from rrt.errors import UserError
 from rrt.families import family_of
-from rrt.modeling import RecursiveForCausalLM
+from rrt.modeling import LoopSpans, RecursiveForCausalLM
 
 ATTENTION = "rrt_engine"
 
@@ -227,7 +227,8 @@ class Runner:
     @torch.inference_mode()
     def run(self, works: list[Work], cache: KVCache, sequence: bool) -> torch.Tensor:
         """Each work's positions through its loop (sequence-wise: through every loop); returns
-        the hidden states leaving it, [tokens, hidden_size], in the works' order.
+        the hidden states leaving it, [tokens, hidden_size], in the works' order (depth-wise,
+        the works come sorted by loop).
 
         Depth-wise, one pass runs the K shared layers once over rows at different loops, each
         row with its loop's LoRA.
@@ -247,9 +248,9 @@ class Runner:
         elif len({w.loop for w in works}) == 1:  # every row at one loop: its position views
             j = works[0].loop
             passes = [(0, self.positions[j * k : (j + 1) * k])]
-        else:  # rows at different loops in one pass, each with its loop's LoRA
-            ids = torch.tensor([w.loop for w in works for _ in range(w.n)], device=device)
-            passes = [(0, [self.layers.at_loops(i, ids.unsqueeze(0)) for i in range(k)])]
+        else:  # rows at different loops in one pass (sorted by loop), each with its loop's LoRA
+            spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
+            passes = [(0, [self.layers.at_loops(i, spans) for i in range(k)])]
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         with _attention_of(self.lm.config, ATTENTION):
             h = self._passes(h, batch, passes, rotary)
@@ -272,7 +273,7 @@ class Runner:
         the residual stream are never computed for it."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
         batch = Batch(works, cache, self.shared, False, self.device)
-        ids = torch.tensor([w.loop for w in works for _ in range(w.n)], device=self.device)
+        spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         norm, block = self.family.attention_norm, self.family.attention_block
         with _attention_of(self.lm.config, ATTENTION):
@@ -281,7 +282,7 @@ class Runner:
                 view = (
                     self.positions[works[0].loop * self.shared + i]
                     if single
-                    else self.layers.at_loops(i, ids.unsqueeze(0))
+                    else self.layers.at_loops(i, spans)
                 )
                 emb = rotary if rotary is not None else self._rotary(h, batch, i)
                 call = LayerCall(batch, i, self.windows, keys_only=True)
