@@ -103,9 +103,10 @@ def full_depth_kv(model, sequence: list[int]) -> list[tuple[torch.Tensor, torch.
 
 
 def engine_kv(engine: Engine, slot: int, depth: int, length: int):
+    """[positions, kv_heads, head_dim] of one slot at one virtual depth."""
     cache = engine.cache
-    row = depth * cache.slots + slot
-    return cache.k[row, :length], cache.v[row, :length]
+    k, v = cache.k[depth, slot, :, :length], cache.v[depth, slot, :, :length]
+    return k.transpose(0, 1), v.transpose(0, 1)
 
 
 @torch.no_grad()

@@ -1,8 +1,9 @@
 """The KV cache: preallocated once, one slot per running request, keyed by virtual depth.
 
-Keys and values live in two tensors of shape [depth * slots, max_len, kv_heads, head_dim]: row
-``depth * slots + slot`` holds one request's entries at one virtual depth (loop * K + layer), so
-the B loops of a shared layer never overwrite one another. Nothing is allocated per token.
+Keys and values live in two tensors of shape [depth, slots, kv_heads, max_len, head_dim]: entry
+``[d, s]`` holds one request's keys at one virtual depth d (loop * K + layer), so the B loops of a
+shared layer never overwrite one another, and every slot at one depth is one strided view that
+attention reads without a copy. Nothing is allocated per token.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class KVCache:
         if slots < 1:
             raise UserError("the KV-cache budget holds no request slot: raise kv_cache_mb")
         self.depth, self.slots, self.max_len = depth, slots, max_len
-        shape = (depth * slots, max_len, kv_heads, head_dim)
+        shape = (depth, slots, kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self._free = list(range(slots - 1, -1, -1))
@@ -48,17 +49,27 @@ class KVCache:
     def release(self, slot: int) -> None:
         self._free.append(slot)
 
-    def write(self, rows: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        """Store new entries: token t at (row ``rows[t]``, position ``positions[t]``); k, v are
-        [tokens, kv_heads, head_dim]."""
-        flat = rows * self.max_len + positions
-        self.k.view(-1, *self.k.shape[2:]).index_copy_(0, flat, k.to(self.k.dtype))
-        self.v.view(-1, *self.v.shape[2:]).index_copy_(0, flat, v.to(self.v.dtype))
+    def write(
+        self,
+        depths: torch.Tensor,
+        slots: torch.Tensor,
+        positions: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+    ) -> None:
+        """Store new entries: token t at (``depths[t]``, ``slots[t]``, ``positions[t]``); k, v
+        are [tokens, kv_heads, head_dim]."""
+        self.k[depths, slots, :, positions] = k.to(self.k.dtype)
+        self.v[depths, slots, :, positions] = v.to(self.v.dtype)
 
-    def read(self, rows: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of the first ``length`` positions of each row, as
-        [rows, kv_heads, length, head_dim]."""
-        return (
-            self.k[rows, :length].transpose(1, 2),
-            self.v[rows, :length].transpose(1, 2),
-        )
+    def at_depth(self, depth: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every slot's first ``length`` keys and values at one depth, [slots, kv_heads, length,
+        head_dim]: views, no copy."""
+        return self.k[depth, :, :, :length], self.v[depth, :, :, :length]
+
+    def gather(
+        self, depths: torch.Tensor, slots: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first ``length`` keys and values of chosen (depth, slot) pairs, [pairs, kv_heads,
+        length, head_dim] (a copy)."""
+        return self.k[depths, slots, :, :length], self.v[depths, slots, :, :length]

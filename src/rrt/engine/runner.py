@@ -34,63 +34,86 @@ SERVED = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox
 
 
 @dataclass
-class Group:
-    """Segments (one work each) attended together: their tokens padded to ``width`` queries."""
+class Decode:
+    """One-token segments at one depth: attended over every slot's keys at that depth (a view of
+    the cache, no gather); slots not in the group attend only their first key, unused."""
+
+    depth0: int  # virtual depth at the layer offset 0
+    tokens: torch.Tensor  # [segments] indices into the batch
+    slots: torch.Tensor  # [segments]
+    query_pos: torch.Tensor  # [cache slots] each slot's query position (0 where unused)
+    length: int  # keys read: the longest segment's end
+
+
+@dataclass
+class Chunks:
+    """Prompt chunks, padded to ``width`` queries; their keys are gathered per segment."""
 
     tokens: torch.Tensor  # [segments * width] indices into the batch (padding repeats token 0)
     valid: torch.Tensor  # [segments * width] bool
-    rows0: torch.Tensor  # [segments] KV row of the segment at the layer offset 0
     depth0: torch.Tensor  # [segments] virtual depth at the layer offset 0
+    slots: torch.Tensor  # [segments]
     query_pos: torch.Tensor  # [segments, width] position of each query
-    length: int  # keys read: the longest segment's end
+    length: int
     width: int
 
 
 class Batch:
     """The layout of one step: where each token's keys go and which keys each token reads.
 
-    A token of a work at loop j of request slot s, run at layer offset d (the shared layer's
-    index, plus loop * K when the pass runs one loop for every row), sits at virtual depth
-    j * K + d and KV row (j * K + d) * slots + s.
+    A token of a work at loop j, run at layer offset d (the shared layer's index, plus loop * K
+    when the pass runs one loop for every row), sits at virtual depth j * K + d.
     """
 
     def __init__(self, works: list[Work], cache: KVCache, shared: int, sequence: bool, device):
         self.cache = cache
-        pos, depth0, slots = [], [], []
+        as_long = dict(dtype=torch.long, device=device)
+        pos, depth0, slots, starts = [], [], [], []
         for w in works:
+            starts.append(len(pos))
             d0 = 0 if sequence else w.loop * shared
             pos.extend(range(w.start, w.start + w.n))
             depth0.extend([d0] * w.n)
             slots.extend([w.request.slot] * w.n)
-        as_long = dict(dtype=torch.long, device=device)
         self.pos = torch.tensor(pos, **as_long)
         self.depth0 = torch.tensor(depth0, **as_long)
-        self.rows0 = self.depth0 * cache.slots + torch.tensor(slots, **as_long)
-        self.groups: list[Group] = []
-        offsets = [0]
-        for w in works:
-            offsets.append(offsets[-1] + w.n)
-        decode = [i for i, w in enumerate(works) if w.n == 1]
+        self.slots = torch.tensor(slots, **as_long)
+        self.groups: list[Decode | Chunks] = []
+        decode: dict[int, list[int]] = {}
+        for i, w in enumerate(works):
+            if w.n == 1:
+                decode.setdefault(depth0[starts[i]], []).append(i)
+        for d0, members in decode.items():
+            query_pos = [0] * cache.slots
+            for i in members:
+                query_pos[works[i].request.slot] = works[i].start
+            self.groups.append(
+                Decode(
+                    depth0=d0,
+                    tokens=torch.tensor([starts[i] for i in members], **as_long),
+                    slots=torch.tensor([works[i].request.slot for i in members], **as_long),
+                    query_pos=torch.tensor(query_pos, **as_long),
+                    length=max(works[i].start + 1 for i in members),
+                )
+            )
         chunks = [i for i, w in enumerate(works) if w.n > 1]
-        for members in (decode, chunks):
-            if members:
-                self.groups.append(self._group(works, members, offsets, depth0, as_long))
+        if chunks:
+            self.groups.append(self._chunks(works, chunks, starts, depth0, as_long))
 
-    def _group(self, works, members, offsets, depth0, as_long) -> Group:
+    @staticmethod
+    def _chunks(works, members, starts, depth0, as_long) -> Chunks:
         width = max(works[i].n for i in members)
-        tokens, valid, rows0, seg_depth0, query_pos = [], [], [], [], []
+        tokens, valid, query_pos = [], [], []
         for i in members:
-            w = works[i]
-            tokens += list(range(offsets[i], offsets[i] + w.n)) + [offsets[i]] * (width - w.n)
+            w, at = works[i], starts[i]
+            tokens += list(range(at, at + w.n)) + [at] * (width - w.n)
             valid += [True] * w.n + [False] * (width - w.n)
-            seg_depth0.append(depth0[offsets[i]])
-            rows0.append(depth0[offsets[i]] * self.cache.slots + w.request.slot)
             query_pos.append([w.start + t for t in range(w.n)] + [w.start] * (width - w.n))
-        return Group(
+        return Chunks(
             tokens=torch.tensor(tokens, **as_long),
             valid=torch.tensor(valid, dtype=torch.bool, device=as_long["device"]),
-            rows0=torch.tensor(rows0, **as_long),
-            depth0=torch.tensor(seg_depth0, **as_long),
+            depth0=torch.tensor([depth0[starts[i]] for i in members], **as_long),
+            slots=torch.tensor([works[i].request.slot for i in members], **as_long),
             query_pos=torch.tensor(query_pos, **as_long),
             length=max(works[i].start + works[i].n for i in members),
             width=width,
@@ -129,9 +152,12 @@ def engine_attention(
         raise RuntimeError("the rrt_engine attention runs inside rrt.engine only")
     call = rrt_batch
     batch, cache = call.batch, call.batch.cache
-    offset_rows = call.offset * cache.slots
     cache.write(
-        batch.rows0 + offset_rows, batch.pos, key[0].transpose(0, 1), value[0].transpose(0, 1)
+        batch.depth0 + call.offset,
+        batch.slots,
+        batch.pos,
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
     )
     heads, head_dim = query.shape[1], query.shape[3]
     if call.keys_only:
@@ -139,32 +165,48 @@ def engine_attention(
     out = query.new_empty(query.shape[2], heads, head_dim)
     q_all = query[0]
     for g in batch.groups:
-        segments = g.rows0.shape[0]
-        keys, values = cache.read(g.rows0 + offset_rows, g.length)
-        q = q_all[:, g.tokens].view(heads, segments, g.width, head_dim).transpose(0, 1)
-        key_pos = torch.arange(g.length, device=q.device)
-        allowed = key_pos[None, None, :] <= g.query_pos[:, :, None]
-        if call.windows is not None:
-            window = call.windows[g.depth0 + call.offset]  # per segment; 0 = no window
-            lower = torch.where(window[:, None] > 0, g.query_pos - window[:, None], -1)
-            allowed = allowed & (key_pos[None, None, :] > lower[:, :, None])
-        if g.width > 1:  # padded queries attend the first key so that no softmax row is empty
-            allowed = allowed | (~g.valid.view(segments, g.width)[:, :, None] & (key_pos == 0))
-        mask = allowed[:, None]
-        if softcap:
-            groups = heads // keys.shape[1]
-            k, v = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
-            scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
-            scores = torch.tanh(scores / softcap) * softcap
-            scores = scores.masked_fill(~mask, float("-inf"))
-            o = torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype), v)
+        key_pos = torch.arange(g.length, device=q_all.device)
+        if isinstance(g, Decode):
+            depth = g.depth0 + call.offset
+            keys, values = cache.at_depth(depth, g.length)
+            q = q_all.new_zeros(cache.slots, heads, 1, head_dim)
+            q[g.slots] = q_all[:, g.tokens].transpose(0, 1).unsqueeze(2)
+            query_pos = g.query_pos[:, None]  # [slots, 1]
+            window = call.windows[depth][None] if call.windows is not None else None
         else:
-            o = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=scaling, enable_gqa=keys.shape[1] != heads
-            )
-        o = o.transpose(1, 2).reshape(segments * g.width, heads, head_dim)
-        out[g.tokens[g.valid]] = o[g.valid]
+            keys, values = cache.gather(g.depth0 + call.offset, g.slots, g.length)
+            segments = g.slots.shape[0]
+            q = q_all[:, g.tokens].view(heads, segments, g.width, head_dim).transpose(0, 1)
+            query_pos = g.query_pos
+            window = call.windows[g.depth0 + call.offset] if call.windows is not None else None
+        allowed = key_pos <= query_pos[:, :, None]
+        if window is not None:  # 0: no window
+            lower = torch.where(window[:, None] > 0, query_pos - window[:, None], -1)
+            allowed = allowed & (key_pos > lower[:, :, None])
+        if isinstance(g, Chunks) and g.width > 1:  # padded queries attend the first key
+            allowed = allowed | (~g.valid.view(segments, g.width)[:, :, None] & (key_pos == 0))
+        o = _attend(q, keys, values, allowed[:, None], scaling, softcap)
+        if isinstance(g, Decode):
+            out[g.tokens] = o[g.slots, :, 0]
+        else:
+            o = o.transpose(1, 2).reshape(segments * g.width, heads, head_dim)
+            out[g.tokens[g.valid]] = o[g.valid]
     return out.unsqueeze(0), None
+
+
+def _attend(q, keys, values, mask, scaling, softcap) -> torch.Tensor:
+    """Scaled dot-product attention with grouped-query heads, and Gemma 2's logit softcapping."""
+    heads = q.shape[1]
+    if not softcap:
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=scaling, enable_gqa=keys.shape[1] != heads
+        )
+    groups = heads // keys.shape[1]
+    k, v = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype), v)
 
 
 AttentionInterface.register(ATTENTION, engine_attention)
