@@ -61,6 +61,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "rrt.download",
         "fetch a hub model, a text corpus or the paper suite's task data at pinned commits",
     ),
+    "report": (
+        "rrt.report",
+        "compile an experiment's results into the paper's tables and plots (HTML, Markdown, CSV)",
+    ),
 }
 # Commands that open their own MLflow run (with per-step metrics); the CLI opens one for others.
 TRACKS_ITSELF = {"pretrain", "uptrain"}

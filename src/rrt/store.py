@@ -6,6 +6,7 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -60,7 +61,24 @@ def provenance(step: str, params: dict[str, Any]) -> dict[str, Any]:
         "git_commit": git_commit(),
         "versions": versions(),
         "host": platform.node(),
+        "hardware": hardware(),
     }
+
+
+def hardware() -> dict[str, Any]:
+    """The machine a job ran on: CPU model and cores, memory, and the GPUs torch sees."""
+    cpu = platform.processor() or platform.machine()
+    with suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count()}
+    with suppress(ValueError, OSError, AttributeError):
+        info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    if torch.cuda.is_available():
+        info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return info
 
 
 def model_dir(path: str | os.PathLike[str]) -> Path:

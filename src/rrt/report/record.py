@@ -1,0 +1,63 @@
+"""The experiment's record: its resolved config and what it is meant to make, beside its results.
+
+The workflow writes ``results/<experiment>/experiment.json`` before any job starts (onstart), so
+the report, which reads nothing outside the results folder, knows the config (and its hash) and
+can show every configuration that failed or has not run as a gap instead of leaving it out.
+Kept free of heavy imports: the Snakefile imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+RECORD = "experiment.json"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """sha256 of the config as canonical JSON (sorted keys): equal configs, equal hashes."""
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def write_record(
+    results: str | os.PathLike[str], config: dict[str, Any], expected: dict[str, list[str]]
+) -> Path:
+    """Write the record (only when it changed, so its time stamp says when the config did).
+
+    ``expected`` maps a kind of output (models, evaluations, ...) to paths; those under
+    ``results`` are kept, relative to it.
+    """
+    from rrt import store
+    from rrt.io import write_text
+
+    root = Path(results)
+    relative = {
+        kind: sorted(
+            {
+                Path(os.path.relpath(path, root)).as_posix()
+                for path in paths
+                if not os.path.relpath(path, root).startswith("..")
+            }
+        )
+        for kind, paths in expected.items()
+    }
+    record = {
+        "experiment": config.get("experiment"),
+        "config_sha256": config_hash(config),
+        "config": config,
+        "expected": relative,
+        "workflow": {
+            "git_commit": store.git_commit(),
+            "versions": store.versions(),
+            "hardware": store.hardware(),
+        },
+    }
+    text = json.dumps(record, indent=2, default=str) + "\n"
+    path = root / RECORD
+    if not path.is_file() or path.read_text() != text:
+        write_text(path, text)
+    return path
