@@ -35,8 +35,9 @@ SERVED = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox
 
 @dataclass
 class Decode:
-    """One-token segments at one depth: attended over every slot's keys at that depth (a view of
-    the cache, no gather); slots not in the group attend only their first key, unused."""
+    """One-token segments at one depth, at least half the slots: attended over every slot's keys
+    at that depth (a view of the cache, no gather); slots not in the group attend only their
+    first key, unused. Fewer rows are gathered with the chunks instead."""
 
     depth0: int  # virtual depth at the layer offset 0
     tokens: torch.Tensor  # [segments] indices into the batch
@@ -47,7 +48,8 @@ class Decode:
 
 @dataclass
 class Chunks:
-    """Prompt chunks, padded to ``width`` queries; their keys are gathered per segment."""
+    """Segments (prompt chunks, and one-token segments too few for a :class:`Decode`), padded to
+    ``width`` queries; their keys are gathered per segment."""
 
     tokens: torch.Tensor  # [segments * width] indices into the batch (padding repeats token 0)
     valid: torch.Tensor  # [segments * width] bool
@@ -83,7 +85,11 @@ class Batch:
         for i, w in enumerate(works):
             if w.n == 1:
                 decode.setdefault(depth0[starts[i]], []).append(i)
+        gathered = []
         for d0, members in decode.items():
+            if 2 * len(members) < cache.slots:  # few rows at this depth: gather theirs
+                gathered += members
+                continue
             query_pos = [0] * cache.slots
             for i in members:
                 query_pos[works[i].request.slot] = works[i].start
@@ -96,7 +102,7 @@ class Batch:
                     length=max(works[i].start + 1 for i in members),
                 )
             )
-        chunks = [i for i, w in enumerate(works) if w.n > 1]
+        chunks = gathered + [i for i, w in enumerate(works) if w.n > 1]
         if chunks:
             self.groups.append(self._chunks(works, chunks, starts, depth0, as_long))
 
