@@ -132,6 +132,8 @@ class JobRun:
             self.run_id = self._reopen(tracking, key)
             if self.run_id is None:
                 self.run_id = self._create(tracking, stage, params, key)
+            if os.environ.get("SLURM_JOB_ID"):  # the SLURM job that ran it last (sacct -j)
+                self.client.set_tag(self.run_id, "slurm.job_id", os.environ["SLURM_JOB_ID"])
         except MlflowException as err:
             raise UserError(f"MLflow at {tracking.uri!r}: {err.message}") from None
 

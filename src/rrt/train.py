@@ -524,6 +524,7 @@ def train(
     writes ``out`` (the others return an empty dict).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; checked below
+    _die_with_launcher()
     plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
@@ -601,7 +602,7 @@ def train(
         wall = time.perf_counter() - started
         if not main:
             return {}
-        metrics = _metrics(config, plan, steps_file, wall, resume)
+        metrics = {**_metrics(config, plan, steps_file, wall, resume), "processes": world_size}
         if validation_tokens is not None and config.eval_tokens > 0:
             blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)
             blocks.length = max(1, min(blocks.blocks, config.eval_tokens // config.seq_len))
@@ -626,6 +627,18 @@ def train(
         raise
     shutil.rmtree(work, ignore_errors=True)
     return metrics
+
+
+def _die_with_launcher() -> None:
+    """torchrun starts each worker in a session of its own, so a SIGKILL of the job's process
+    group (Snakemake and the launcher) would leave the workers training beside the rerun; on
+    Linux a worker can ask the kernel to kill it with its launcher (PR_SET_PDEATHSIG)."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _metrics(

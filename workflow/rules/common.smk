@@ -36,7 +36,9 @@ def clear_stale_locks():
         OWNER.unlink()
 
 
-clear_stale_locks()
+# Not inside a cluster job: the node it runs on cannot see the Snakemake process that holds them.
+if workflow.is_main_process:
+    clear_stale_locks()
 
 # Jobs call `rrt` from the environment that runs Snakemake (`.venv/bin/snakemake` needs no
 # activated venv); with --sdm conda, the rule's environment comes first on the PATH.
@@ -317,11 +319,26 @@ def track(rule, **wildcards):
 
 
 def job_resources(gpu=False):
+    """What a job asks of the scheduler; `gpu` is also the number of training processes."""
     r = config["resources"]
     resources = {"mem_mb": r["mem_mb"], "runtime": r["runtime"]}
-    if gpu and r["gpus"]:
+    if gpu:
         resources["gpu"] = r["gpus"]
     return resources
+
+
+def processes(wildcards, resources):
+    """Data-parallel training processes: one per GPU of the job, one without a GPU."""
+    return max(1, resources.gpu)
+
+
+def every_core():
+    """The threads of the job every other job waits for (the source pretraining): every core of
+    a workstation; on a cluster (no --cores, and inside a cluster job) resources.threads, which
+    the profile's set-threads raises."""
+    if workflow.remote_exec or workflow.resource_settings.cores is None:
+        return config["resources"]["threads"]
+    return workflow.cores
 
 
 # --- MLflow: one parent run per experiment, created before any job starts ------------------------
@@ -337,7 +354,13 @@ PARENT_RUN = {}  # the experiment's parent run id, once onstart has made it
 
 def start_tracking():
     """Create the tracking store and the parent run (one process, before any job), and hand
-    jobs where to log through the environment they inherit."""
+    jobs where to log through the environment they inherit (SLURM jobs too: sbatch --export=ALL).
+    """
+    if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
+        sys.exit(
+            f"rrt: jobs on a cluster must not share one sqlite file ({MLFLOW_URI}): start an "
+            "`mlflow server` and set mlflow.tracking_uri to its URL (README: On a SLURM cluster)"
+        )
     Path(RESULTS).mkdir(parents=True, exist_ok=True)
     OWNER.write_text(str(os.getpid()))
     PARENT_RUN["id"] = tracking.start_experiment(MLFLOW_URI, MLFLOW_EXPERIMENT, config)

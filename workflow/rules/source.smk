@@ -15,6 +15,8 @@ if config["corpus_source"]["kind"] == "generated":
             log("corpus", "corpus"),
         conda:
             "../../envs/rrt.yaml"
+        resources:
+            **job_resources(),
         params:
             sizes=as_flags(config["corpus"]),
             track=track("corpus"),
@@ -50,6 +52,8 @@ rule tokenizer:
         log("tokenizer", "tokenizer"),
     conda:
         "../../envs/rrt.yaml"
+    resources:
+        **job_resources(),
     params:
         options=as_flags(config["tokenizer"]),
         track=track("tokenizer"),
@@ -68,6 +72,8 @@ rule tasks:
         log("tasks", "tasks"),
     conda:
         "../../envs/rrt.yaml"
+    resources:
+        **job_resources(),
     params:
         options=as_flags(config["tasks"]),
         track=track("tasks"),
@@ -101,7 +107,7 @@ if config["source"]["kind"] == "embedded":
             log("pretrain", "source"),
         conda:
             "../../envs/rrt.yaml"
-        threads: workflow.cores  # nothing else can run until the source exists
+        threads: every_core()  # nothing else can run until the source exists
         resources:
             **job_resources(gpu=True),
         params:

@@ -1,5 +1,6 @@
 """Uptraining with distillation from the source (paper app. E, I), and early-exit
-post-training (sec. 3.7)."""
+post-training (sec. 3.7). Both start one data-parallel process per GPU of the job through torchrun
+(one process without a GPU): the same command for any number of GPUs of one node."""
 
 
 rule uptrain:
@@ -24,8 +25,10 @@ rule uptrain:
         recipe=lambda w: uptrain_recipe(w.variant),
         loss=lambda w: uptrain_loss(w.base, w.variant),
         track=lambda w: track("uptrain", base=w.base, variant=w.variant),
+        processes=processes,
     shell:
-        "rrt uptrain --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
+        "torchrun --standalone --nproc-per-node {params.processes} -m rrt uptrain"
+        " --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
         " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
         " --threads {threads} {params.track} > {log} 2>&1"
 
@@ -52,7 +55,9 @@ rule early_exit:
         ),
         loss=loss(early_exit=True),
         track=lambda w: track("early_exit", base=w.base),
+        processes=processes,
     shell:
-        "rrt uptrain --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
+        "torchrun --standalone --nproc-per-node {params.processes} -m rrt uptrain"
+        " --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
         " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
         " --threads {threads} {params.track} > {log} 2>&1"
