@@ -89,6 +89,7 @@ def test_the_default_experiment_builds_what_the_papers_story_needs(tmp_path):
     assert jobs["reduced"] == 2  # on the uptraining budget (the paper's) and the source's
     assert jobs["uptrain"] == 4 + 3 + 1  # recursive, relaxed and the full-size source
     assert jobs["early_exit"] == 1 and jobs["evaluate_exit"] == 1
+    assert jobs["benchmark"] == 1 and jobs["report"] == 1  # the early-exit model is served
 
 
 def test_an_uptraining_sweep_passes_each_combination_to_its_run(tmp_path):
@@ -208,7 +209,9 @@ def test_deleting_one_model_reruns_only_what_depends_on_it(smoke):
 
     shutil.rmtree(_results(smoke) / "models" / "relaxed-B2-average-r4.up.ee")
     plan = planned_jobs(snakemake(smoke, "-n", "--configfile", str(SMOKE)))
-    assert plan == {"early_exit": 1, "evaluate": 1, "evaluate_exit": 1, "all": 1}
+    assert plan == {
+        "early_exit": 1, "evaluate": 1, "evaluate_exit": 1, "benchmark": 1, "report": 1, "all": 1,
+    }  # fmt: skip
     result = snakemake(smoke, "--cores", "2", "--configfile", str(SMOKE))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -271,7 +274,7 @@ def test_mlflow_server_lists_one_nested_run_per_job_with_params_and_metrics(smok
     rules = {tags(r)["rule"] for r in jobs}
     assert rules == {
         "corpus", "tokenizer", "tasks", "pretrain_source", "reduced", "convert", "relax",
-        "uptrain", "early_exit", "evaluate", "evaluate_exit",
+        "uptrain", "early_exit", "evaluate", "evaluate_exit", "benchmark", "report",
     }  # fmt: skip
     for run in jobs:
         assert run["data"].get("params") and run["data"].get("metrics"), run["info"]["run_name"]

@@ -8,6 +8,7 @@ from pathlib import Path
 from rrt import config as schema
 from rrt import tracking
 from rrt.config import as_flags
+from rrt.report.record import write_record
 
 # --- a run killed with SIGKILL leaves Snakemake's locks behind -----------------------------------
 OWNER = Path(
@@ -96,8 +97,18 @@ def exit_evaluation(name, exit):
     return f"{RESULTS}/eval/exits/{name}-exit{exit}.json"
 
 
+def benchmark_result(name):
+    """The throughput benchmark of a served (early-exit) model."""
+    return f"{RESULTS}/benchmarks/{name}.json"
+
+
 def log(rule, name):
     return f"{RESULTS}/logs/{rule}/{name}.log"
+
+
+def report_path(name):
+    """A file of the experiment's compiled report (rrt report)."""
+    return f"{config['reports']}/{config['experiment']}/{name}"
 
 
 def corpus():
@@ -189,6 +200,11 @@ def models():
     if config["source"]["kind"] == "local":
         names.remove("source")
     return [model(name) for name in dict.fromkeys(names)]
+
+
+def benchmarks():
+    """Every early-exit model is served and benchmarked against the full-size source."""
+    return [benchmark_result(name) for name, _ in early_exit_names()]
 
 
 def evaluations():
@@ -363,6 +379,13 @@ def start_tracking():
         )
     Path(RESULTS).mkdir(parents=True, exist_ok=True)
     OWNER.write_text(str(os.getpid()))
+    # The config and what it makes, beside the results: the report reads nothing else.
+    expected = {
+        "models": models() + swept_models(),
+        "evaluations": evaluations(),
+        "benchmarks": benchmarks(),
+    }
+    write_record(RESULTS, config, expected)
     PARENT_RUN["id"] = tracking.start_experiment(MLFLOW_URI, MLFLOW_EXPERIMENT, config)
     os.environ.update(
         MLFLOW_TRACKING_URI=MLFLOW_URI,
