@@ -1,7 +1,9 @@
 """Throughput (paper sec. 4, made real): every early-exit model served by each system on one
-held-out workload, beside the full-size source (rrt benchmark). A benchmark is timed, so it takes
-every core and runs alone, and its torch threads wait passively: spinning threads collapse when
-anything else runs beside them (measured: 341-460 against 1,153 tokens/s with one busy process).
+held-out workload, beside the full-size source (rrt benchmark). A benchmark is timed, so it holds
+every core and runs alone, with resources.threads torch threads (measured on 2 cores with the
+embedded models: 1 thread served every system faster than 2, e.g. sequence_continuous 2,332-2,449
+against 1,739 tokens/s), waiting passively (spinning threads collapsed to 341-460 tokens/s from
+1,153 beside one busy process).
 """
 
 
@@ -21,8 +23,10 @@ rule benchmark:
         **job_resources(gpu=True),
     params:
         options=as_flags(config["benchmark"]),
+        torch_threads=config["resources"]["threads"],
         track=lambda w: track("benchmark", name=w.name),
     shell:
         "OMP_WAIT_POLICY=PASSIVE rrt benchmark --model {input.model} --baseline {input.baseline}"
         " --data {input.corpus}"
-        " --out {output} {params.options} --threads {threads} {params.track} > {log} 2>&1"
+        " --out {output} {params.options} --threads {params.torch_threads}"
+        " {params.track} > {log} 2>&1"
