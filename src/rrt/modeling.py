@@ -161,14 +161,14 @@ def token_loops(loops: torch.Tensor, x: torch.Tensor, heads_first: bool = False)
     return ids.reshape(*ids.shape, *(1,) * (len(lead) - ids.dim())).expand(lead).reshape(-1)
 
 
-def check_loops(ids: torch.Tensor, num_loops: int) -> None:
+def check_loop_ids(ids: torch.Tensor, num_loops: int) -> None:
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= num_loops):
         raise ValueError(f"loop ids must be in 0..{num_loops - 1}, got {ids.unique().tolist()}")
 
 
 def loop_groups(ids: torch.Tensor, num_loops: int) -> Iterator[tuple[int, torch.Tensor]]:
     """(loop, row indices) for each loop present in flat ``ids``: B groups at most."""
-    check_loops(ids, num_loops)
+    check_loop_ids(ids, num_loops)
     for loop in range(num_loops):
         rows = (ids == loop).nonzero().squeeze(1)
         if rows.numel():
@@ -257,7 +257,7 @@ class LoopedLinear(nn.Module):
         flat = x.reshape(-1, self.in_features)
         ids = token_loops(loops, x)
         if ids.device.type == "cpu":  # free here; on a GPU it would wait for the device
-            check_loops(ids, self.num_loops)
+            check_loop_ids(ids, self.num_loops)
         y = F.linear(flat, self.weight, None if self.loop_bias else self.bias)
         if self.rank or self.loop_bias:
             own = F.one_hot(ids, self.num_loops).to(flat.dtype)  # [tokens, B]
@@ -371,7 +371,7 @@ class LoopedLayers(nn.ModuleList):
         if isinstance(loops, LoopSpans):
             loops.check(len(self.positions) // len(self))
         else:
-            check_loops(loops, len(self.positions) // len(self))
+            check_loop_ids(loops, len(self.positions) // len(self))
         mixed: dict[str, dict[str, Any]] = {}
         for p in range(index, len(self.positions), len(self)):
             for path, attrs in self.overrides[p].items():

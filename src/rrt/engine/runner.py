@@ -293,12 +293,8 @@ class Runner:
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
             passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
-        elif len({w.loop for w in works}) == 1:  # every row at one loop: its position views
-            j = works[0].loop
-            passes = [(0, self.positions[j * k : (j + 1) * k])]
-        else:  # rows at different loops in one pass (sorted by loop), each with its loop's LoRA
-            spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
-            passes = [(0, [self.layers.at_loops(i, spans) for i in range(k)])]
+        else:
+            passes = [(0, self._views(works))]
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         with _attention_of(self.lm.config, ATTENTION):
             h = self._passes(h, batch, passes, rotary)
@@ -321,17 +317,10 @@ class Runner:
         the residual stream are never computed for it."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
         batch = Batch(works, cache, self.shared, False, self.device)
-        spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         norm, block = self.family.attention_norm, self.family.attention_block
         with _attention_of(self.lm.config, ATTENTION):
-            single = len({w.loop for w in works}) == 1
-            for i in range(self.shared):
-                view = (
-                    self.positions[works[0].loop * self.shared + i]
-                    if single
-                    else self.layers.at_loops(i, spans)
-                )
+            for i, view in enumerate(self._views(works)):
                 emb = rotary if rotary is not None else self._rotary(h, batch, i)
                 call = LayerCall(batch, i, self.windows, keys_only=True)
                 view.get_submodule(block)(
@@ -340,6 +329,17 @@ class Runner:
                     attention_mask=None,
                     rrt_batch=call,
                 )
+
+    def _views(self, works: list[Work]) -> list[nn.Module]:
+        """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
+        position views when every row is at that loop, else views whose rows (grouped by
+        :class:`LoopSpans`) each run their own loop's LoRA."""
+        k = self.shared
+        if len({w.loop for w in works}) == 1:
+            j = works[0].loop
+            return self.positions[j * k : (j + 1) * k]
+        spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
+        return [self.layers.at_loops(i, spans) for i in range(k)]
 
     def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
         """cos/sin at each token's position, for the rotary of each token's layer type."""
