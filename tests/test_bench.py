@@ -9,13 +9,14 @@ import torch
 from _embedded import corpus, tokenizer
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from rrt.bench import ROOFLINE_FIELDS
 from rrt.cli import main
 from rrt.convert import convert
 from rrt.relax import relax
 
 SYSTEM_KEYS = {
     "tokens_per_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop",
-    "agreement", "peak_mem_mb", "threshold", "kv_fill",
+    "agreement", "peak_mem_mb", "threshold", "kv_fill", *ROOFLINE_FIELDS,
 }  # fmt: skip
 
 
@@ -75,6 +76,19 @@ def test_every_system_serves_the_workload_into_one_json(served):
         assert 1.0 <= systems[name]["mean_exit_loop"] <= 2.0
         assert systems[name]["threshold"] is not None
     assert systems["simulated"]["mean_exit_loop"] <= 2.0
+    # The roofline: the machine's measured ceilings, and each system's counts against them
+    # wherever its steps can be seen (not inside transformers' continuous batching).
+    peaks = result["hardware"]["peaks"]
+    assert peaks["memory_gb_per_s"] > 0 and peaks["matmul_gflop_per_s"] > 0
+    for name in base - {"hf_continuous"} | set(exits):
+        row = systems[name]
+        assert row["roofline_bound"] in ("memory", "compute"), name
+        assert 0 < row["roofline_fraction"] == row["tokens_per_s"] / row["roofline_tokens_per_s"]
+        assert row["flops_per_token"] > 0 and row["decode_gb_per_s"] > 0, name
+    for name in ("hf_continuous", "simulated"):
+        assert all(systems[name][k] is None for k in ROOFLINE_FIELDS), name
+    # Static batches compute their padding: more FLOPs a token than the engine, same model.
+    assert systems["vanilla"]["flops_per_token"] > systems["sequence_continuous"]["flops_per_token"]
 
 
 def test_bad_benchmark_settings_are_one_line(served, capsys):

@@ -194,6 +194,17 @@ class Served:
     seconds: float
     peak_mem_mb: float | None
     extra: dict[str, Any]
+    cost: dict[str, float] | None = None  # COST_STATS summed over the run's steps
+
+
+COST_STATS = (
+    "flops",
+    "bytes",
+    "decode_flops",
+    "decode_bytes",
+    "decode_seconds",
+    "decode_steps",
+)
 
 
 class Memory:
@@ -248,6 +259,7 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         seconds,
         None,
         {"steps": stats.get("steps", 0), "rows_per_step": stats["rows"] / max(1, stats["steps"])},
+        {k: stats.get(k, 0) for k in COST_STATS},
     )
 
 
@@ -269,6 +281,11 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     left-padded, and runs until its longest output is done."""
     from transformers import LogitsProcessorList
 
+    from rrt.engine.cost import CostModel
+    from rrt.engine.runner import Runner
+
+    count = CostModel.of(Runner(model))
+    cost = dict.fromkeys(COST_STATS, 0.0)
     device = next(model.parameters()).device
     n = len(work.prompts)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -302,8 +319,31 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
             tokens[i] = out[row, width : width + work.outputs[i]].tolist()
             ttft[i] = clock.times[0] - start - work.arrivals_s[i]
             latency[i] = clock.times[work.outputs[i] - 1] - start - work.arrivals_s[i]
+        _vanilla_cost(cost, count, len(members), width, new, clock.times)
     seconds = time.perf_counter() - start
-    return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, {})
+    return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, {}, cost)
+
+
+def _vanilla_cost(cost: dict[str, float], count: Any, rows: int, width: int, new: int, times):
+    """What one static batch computed: every row (padding and finished rows too) through the
+    left-padded prompt, then one position a step until the longest output is done."""
+    from types import SimpleNamespace
+
+    from rrt.engine.request import Kind
+
+    def segments(n: int, start: int) -> list[Any]:
+        return [SimpleNamespace(n=n, start=start, loop=0, kind=Kind.MAIN)] * rows
+
+    prefill = count.step(segments(width, 0), [], True, asks=rows, embeds=rows * width)
+    cost["flops"] += prefill.flops
+    cost["bytes"] += prefill.bytes
+    for t in range(1, new):  # step t feeds the token of step t - 1, at position width + t - 1
+        step = count.step(segments(1, width + t - 1), [], True, asks=rows, embeds=rows)
+        for prefix in ("", "decode_"):
+            cost[prefix + "flops"] += step.flops
+            cost[prefix + "bytes"] += step.bytes
+    cost["decode_seconds"] += times[-1] - times[0]
+    cost["decode_steps"] += new - 1
 
 
 def serve_hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
@@ -414,7 +454,9 @@ def sequence_agreement(tokens: list[list[int]], reference: list[list[int]] | Non
     return hits / max(1, sum(len(r) for r in reference))
 
 
-def summarize(served: Served, work: Workload, view: dict[str, Any]) -> dict[str, Any]:
+def summarize(
+    served: Served, work: Workload, view: dict[str, Any], peaks: dict[str, Any] | None = None
+) -> dict[str, Any]:
     lat, ttft = np.array(served.latency_s), np.array(served.ttft_s)
     produced = sum(len(t) for t in served.tokens)
     loops = [loop for per in served.exit_loops for loop in per]
@@ -436,7 +478,56 @@ def summarize(served: Served, work: Workload, view: dict[str, Any]) -> dict[str,
         "threshold": None,
         "kv_fill": None,
         **served.extra,
+        **roofline(served.cost, produced, produced / served.seconds, peaks),
     }
+
+
+ROOFLINE_FIELDS = (
+    "flops_per_token",
+    "bytes_per_token",
+    "roofline_tokens_per_s",
+    "roofline_bound",
+    "roofline_fraction",
+    "decode_steps",
+    "decode_step_ms",
+    "decode_bytes_per_step",
+    "decode_gb_per_s",
+    "decode_bandwidth_fraction",
+    "decode_gflop_per_s",
+    "decode_compute_fraction",
+)
+
+
+def roofline(
+    cost: dict[str, float] | None, produced: int, tokens_per_s: float, peaks: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Where a system stands against the machine: the FLOPs and bytes its steps needed per
+    output token (:mod:`rrt.engine.cost`), the tokens/s the measured memory bandwidth and matmul
+    rate would allow at those counts (the lower of the two is the roofline, and names the bound),
+    and its decode steps' bytes and FLOPs over their measured time. None where a system's steps
+    cannot be seen (transformers' continuous batching, the simulated estimate)."""
+    out: dict[str, Any] = dict.fromkeys(ROOFLINE_FIELDS)
+    if not cost or not produced:
+        return out
+    out["flops_per_token"] = cost["flops"] / produced
+    out["bytes_per_token"] = cost["bytes"] / produced
+    steps, seconds = int(cost["decode_steps"]), cost["decode_seconds"]
+    if steps and seconds > 0:
+        out["decode_steps"] = steps
+        out["decode_step_ms"] = 1e3 * seconds / steps
+        out["decode_bytes_per_step"] = cost["decode_bytes"] / steps
+        out["decode_gb_per_s"] = cost["decode_bytes"] / seconds / 1e9
+        out["decode_gflop_per_s"] = cost["decode_flops"] / seconds / 1e9
+    if peaks:
+        memory = peaks["memory_gb_per_s"] * 1e9 / out["bytes_per_token"]
+        compute = peaks["matmul_gflop_per_s"] * 1e9 / out["flops_per_token"]
+        out["roofline_tokens_per_s"] = min(memory, compute)
+        out["roofline_bound"] = "memory" if memory <= compute else "compute"
+        out["roofline_fraction"] = tokens_per_s / out["roofline_tokens_per_s"]
+        if out["decode_gb_per_s"] is not None:
+            out["decode_bandwidth_fraction"] = out["decode_gb_per_s"] / peaks["memory_gb_per_s"]
+            out["decode_compute_fraction"] = out["decode_gflop_per_s"] / peaks["matmul_gflop_per_s"]
+    return out
 
 
 def simulated(depthwise: dict[str, Any], oracle: list[int], loops: int) -> dict[str, Any]:
@@ -462,10 +553,53 @@ def simulated(depthwise: dict[str, Any], oracle: list[int], loops: int) -> dict[
         "threshold": None,
         "kv_fill": "skipped",
         "estimate": "depthwise tokens/s x loops / mean oracle exit loop",
+        **dict.fromkeys(ROOFLINE_FIELDS),
     }
 
 
 # --- the whole benchmark -----------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def peaks(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    """The machine's ceilings, measured here rather than taken from a data sheet: the memory
+    bandwidth of a large copy (bytes read and written, best of several) and the matmul rate of
+    square matrices in the served dtype (best of several), with the benchmark's threads."""
+    cuda = device.type == "cuda"
+
+    def best(fn, reps: int) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(reps):
+            if cuda:
+                torch.cuda.synchronize(device)
+            t = time.perf_counter()
+            fn()
+            if cuda:
+                torch.cuda.synchronize(device)
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    copy_bytes = 2**30 if cuda else 2**28
+    buffers = [
+        torch.ones(copy_bytes // 4, device=device),
+        torch.empty(copy_bytes // 4, device=device),
+    ]
+    copy_s = best(lambda: buffers[1].copy_(buffers[0]), 10 if cuda else 5)
+    buffers.clear()
+    n = 8192 if cuda else 1024
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    matmul_s = best(lambda: torch.matmul(a, b), 10 if cuda else 5)
+    return {
+        "memory_gb_per_s": 2 * copy_bytes / copy_s / 1e9,
+        "matmul_gflop_per_s": 2 * n**3 / matmul_s / 1e9,
+        "measured_by": (
+            f"copy of {copy_bytes // 2**20} MiB (read + write), best of "
+            f"{10 if cuda else 5}; {n}x{n} matmul in {str(dtype).removeprefix('torch.')}, "
+            f"best of {10 if cuda else 5}"
+        ),
+    }
 
 
 def hardware(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
@@ -512,6 +646,9 @@ def benchmark(
     docs = documents(data, "test", tokenizer, cfg.requests)
     work = draw_workload(docs, cfg, context)
     memory = Memory(dev)
+    dtype = next(model.parameters()).dtype
+    say("measuring the machine's memory bandwidth and matmul rate")
+    ceilings = peaks(dev, dtype)
     systems: dict[str, dict[str, Any]] = {}
     calibration = None
     if "depthwise_exit" in chosen:
@@ -554,7 +691,7 @@ def benchmark(
         served_by = baseline if full_size else model
         view = full_depth_view(served_by, work, served.tokens)
         outputs[name] = served.tokens
-        systems[name] = summarize(served, work, view)
+        systems[name] = summarize(served, work, view, ceilings)
         if name.startswith("depthwise_exit"):
             _, _, t, fill = name.rsplit("_", 3)
             systems[name].update(threshold=float(t), kv_fill=fill)
@@ -577,7 +714,7 @@ def benchmark(
         "baseline": str(baseline_dir) if baseline_dir else None,
         "loops": model.num_loops,
         "workload": work.describe(cfg),
-        "hardware": hardware(dev, next(model.parameters()).dtype),
+        "hardware": {**hardware(dev, dtype), "peaks": ceilings},
         "calibration": calibration,
         "systems": systems,
     }

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from transformers import PreTrainedModel
 
 from rrt.engine.cache import KVCache, slot_bytes
+from rrt.engine.cost import CostModel
 from rrt.engine.request import Generation, Kind, Request, Status, Work
 from rrt.engine.runner import Runner
 from rrt.engine.scheduler import Scheduler
@@ -72,6 +73,7 @@ class Engine:
             self.tokenizer = store.load_tokenizer(path, required=False)
         self.model = model.eval()
         self.runner = Runner(model)
+        self.cost = CostModel.of(self.runner)
         if exit_threshold is not None and self.runner.loops == 1:
             raise UserError("early exit needs a recursive model (B > 1 loops)")
         self.mode = mode
@@ -100,7 +102,9 @@ class Engine:
         self.slots = slots
         self.max_batch_tokens = max_batch_tokens
         self.cache: KVCache | None = None  # the last generate's, kept for inspection
-        self.stats: Counter[str] = Counter()  # steps, rows, mixed-loop steps, exits, KV rows
+        # steps, rows, mixed-loop steps, exits, KV rows; FLOPs, bytes and seconds of all steps
+        # and of decode steps (every work one position: no prompt chunk)
+        self.stats: Counter[str] = Counter()
 
     @property
     def sequence(self) -> bool:
@@ -191,6 +195,8 @@ class Engine:
 
     def _step(self, works: list[Work], cache: KVCache, scheduler: Scheduler, start: float):
         """Run the works, then turn their outputs into tokens and the next step's works."""
+        began = time.perf_counter()
+        decode = all(w.n == 1 for w in works)
         self.stats["steps"] += 1
         self.stats["rows"] += sum(w.n for w in works)
         self.stats["kv_fill_rows"] += sum(w.n for w in works if w.kind is not Kind.MAIN)
@@ -213,6 +219,13 @@ class Engine:
             and w.emits
             and (self.sequence or w.loop == final or (self.exit_threshold and w.decode))
         ]
+        cost = self.cost.step(
+            works,
+            fills,
+            self.sequence,
+            asks=len(asks),
+            embeds=sum(w.n for w in works if w.ids is not None),
+        )
         tokens, confidence = {}, {}
         if asks:
             logits = self.runner.exit_logits(hidden[[ends[i] for i in asks]])
@@ -242,6 +255,14 @@ class Engine:
                 carried.append(
                     Work(r, w.start, w.loop + 1, w.kind, hidden=out, emits=w.emits, decode=w.decode)
                 )
+        if hidden is not None and hidden.is_cuda:  # the step's own time, not the next one's
+            torch.cuda.synchronize(hidden.device)
+        seconds = time.perf_counter() - began
+        for prefix in ("", "decode_") if decode else ("",):
+            self.stats[prefix + "flops"] += cost.flops
+            self.stats[prefix + "bytes"] += cost.bytes
+            self.stats[prefix + "seconds"] += seconds
+        self.stats["decode_steps"] += decode
         return [w for w in carried if w.request.id not in finished]
 
     def _fill(self, w: Work, out: torch.Tensor) -> list[Work]:

@@ -683,7 +683,10 @@ class Analysis:
                     }
                 )
             workload = ", ".join(f"{k} {v}" for k, v in sorted(benchmark.workload.items()))
-            hardware = ", ".join(f"{k} {v}" for k, v in sorted(benchmark.hardware.items()))
+            peaks = benchmark.hardware.get("peaks")
+            hardware = ", ".join(
+                f"{k} {v}" for k, v in sorted(benchmark.hardware.items()) if k != "peaks"
+            )
             served = f" (serving {benchmark.model})" if benchmark.model else ""
             section.blocks.append(
                 Table(
@@ -699,6 +702,26 @@ class Analysis:
                     ],
                 )
             )
+            roofline = _roofline_rows(benchmark.systems)
+            if roofline and isinstance(peaks, dict):
+                section.blocks.append(
+                    Table(
+                        f"roofline-{_slug(benchmark.name)}",
+                        f"Roofline: benchmarks/{benchmark.name}.json",
+                        strings(roofline, list(roofline[0])),
+                        [
+                            "FLOPs and bytes each output token needed (every linear a row ran, "
+                            "attention over the keys it may see, the exit head; weights read "
+                            "once a layer call, keys and values read and written), and the "
+                            "tokens/s the machine's measured ceilings allow at those counts: "
+                            f"{_float(peaks.get('memory_gb_per_s')) or 0:,.1f} GB/s memory, "
+                            f"{_float(peaks.get('matmul_gflop_per_s')) or 0:,.1f} GFLOP/s "
+                            f"matmul ({peaks.get('measured_by', 'not recorded')}). Decode "
+                            "columns: steps with no prompt chunk, their counts over their "
+                            "measured time.",
+                        ],
+                    )
+                )
         self.data["throughput"] = pl.DataFrame(data, infer_schema_length=None)
         return section
 
@@ -715,7 +738,37 @@ class Analysis:
 
 BENCH_NUMBERS = (
     "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop", "agreement", "peak_mem_mb",
+    "flops_per_token", "bytes_per_token", "roofline_tokens_per_s", "roofline_fraction",
+    "decode_step_ms", "decode_gb_per_s", "decode_bandwidth_fraction", "decode_gflop_per_s",
+    "decode_compute_fraction",
 )  # fmt: skip
+
+
+def _roofline_rows(systems: dict[str, dict[str, Any]]) -> list[dict[str, str]]:
+    """One row per system whose steps were counted (rrt benchmark's roofline fields)."""
+    rows = []
+    for system, values in sorted(systems.items(), key=_system_order):
+        flops, size = _float(values.get("flops_per_token")), _float(values.get("bytes_per_token"))
+        if flops is None or size is None:
+            continue
+        roof = _float(values.get("roofline_tokens_per_s"))
+        rows.append(
+            {
+                "system": system,
+                "MFLOP/token": fmt.number(flops / 1e6, 2),
+                "KB/token": fmt.number(size / 1e3, 1),
+                "roofline tokens/s": f"{roof:,.0f}" if roof is not None else fmt.DASH,
+                "bound": str(values.get("roofline_bound") or fmt.DASH),
+                "% of roofline": fmt.pct(_float(values.get("roofline_fraction"))),
+                "decode step (ms)": fmt.number(_float(values.get("decode_step_ms")), 2),
+                "decode GB/s": fmt.number(_float(values.get("decode_gb_per_s")), 2),
+                "% of bandwidth": fmt.pct(_float(values.get("decode_bandwidth_fraction"))),
+                "decode GFLOP/s": fmt.number(_float(values.get("decode_gflop_per_s")), 1),
+                "% of matmul": fmt.pct(_float(values.get("decode_compute_fraction"))),
+            }
+        )
+    return rows
+
 
 MODEL_SCHEMA = {
     "model": pl.String, "kind": pl.String, "loops": pl.Int64, "init": pl.String,

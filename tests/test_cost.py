@@ -1,0 +1,98 @@
+"""The roofline's counts: FLOPs and bytes of the engine's steps, against counts made by hand."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+from _families import source_model
+from torch import nn
+
+from rrt.convert import convert
+from rrt.engine import Engine
+from rrt.engine.request import Kind
+from rrt.relax import relax
+
+
+def segment(n: int, start: int, loop: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(n=n, start=start, loop=loop, kind=Kind.MAIN)
+
+
+def linears(model) -> list[nn.Linear]:
+    return [m for m in model.model.layers.modules() if isinstance(m, nn.Linear)]
+
+
+def test_a_full_size_step_counts_every_linear_the_causal_keys_and_the_head():
+    model = source_model("llama")
+    cfg = model.config
+    cost = Engine(model).cost.step([segment(3, 2)], [], True, asks=1, embeds=3)
+    macs = sum(m.in_features * m.out_features for m in linears(model))
+    weights = sum(p.numel() for m in linears(model) for p in m.parameters())
+    layers, heads, head_dim = cfg.num_hidden_layers, cfg.num_attention_heads, cfg.head_dim
+    seen = 3 + 4 + 5  # queries at positions 2, 3, 4 see the keys up to their own
+    head = cfg.hidden_size * cfg.vocab_size
+    assert cost.flops == 2 * 3 * macs + layers * seen * 4 * heads * head_dim + 2 * head
+    kv = 2 * cfg.num_key_value_heads * head_dim  # a key and a value, per position and depth
+    read, written = 5, 3
+    assert cost.bytes == 4 * (weights + layers * (read + written) * kv + head + 3 * cfg.hidden_size)
+
+
+def test_sliding_windows_limit_the_keys_each_query_sees():
+    model = source_model("gemma2")
+    window, layers = model.config.sliding_window, model.config.num_hidden_layers
+    windows = [window if t == "sliding_attention" else 0 for t in model.config.layer_types]
+    engine = Engine(model)
+    start, n = 9, 4
+    cost = engine.cost.step([segment(n, start)], [], True, asks=0, embeds=0)
+    per_key = 4 * model.config.num_attention_heads * model.config.head_dim
+    seen = sum(min(p + 1, w) if w else p + 1 for w in windows for p in range(start, start + n))
+    macs = sum(m.in_features * m.out_features for m in linears(model))
+    assert cost.flops == 2 * n * macs + seen * per_key
+    assert 0 < windows.count(window) < layers  # both kinds of layer were counted
+
+
+@pytest.fixture(scope="module")
+def relaxed():
+    source = source_model("llama", seed=0)
+    return relax(convert(source, loops=2, init="average"), source, rank=4)
+
+
+LENGTHS, NEW = (5, 12, 3, 8), [9, 6, 11, 7]
+
+
+def served(model, **kwargs) -> Engine:
+    g = torch.Generator().manual_seed(3)
+    prompts = [torch.randint(1, 90, (n,), generator=g).tolist() for n in LENGTHS]
+    engine = Engine(model, max_batch=3, max_batch_tokens=16, **kwargs)
+    engine.generate(prompts, NEW, progress=False)
+    return engine
+
+
+def test_depth_wise_batching_and_ride_along_compute_what_the_sequence_computes(relaxed):
+    """Every token runs both loops whichever way it is batched: depth-wise, the FLOPs are the
+    sequence-wise ones; with every decode token exiting after loop 1 and riding loop 2 for its
+    KV, too, but for each request's last token, whose KV nothing reads. State propagation
+    computes less: only the attention block of the skipped loop."""
+    engines = {
+        "sequence": served(relaxed, mode="sequence"),
+        "depthwise": served(relaxed),
+        "ride": served(relaxed, exit_threshold=1e-9, kv_fill="ride"),
+        "propagate": served(relaxed, exit_threshold=1e-9, kv_fill="propagate"),
+    }
+    flops = {name: e.stats["flops"] for name, e in engines.items()}
+    assert flops["depthwise"] == flops["sequence"]
+    last = engines["ride"].cost  # the last token came from position n + new - 2, after loop 1
+    unridden = sum(
+        last.step([segment(1, n + new - 2, loop=1)], [], False, asks=0, embeds=0).flops
+        for n, new in zip(LENGTHS, NEW, strict=True)
+    )
+    assert flops["ride"] == flops["depthwise"] - unridden
+    assert engines["ride"].stats["exits"] == engines["propagate"].stats["exits"] > 0
+    assert flops["propagate"] < flops["ride"]
+    for e in engines.values():
+        stats = e.stats
+        assert 0 < stats["decode_steps"] < stats["steps"]
+        assert 0 < stats["decode_flops"] < stats["flops"]
+        assert 0 < stats["decode_bytes"] < stats["bytes"]
+        assert stats["decode_seconds"] > 0
