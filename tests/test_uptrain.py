@@ -106,6 +106,7 @@ def test_uptrain_writes_a_model_with_metrics_and_lowers_the_loss(workspace, tmp_
     )  # fmt: skip
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["tokens"] == 4096 and saved["tokens_per_second"] > 0
+    assert saved["peak_memory_mb"] > 0  # the process's peak resident set, on the CPU
     assert set(saved["held_out_exits"]) == {"ce_loop1", "ce_loop2", "acc_loop1", "acc_loop2"}
     assert {"ce", "kd"} <= set(saved["validation"])
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]

@@ -12,7 +12,6 @@ simulated speedups sit side by side.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import platform
 import sys
 import time
@@ -26,6 +25,7 @@ import torch
 
 from rrt import config as schema
 from rrt.errors import UserError
+from rrt.memory import PeakMemory
 
 ALL_SYSTEMS = (
     "vanilla",
@@ -205,32 +205,6 @@ COST_STATS = (
     "decode_seconds",
     "decode_steps",
 )
-
-
-class Memory:
-    """Peak memory of one system: CUDA's peak allocation, or the process's peak RSS on the CPU
-    (reset through /proc/self/clear_refs before each system)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def reset(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            return
-        with contextlib.suppress(OSError):
-            Path("/proc/self/clear_refs").write_text("5")
-
-    def peak_mb(self) -> float | None:
-        if self.cuda:
-            return torch.cuda.max_memory_allocated() / 2**20
-        try:
-            for line in Path("/proc/self/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            return None
-        return None
 
 
 def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any) -> Served:
@@ -645,7 +619,7 @@ def benchmark(
     context = model.config.text_config.max_position_embeddings
     docs = documents(data, "test", tokenizer, cfg.requests)
     work = draw_workload(docs, cfg, context)
-    memory = Memory(dev)
+    memory = PeakMemory(dev)
     dtype = next(model.parameters()).dtype
     say("measuring the machine's memory bandwidth and matmul rate")
     ceilings = peaks(dev, dtype)
@@ -686,7 +660,7 @@ def benchmark(
             systems[name] = {"error": f"{type(err).__name__}: {err}"}
             say(f"  {name} failed: {systems[name]['error']}")
             continue
-        served.peak_mem_mb = memory.peak_mb()
+        served.peak_mem_mb = memory.mb()
         full_size = name in FULL_SIZE_SYSTEMS
         served_by = baseline if full_size else model
         view = full_depth_view(served_by, work, served.tokens)

@@ -53,6 +53,7 @@ from rrt.config import defaults, section, validate
 from rrt.data import read_meta, read_texts
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
+from rrt.memory import PeakMemory
 from rrt.tracking import RUN_ID_FILE, JobRun, Tracking
 
 LossFn = Callable[[nn.Module, dict[str, Tensor]], tuple[Tensor, dict[str, Tensor]]]
@@ -596,6 +597,8 @@ def train(
     )
     trainer.remove_callback(PrinterCallback)  # ProgressBar and StepLog report instead
     resume = get_last_checkpoint(str(work))
+    memory = PeakMemory(args.device)
+    memory.reset()
     started = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=resume)
@@ -603,6 +606,9 @@ def train(
         if not main:
             return {}
         metrics = {**_metrics(config, plan, steps_file, wall, resume), "processes": world_size}
+        # CUDA's peak allocation while training, or on the CPU the process's peak resident set
+        # while training (the models it holds included)
+        metrics["peak_memory_mb"] = memory.mb()
         if validation_tokens is not None and config.eval_tokens > 0:
             blocks = PackedBlocks(validation_tokens, config.seq_len, None, None)
             blocks.length = max(1, min(blocks.blocks, config.eval_tokens // config.seq_len))

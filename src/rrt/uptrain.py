@@ -137,7 +137,9 @@ def _run(args: argparse.Namespace) -> None:
             f"held-out CE {metrics['validation']['ce']:.4f}; per-loop next-token accuracy "
             + ", ".join(f"{v:.3f}" for v in accuracy)
         )
+    peak = metrics.get("peak_memory_mb")
+    memory = f", peak memory {peak:,.0f} MiB" if peak is not None else ""
     print(
         f"uptrained on {metrics['tokens']:,} tokens in {metrics['train_seconds']:.0f} s "
-        f"({metrics['tokens_per_second']:.0f} tokens/s); {held_out}; saved to {args.out}"
+        f"({metrics['tokens_per_second']:.0f} tokens/s{memory}); {held_out}; saved to {args.out}"
     )
