@@ -101,3 +101,26 @@ def test_bad_benchmark_settings_are_one_line(served, capsys):
             "--out", str(root / "x.json"), "--systems", "warp"]  # fmt: skip
     assert main(args) == 2
     assert "unknown systems ['warp']" in capsys.readouterr().err
+
+
+def test_the_benchmark_serves_in_the_dtype_asked_for(served):
+    """--dtype bf16 (a GPU's default) on the CPU: every system serves bf16, and the same
+    schedule reads exactly half the bytes of fp32 for the same FLOPs."""
+    root, data = served
+    rows = {}
+    for dtype in ("fp32", "bf16"):
+        out = root / f"bench-{dtype}.json"
+        args = [
+            "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+            "--data", str(data), "--out", str(out), "--requests", "4", "--max-new-tokens", "5",
+            "--max-prompt-tokens", "12", "--max-batch", "4", "--dtype", dtype,
+            "--systems", "sequence_continuous,depthwise", "--threads", "1", "--device", "cpu",
+        ]  # fmt: skip
+        assert main(args) == 0
+        result = json.loads(out.read_text())
+        rows[dtype] = result["systems"]
+        assert result["hardware"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    for name in ("sequence_continuous", "depthwise"):
+        fp32, bf16 = rows["fp32"][name], rows["bf16"][name]
+        assert bf16["flops_per_token"] == fp32["flops_per_token"]
+        assert bf16["bytes_per_token"] == fp32["bytes_per_token"] / 2

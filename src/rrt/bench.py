@@ -54,6 +54,7 @@ class BenchConfig:
     agreement_targets: str
     kv_fills: str
     calibration_documents: int
+    dtype: str
     systems: str
 
     def __post_init__(self) -> None:
@@ -604,7 +605,8 @@ def benchmark(
     from rrt.modeling import RecursiveForCausalLM
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    model = store.load_model(model_dir, dtype="auto", device=device)
+    dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
+    model = store.load_model(model_dir, dtype=dtype, device=device)
     if not isinstance(model, RecursiveForCausalLM):
         raise UserError(f"{model_dir} is not a recursive model: benchmark serves one with --model")
     chosen = cfg.chosen
@@ -612,7 +614,7 @@ def benchmark(
     if needs_baseline and baseline_dir is None:
         raise UserError(f"systems {', '.join(needs_baseline)} need the full-size --baseline model")
     baseline = (
-        store.load_model(baseline_dir, dtype="auto", device=device) if needs_baseline else None
+        store.load_model(baseline_dir, dtype=dtype, device=device) if needs_baseline else None
     )
     tokenizer = store.load_tokenizer(model_dir)
     dev = next(model.parameters()).device
@@ -620,7 +622,7 @@ def benchmark(
     docs = documents(data, "test", tokenizer, cfg.requests)
     work = draw_workload(docs, cfg, context)
     memory = PeakMemory(dev)
-    dtype = next(model.parameters()).dtype
+    dtype = next(model.parameters()).dtype  # the one served
     say("measuring the machine's memory bandwidth and matmul rate")
     ceilings = peaks(dev, dtype)
     systems: dict[str, dict[str, Any]] = {}
