@@ -195,7 +195,7 @@ class Served:
     seconds: float
     peak_mem_mb: float | None
     extra: dict[str, Any]
-    cost: dict[str, float] | None = None  # COST_STATS summed over the run's steps
+    cost: Counter[str] | None = None  # COST_STATS summed over the run's steps
 
 
 COST_STATS = (
@@ -234,7 +234,7 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         seconds,
         None,
         {"steps": stats.get("steps", 0), "rows_per_step": stats["rows"] / max(1, stats["steps"])},
-        {k: stats.get(k, 0) for k in COST_STATS},
+        Counter({k: stats.get(k, 0) for k in COST_STATS}),
     )
 
 
@@ -260,7 +260,7 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     from rrt.engine.runner import Runner
 
     count = CostModel.of(Runner(model))
-    cost = dict.fromkeys(COST_STATS, 0.0)
+    cost: Counter[str] = Counter()
     device = next(model.parameters()).device
     n = len(work.prompts)
     tokens: list[list[int]] = [[] for _ in range(n)]
@@ -299,7 +299,7 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, {}, cost)
 
 
-def _vanilla_cost(cost: dict[str, float], count: Any, rows: int, width: int, new: int, times):
+def _vanilla_cost(cost: Counter[str], count: Any, rows: int, width: int, new: int, times):
     """What one static batch computed: every row (padding and finished rows too) through the
     left-padded prompt, then one position a step until the longest output is done."""
     from types import SimpleNamespace
@@ -309,16 +309,11 @@ def _vanilla_cost(cost: dict[str, float], count: Any, rows: int, width: int, new
     def segments(n: int, start: int) -> list[Any]:
         return [SimpleNamespace(n=n, start=start, loop=0, kind=Kind.MAIN)] * rows
 
-    prefill = count.step(segments(width, 0), [], True, asks=rows, embeds=rows * width)
-    cost["flops"] += prefill.flops
-    cost["bytes"] += prefill.bytes
+    count.step(segments(width, 0), [], True, asks=rows, embeds=rows * width).tally(cost, False)
     for t in range(1, new):  # step t feeds the token of step t - 1, at position width + t - 1
         step = count.step(segments(1, width + t - 1), [], True, asks=rows, embeds=rows)
-        for prefix in ("", "decode_"):
-            cost[prefix + "flops"] += step.flops
-            cost[prefix + "bytes"] += step.bytes
-    cost["decode_seconds"] += times[-1] - times[0]
-    cost["decode_steps"] += new - 1
+        step.tally(cost, True)
+    cost["decode_seconds"] += times[-1] - times[0]  # the clock times each step, not each count
 
 
 def serve_hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
@@ -555,24 +550,24 @@ def peaks(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
             times.append(time.perf_counter() - t)
         return min(times)
 
+    reps = 10 if cuda else 5
     copy_bytes = 2**30 if cuda else 2**28
     buffers = [
         torch.ones(copy_bytes // 4, device=device),
         torch.empty(copy_bytes // 4, device=device),
     ]
-    copy_s = best(lambda: buffers[1].copy_(buffers[0]), 10 if cuda else 5)
+    copy_s = best(lambda: buffers[1].copy_(buffers[0]), reps)
     buffers.clear()
     n = 8192 if cuda else 1024
     a = torch.randn(n, n, device=device).to(dtype)
     b = torch.randn(n, n, device=device).to(dtype)
-    matmul_s = best(lambda: torch.matmul(a, b), 10 if cuda else 5)
+    matmul_s = best(lambda: torch.matmul(a, b), reps)
     return {
         "memory_gb_per_s": 2 * copy_bytes / copy_s / 1e9,
         "matmul_gflop_per_s": 2 * n**3 / matmul_s / 1e9,
         "measured_by": (
-            f"copy of {copy_bytes // 2**20} MiB (read + write), best of "
-            f"{10 if cuda else 5}; {n}x{n} matmul in {str(dtype).removeprefix('torch.')}, "
-            f"best of {10 if cuda else 5}"
+            f"copy of {copy_bytes // 2**20} MiB (read + write), best of {reps}; "
+            f"{n}x{n} matmul in {str(dtype).removeprefix('torch.')}, best of {reps}"
         ),
     }
 
@@ -605,8 +600,7 @@ def benchmark(
     from rrt.modeling import RecursiveForCausalLM
 
     say = log or (lambda text: print(text, file=sys.stderr, flush=True))
-    dtype = {"auto": "auto", "bf16": torch.bfloat16, "fp32": torch.float32}[cfg.dtype]
-    model = store.load_model(model_dir, dtype=dtype, device=device)
+    model = store.load_model(model_dir, dtype=cfg.dtype, device=device)
     if not isinstance(model, RecursiveForCausalLM):
         raise UserError(f"{model_dir} is not a recursive model: benchmark serves one with --model")
     chosen = cfg.chosen
@@ -614,7 +608,7 @@ def benchmark(
     if needs_baseline and baseline_dir is None:
         raise UserError(f"systems {', '.join(needs_baseline)} need the full-size --baseline model")
     baseline = (
-        store.load_model(baseline_dir, dtype=dtype, device=device) if needs_baseline else None
+        store.load_model(baseline_dir, dtype=cfg.dtype, device=device) if needs_baseline else None
     )
     tokenizer = store.load_tokenizer(model_dir)
     dev = next(model.parameters()).device

@@ -127,7 +127,8 @@ def load_model(
     """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``.
 
     ``device`` auto is the GPU when there is one; ``dtype`` auto is bf16 there and fp32 on the
-    CPU (training loads fp32 master weights and mixes precision itself). A truncated or corrupt
+    CPU (training loads fp32 master weights and mixes precision itself); "bf16" and "fp32" name
+    the others, as the configuration does. A truncated or corrupt
     weights file is one line naming the file.
     """
     from safetensors import SafetensorError
@@ -138,6 +139,7 @@ def load_model(
     device = resolve_device(device)
     if dtype == "auto":
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except SafetensorError as err:

@@ -65,6 +65,15 @@ class StepCost:
         self.flops += other.flops
         self.bytes += other.bytes
 
+    def tally(self, totals: Counter[str], decode: bool, seconds: float = 0.0) -> None:
+        """Add this step to running ``totals``: its FLOPs, bytes and seconds, and, for a decode
+        step (no prompt chunk), the same again under ``decode_`` with the decode step count."""
+        for prefix in ("", "decode_") if decode else ("",):
+            totals[prefix + "flops"] += self.flops
+            totals[prefix + "bytes"] += self.bytes
+            totals[prefix + "seconds"] += seconds
+        totals["decode_steps"] += decode
+
 
 class CostModel:
     """FLOPs and bytes of the engine's steps for one model (a :class:`~rrt.engine.runner.Runner`

@@ -257,12 +257,7 @@ class Engine:
                 )
         if hidden is not None and hidden.is_cuda:  # the step's own time, not the next one's
             torch.cuda.synchronize(hidden.device)
-        seconds = time.perf_counter() - began
-        for prefix in ("", "decode_") if decode else ("",):
-            self.stats[prefix + "flops"] += cost.flops
-            self.stats[prefix + "bytes"] += cost.bytes
-            self.stats[prefix + "seconds"] += seconds
-        self.stats["decode_steps"] += decode
+        cost.tally(self.stats, decode, time.perf_counter() - began)
         return [w for w in carried if w.request.id not in finished]
 
     def _fill(self, w: Work, out: torch.Tensor) -> list[Work]:
