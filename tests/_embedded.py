@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rrt.embedded.corpus import CorpusConfig, write_corpus
-from rrt.embedded.pretrain import ModelShape
-from rrt.embedded.tokenizer import TokenizerConfig, build_tokenizer
-from rrt.train import TrainConfig
+from rrt.stories.corpus import CorpusConfig, write_corpus
+from rrt.stories.tokenizer import TokenizerConfig, build_tokenizer
+from rrt.training.pretrain import ModelShape
+from rrt.training.trainer import TrainConfig
 
 CORPUS = CorpusConfig(tokens=40_000, validation_documents=40, test_documents=120, seed=0)
 TOKENIZER = TokenizerConfig(vocab_size=400, model_max_length=256)

@@ -12,7 +12,7 @@ import torch
 from _families import source_model, tokens
 
 from rrt.cli import main
-from rrt.params import build_on_meta, count_parameters
+from rrt.model.sizes import build_on_meta, count_parameters
 from rrt.store import PROVENANCE, load_config, load_model
 
 GEMMA_2B = Path(__file__).parent / "data" / "gemma-2b-config.json"

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 
 from rrt.errors import UserError
 from rrt.tracking import RUN_ID_FILE, Tracking, flatten
-from rrt.train import TrainingRun, work_dir
+from rrt.training.trainer import TrainingRun, work_dir
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ model loads with ``AutoModelForCausalLM.from_pretrained``. The method in two cal
 
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from rrt.modeling import RecursiveConfig, RecursiveForCausalLM
+from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
 
 __version__ = "0.1.0"
 
 AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig, exist_ok=True)
 AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM, exist_ok=True)
 
-from rrt.convert import convert  # noqa: E402  (after the registration it relies on)
-from rrt.relax import relax  # noqa: E402
+from rrt.method.convert import convert  # noqa: E402  (after the registration it relies on)
+from rrt.method.relax import relax  # noqa: E402
 
 __all__ = ["RecursiveConfig", "RecursiveForCausalLM", "__version__", "convert", "relax"]

@@ -23,42 +23,45 @@ from rrt.errors import UserError
 # name -> (module that registers it, one line for `rrt --help`), in the order help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": (
-        "rrt.embedded.corpus",
+        "rrt.stories.corpus",
         "generate the embedded story corpus (train/validation/test JSONL)",
     ),
     "tokenizer": (
-        "rrt.embedded.tokenizer",
+        "rrt.stories.tokenizer",
         "train the byte-level BPE tokenizer on a corpus's train split",
     ),
     "pretrain": (
-        "rrt.embedded.pretrain",
+        "rrt.training.pretrain",
         "pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
     ),
     "tasks": (
-        "rrt.embedded.tasks",
+        "rrt.stories.tasks",
         "write the offline lm-eval tasks (YAML + JSONL) from a corpus's test split",
     ),
     "baseline": (
-        "rrt.embedded.baseline",
+        "rrt.stories.baseline",
         "score unigram and bigram word models on the embedded tasks (should be near chance)",
     ),
     "convert": (
-        "rrt.convert",
+        "rrt.method.convert",
         "turn a source model into a recursive model (K shared layers x B loops)",
     ),
-    "relax": ("rrt.relax", "add SVD-initialised per-position LoRAs to a recursive model"),
-    "params": ("rrt.params", "parameter counts of a model directory or config JSON"),
+    "relax": ("rrt.method.relax", "add SVD-initialised per-position LoRAs to a recursive model"),
+    "params": ("rrt.model.sizes", "parameter counts of a model directory or config JSON"),
     "uptrain": (
-        "rrt.uptrain",
+        "rrt.training.uptrain",
         "uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
     ),
-    "evaluate": ("rrt.evaluate", "few-shot accuracy of a model directory through lm-eval"),
+    "evaluate": (
+        "rrt.evaluation.evaluate",
+        "few-shot accuracy of a model directory through lm-eval",
+    ),
     "benchmark": (
-        "rrt.bench",
+        "rrt.benchmark.bench",
         "serve one workload with every system (generate, continuous, depth-wise, early exit)",
     ),
     "download": (
-        "rrt.download",
+        "rrt.sources",
         "fetch a hub model, a text corpus or the paper suite's task data at pinned commits",
     ),
     "report": (

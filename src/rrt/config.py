@@ -28,6 +28,7 @@ from typing import Any
 import yaml
 
 from rrt.errors import UserError
+from rrt.evaluation.suites import load_suites, task_names
 
 SCHEMA_FILE = Path(__file__).with_name("config.schema.yaml")
 SECTION = "__schema_section__"
@@ -305,6 +306,14 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+def check_experiment(values: dict[str, Any]) -> None:
+    """:func:`resolve` for the Snakefile: a bad value exits with one line, no traceback."""
+    try:
+        resolve(values)
+    except ConfigError as err:
+        raise SystemExit(f"rrt: bad configuration: {err}") from None
+
+
 def source_layers(values: dict[str, Any]) -> int:
     """The source model's decoder layers, from the config or the local model's config.json."""
     source = values["source"]
@@ -368,7 +377,7 @@ def check(values: dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"corpus_source: a {corpus['kind']} corpus needs {', '.join(missing)}")
     check_tasks(values["evaluate"]["tasks"])
-    embedded_tasks = {"embedded", *_suites()["embedded"]["tasks"]}
+    embedded_tasks = {"embedded", *(t.name for t in load_suites()["embedded"].tasks)}
     asked = {t.strip() for t in values["evaluate"]["tasks"].split(",")}
     if asked & embedded_tasks and corpus["kind"] != "generated":
         raise ConfigError(
@@ -378,14 +387,10 @@ def check(values: dict[str, Any]) -> None:
         )
 
 
-def _suites() -> dict[str, Any]:
-    return yaml.safe_load(Path(__file__).with_name("suites.yaml").read_text())
-
-
 def check_tasks(tasks: str) -> None:
     """Every name is a suite, an embedded task, or a task in lm-eval's index."""
-    suites = _suites()
-    known = set(suites) | {t for suite in suites.values() for t in suite["tasks"]}
+    suites = load_suites()
+    known = task_names(suites)
     names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("evaluate.tasks: no task named; give suites (embedded, paper) or tasks")

@@ -6,54 +6,19 @@ import sys
 from pathlib import Path
 
 from rrt import config as schema
-from rrt import tracking
+from rrt import experiment, names
 from rrt.config import as_flags
-from rrt.report.record import write_record
+from rrt.errors import UserError
+from rrt.evaluation.suites import load_suites
 
-# --- a run killed with SIGKILL leaves Snakemake's locks behind -----------------------------------
+# The locks of a run killed with SIGKILL are cleared, but not inside a cluster job: the node it
+# runs on cannot see the Snakemake process that holds them.
 OWNER = Path(
     ".snakemake", "rrt-owner.pid"
 )  # the Snakemake process that holds the locks
-
-
-def alive(pid):
-    """Whether the process of that id still runs."""
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clear_stale_locks():
-    """Remove the locks of a Snakemake run that is gone (SIGKILL gave it no time to unlock),
-    so starting the workflow again is all a killed run needs. A live run keeps its locks, and
-    Snakemake then refuses a second one as usual."""
-    if OWNER.is_file() and not alive(OWNER.read_text().strip()):
-        for lock in Path(".snakemake", "locks").glob("*.lock"):
-            lock.unlink()
-        OWNER.unlink()
-
-
-# Not inside a cluster job: the node it runs on cannot see the Snakemake process that holds them.
 if workflow.is_main_process:
-    clear_stale_locks()
-
-# Jobs call `rrt` from the environment that runs Snakemake (`.venv/bin/snakemake` needs no
-# activated venv); with --sdm conda, the rule's environment comes first on the PATH.
-os.environ.update(
-    PATH=os.pathsep.join(
-        [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
-    )
-)
-
-# Defaults filled in and every value checked before any job runs (one line naming the key).
-try:
-    schema.resolve(config)
-except schema.ConfigError as err:
-    sys.exit(f"rrt: bad configuration: {err}")
+    experiment.clear_stale_locks(OWNER, Path(".snakemake", "locks"))
+experiment.find_rrt_first()
 
 RESULTS = f"{config['results']}/{config['experiment']}"
 EMBEDDED = config["source"]["kind"] == "embedded"
@@ -61,14 +26,10 @@ GENERATED_CORPUS = config["corpus_source"]["kind"] == "generated"
 
 
 wildcard_constraints:
-    loops=r"\d+",
-    init="stepwise|average|lower|random",
-    rank=r"\d+|full",
-    budget="uptrain|source",
+    **names.PATTERNS,
     exit=r"\d+",
     base=r"[^/]+",
     name=r"[^/]+",
-    variant=r"(-t\d+-w[0-9.]+-s\d+)?",
 
 
 # --- paths: one function per kind of artifact ----------------------------------------------------
@@ -94,7 +55,7 @@ def evaluation(name):
 
 def exit_evaluation(name, exit):
     """The evaluation of an early-exit model with every token leaving after loop ``exit``."""
-    return f"{RESULTS}/eval/exits/{name}-exit{exit}.json"
+    return f"{RESULTS}/eval/exits/{names.exit_evaluation(name, exit)}.json"
 
 
 def benchmark_result(name):
@@ -124,82 +85,21 @@ def tokenizer():
     return data("tokenizer") if EMBEDDED else model("source")
 
 
-# --- what an experiment makes --------------------------------------------------------------------
-
-
-def recursive_names():
-    c = config["recursive"]
-    return [f"recursive-B{b}-{i}" for b in c["loops"] for i in c["inits"]]
-
-
-def relaxed_names():
-    c = config["relaxed"]
-    return [
-        f"relaxed-B{b}-{i}-r{r}"
-        for b in c["loops"]
-        for i in c["inits"]
-        for r in c["ranks"]
-    ]
-
-
-def reduced_names():
-    c = config["baselines"]
-    return [
-        f"reduced-B{b}-{t}" for b in c["reduced_loops"] for t in c["reduced_budgets"]
-    ]
+# --- what an experiment makes (rrt.experiment) --------------------------------------------------
 
 
 def early_exit_names():
-    names = []
-    for m in config["early_exit"]["models"]:
-        kind = "recursive" if m["rank"] == 0 else "relaxed"
-        rank = "" if m["rank"] == 0 else f"-r{m['rank']}"
-        names.append((f"{kind}-B{m['loops']}-{m['init']}{rank}.up.ee", m["loops"]))
-    return names
-
-
-def evaluated_names():
-    names = ["source", *reduced_names()]
-    if config["baselines"]["full_size"]:
-        names.append("source.up")
-    names += [f"{n}.up" for n in recursive_names() + relaxed_names()]
-    return names + [name for name, _ in early_exit_names()]
+    return experiment.early_exit(config)
 
 
 def swept_models():
-    """The uptraining ablation's models: every recursive and relaxed model once per sweep
-    combination, named NAME.up-tTOKENS-wKD-sSEED."""
-    sweep, defaults = config["sweep"], config["uptrain"]
-    if not any(sweep.values()):
-        return []
-    combos = [
-        (t, w, s)
-        for t in sweep["tokens"] or [defaults["tokens"]]
-        for w in sweep["kd_weights"] or [defaults["loss"]["kd_weight"]]
-        for s in sweep["seeds"] or [config["train"]["seed"]]
-    ]
-    return [
-        model(f"{name}.up-t{t}-w{w}-s{s}")
-        for name in recursive_names() + relaxed_names()
-        for t, w, s in combos
-    ]
-
-
-def sweep_settings(variant):
-    """``-t131072-w0.5-s1`` as the settings it overrides (none for the plain uptraining)."""
-    if not variant:
-        return {}
-    tokens, kd_weight, seed = variant[2:].replace("-w", " ").replace("-s", " ").split()
-    return {"tokens": int(tokens), "kd_weight": float(kd_weight), "seed": int(seed)}
+    return [model(name) for name in experiment.swept(config)]
 
 
 def models():
     """Every model folder the experiment makes: deliverables, so a deleted one is made again
     (with what depends on it)."""
-    names = [*recursive_names(), *relaxed_names(), *evaluated_names()]
-    if config["source"]["kind"] == "local":
-        names.remove("source")
-    return [model(name) for name in dict.fromkeys(names)]
+    return [model(name) for name in experiment.made(config)]
 
 
 def benchmarks():
@@ -209,7 +109,7 @@ def benchmarks():
 
 def evaluations():
     """Every evaluation of the experiment: what `rule all` asks for."""
-    files = [evaluation(n) for n in evaluated_names()]
+    files = [evaluation(n) for n in experiment.evaluated(config)]
     for name, loops in early_exit_names():
         files += [exit_evaluation(name, b) for b in range(1, loops)]
     return files
@@ -219,12 +119,7 @@ def evaluations():
 
 
 def suite_tasks(suite):
-    import yaml
-
-    suites = yaml.safe_load(
-        (Path(schema.__file__).with_name("suites.yaml")).read_text()
-    )
-    return set(suites[suite]["tasks"]) | {suite}
+    return {t.name for t in load_suites()[suite].tasks} | {suite}
 
 
 def asked_tasks():
@@ -311,9 +206,8 @@ def loss(**overrides):
 
 
 def uptrain_recipe(variant):
-    settings = sweep_settings(variant)
-    settings.pop("kd_weight", None)
-    return recipe(**settings)
+    point = names.parse_variant(variant)
+    return recipe(**({"tokens": point.tokens, "seed": point.seed} if point else {}))
 
 
 def uptrain_loss(base, variant):
@@ -321,9 +215,8 @@ def uptrain_loss(base, variant):
     the configured distillation, or the sweep's weight."""
     if base == "source":
         return loss(kd_weight=0.0)
-    return loss(
-        **{k: v for k, v in sweep_settings(variant).items() if k == "kd_weight"}
-    )
+    point = names.parse_variant(variant)
+    return loss(**({"kd_weight": point.kd_weight} if point else {}))
 
 
 def track(rule, **wildcards):
@@ -357,55 +250,34 @@ def every_core():
     return workflow.cores
 
 
-# --- MLflow: one parent run per experiment, created before any job starts ------------------------
-
-MLFLOW_URI = config["mlflow"]["tracking_uri"] or (
-    f"sqlite:///{Path(RESULTS, 'mlflow.db').resolve()}"
-)
-MLFLOW_EXPERIMENT = config["mlflow"]["experiment"] or config["experiment"]
-
+# --- before the first job: the experiment's record and MLflow parent run (rrt.experiment) --------
 
 PARENT_RUN = {}  # the experiment's parent run id, once onstart has made it
 
 
-def start_tracking():
-    """Create the tracking store and the parent run (one process, before any job), and hand
-    jobs where to log through the environment they inherit (SLURM jobs too: sbatch --export=ALL).
-    """
-    if workflow.non_local_exec and MLFLOW_URI.startswith("sqlite:"):
-        sys.exit(
-            f"rrt: jobs on a cluster must not share one sqlite file ({MLFLOW_URI}): start an "
-            "`mlflow server` and set mlflow.tracking_uri to its URL (README: On a SLURM cluster)"
-        )
-    Path(RESULTS).mkdir(parents=True, exist_ok=True)
+def start_experiment():
+    Path(".snakemake").mkdir(exist_ok=True)
     OWNER.write_text(str(os.getpid()))
-    # The config and what it makes, beside the results: the report reads nothing else.
     expected = {
         "models": models() + swept_models(),
         "evaluations": evaluations(),
         "benchmarks": benchmarks(),
     }
-    write_record(RESULTS, config, expected)
-    PARENT_RUN["id"] = tracking.start_experiment(MLFLOW_URI, MLFLOW_EXPERIMENT, config)
-    os.environ.update(
-        MLFLOW_TRACKING_URI=MLFLOW_URI,
-        MLFLOW_EXPERIMENT_NAME=MLFLOW_EXPERIMENT,
-        MLFLOW_PARENT_RUN_ID=PARENT_RUN["id"],
-    )
-
-
-def end_tracking(status):
-    if "id" in PARENT_RUN:
-        tracking.end_experiment(MLFLOW_URI, PARENT_RUN["id"], status)
+    try:
+        PARENT_RUN["id"] = experiment.start(
+            config, RESULTS, expected, workflow.non_local_exec
+        )
+    except UserError as err:
+        sys.exit(f"rrt: {err}")
 
 
 onstart:
-    start_tracking()
+    start_experiment()
 
 
 onsuccess:
-    end_tracking("FINISHED")
+    experiment.end(config, RESULTS, PARENT_RUN.get("id"), "FINISHED")
 
 
 onerror:
-    end_tracking("FAILED")
+    experiment.end(config, RESULTS, PARENT_RUN.get("id"), "FAILED")

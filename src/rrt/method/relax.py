@@ -1,0 +1,196 @@
+"""Recursive model -> relaxed recursive model: a LoRA per virtual position (paper sec. 2.3).
+
+Position l's LoRA on each linear of the block starts from the truncated SVD of the residual
+between the source layer and the shared layer it now runs: U_r, S_r, V_r = SVD(W_l - W'_{l mod K});
+B_l = U_r S_r, A_l = V_r^T, scaling 1 (alpha = r), so that at full rank the relaxed model
+computes the source model's linears exactly (eq. 5). Where the residual is zero (stepwise's
+source layers) A is Gaussian and B zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+
+import torch
+from transformers import PreTrainedModel
+
+from rrt import config as schema
+from rrt import store
+from rrt.errors import UserError
+from rrt.method.convert import build_like, copy_outside_layers, source_dtype, source_layers
+from rrt.model.modeling import LORA_KINDS, RecursiveForCausalLM
+
+FULL = "full"
+
+
+def parse_rank(value: int | str | dict[str, int | str]) -> dict[str, int | str]:
+    """A rank for every module kind from ``64``, ``"full"``, ``"attention=64,mlp=full"`` or a
+    dict. ``full`` is min(in, out) of the kind's widest linear (:func:`full_ranks`)."""
+
+    def one(text: int | str) -> int | str:
+        text = str(text).strip()
+        if text == FULL:
+            return FULL
+        if not text.lstrip("-").isdigit():
+            raise UserError(
+                f"rank {value!r}: write an integer, 'full', or kind=rank pairs such as "
+                f"'attention=64,mlp=128'"
+            )
+        return int(text)
+
+    if isinstance(value, dict):
+        ranks = {kind: one(r) for kind, r in value.items()}
+    elif "=" not in str(value):
+        ranks = dict.fromkeys(LORA_KINDS, one(value))
+    else:
+        ranks = {}
+        for part in str(value).split(","):
+            kind, _, number = part.partition("=")
+            ranks[kind.strip()] = one(number)
+    unknown = set(ranks) - set(LORA_KINDS)
+    if unknown:
+        raise UserError(f"rank kinds {sorted(unknown)} unknown; allowed: {', '.join(LORA_KINDS)}")
+    negative = {k: v for k, v in ranks.items() if v != FULL and v < 0}
+    if negative:
+        raise UserError(f"rank must be >= 0 or 'full', got {negative}")
+    return {kind: ranks.get(kind, 0) for kind in LORA_KINDS}
+
+
+def full_ranks(ranks: dict[str, int | str], model: RecursiveForCausalLM) -> dict[str, int]:
+    """``full`` replaced by the largest min(in, out) among the kind's linears, the rank at which
+    every linear of that kind reproduces its source exactly (eq. 5)."""
+    widest = {kind: 0 for kind in LORA_KINDS}
+    for name in model.family.linears:
+        linear = model.looped_layers[0].get_submodule(name)
+        kind = model.family.kind(name)
+        widest[kind] = max(widest[kind], min(linear.in_features, linear.out_features))
+    return {kind: widest[kind] if r == FULL else int(r) for kind, r in ranks.items()}
+
+
+def svd_init(
+    residual: torch.Tensor, rank: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(A [r, in], B [out, r]) with B A the best rank-r approximation of ``residual`` (eq. 5).
+
+    The SVD runs in float64 on the residual's device (the GPU when the model is there), which
+    keeps full rank exact whatever the weights' dtype.
+    """
+    out_features, in_features = residual.shape
+    if not residual.any():
+        a = torch.randn(rank, in_features, generator=generator, dtype=torch.float64) / rank
+        return a.to(residual.device), residual.new_zeros(out_features, rank, dtype=torch.float64)
+    u, s, vh = torch.linalg.svd(residual.to(torch.float64), full_matrices=False)
+    return vh[:rank], u[:, :rank] * s[:rank]
+
+
+def relax(
+    recursive: RecursiveForCausalLM,
+    source: PreTrainedModel,
+    rank: int | str | dict[str, int],
+    relax_vectors: bool = False,
+    seed: int = 0,
+) -> RecursiveForCausalLM:
+    """The relaxed model: ``recursive`` plus per-position LoRAs initialised from ``source``.
+
+    ``relax_vectors`` also gives every position the norm weights and biases of its source layer
+    (the paper ties them); only then is full rank exact when those differ across source layers.
+    """
+    if not isinstance(recursive, RecursiveForCausalLM):
+        raise UserError(
+            f"relax needs a recursive model (rrt convert), got {type(recursive).__name__}"
+        )
+    ranks = full_ranks(parse_rank(rank), recursive)
+    text = recursive.config.text_config
+    if (source.config.model_type, source.config.num_hidden_layers) != (
+        text.model_type,
+        text.num_hidden_layers,
+    ):
+        raise UserError(
+            f"source ({source.config.model_type}, {source.config.num_hidden_layers} layers) is not "
+            "the model the recursive one was converted from "
+            f"({text.model_type}, {text.num_hidden_layers} layers)"
+        )
+    config = copy.deepcopy(recursive.config)
+    config.lora_rank, config.relax_vectors = ranks, relax_vectors
+    model = build_like(config, recursive)
+    copy_outside_layers(model, recursive.lm)
+
+    generator = torch.Generator().manual_seed(seed)
+    originals = source_layers(source)
+    matrices = {f"{name}.weight" for name in model.family.linears}
+    with torch.no_grad():
+        for position, original in enumerate(originals):
+            wanted = original.state_dict()
+            shared = recursive.position_parameters(position)
+            for name, target in model.position_parameters(position).items():
+                keep_source = relax_vectors and name not in matrices
+                target.copy_(wanted[name] if keep_source else shared[name])
+            for linear in model.family.linears:
+                views = model.lora(position, linear)
+                if views is None:
+                    continue
+                a_view, b_view = views
+                residual = (
+                    wanted[f"{linear}.weight"].to(a_view.device, torch.float64)
+                    - shared[f"{linear}.weight"].double()
+                )
+                a, b = svd_init(residual, a_view.shape[0], generator)
+                a_view.copy_(a)
+                b_view.copy_(b)
+    return model.eval()
+
+
+def _relax_cli(args: argparse.Namespace) -> dict:
+    schema.set_threads(args.threads)
+    parse_rank(args.rank)  # fail on a bad rank before loading anything
+    recursive = store.load_model(args.recursive, device=args.device)
+    ranks = full_ranks(parse_rank(args.rank), recursive)
+    source = store.load_model(args.source, device=args.device)
+    model = relax(recursive, source, ranks, relax_vectors=args.relax_vectors, seed=args.seed)
+    prov = store.provenance(
+        "relax",
+        {
+            "source": args.source,
+            "recursive": args.recursive,
+            "rank": ranks,
+            "relax_vectors": args.relax_vectors,
+            "seed": args.seed,
+        },
+    )
+    store.save_model(
+        model,
+        args.out,
+        prov,
+        tokenizer=store.load_tokenizer(args.recursive, required=False)
+        or store.load_tokenizer(args.source, required=False),
+        dtype=source_dtype(args.recursive),
+    )
+    print(f"relaxed model (rank {ranks}) written to {args.out}")
+    from rrt.model.sizes import count_parameters  # params imports this module
+
+    return {"parameters": count_parameters(model), "rank": ranks}
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--source", required=True, help="the source model directory the recursive model came from"
+    )
+    p.add_argument("--recursive", required=True, help="recursive model directory (rrt convert)")
+    p.add_argument(
+        "--rank",
+        required=True,
+        help="LoRA rank: R, full, or attention=R1,mlp=R2 (0 = pure recursive; full = exact)",
+    )
+    p.add_argument(
+        "--relax-vectors",
+        action="store_true",
+        help="also give each position its source layer's norms and biases (the paper ties them)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed of the Gaussian A where the residual is zero"
+    )
+    schema.add_setting(p, "device")
+    schema.add_setting(p, "threads")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.set_defaults(func=_relax_cli)

@@ -1,0 +1,379 @@
+"""The model runner: one step of the shared block over a flat batch of works (it computes only).
+
+The family's own decoder layers run unchanged, as position views of the recursive model (one loop
+for every row) or as :meth:`~rrt.model.modeling.LoopedLayers.at_loops` views whose rows carry
+their own loops (depth-wise batching, each row with its loop's LoRA). Attention goes through
+transformers' attention interface to :func:`engine_attention`, which keeps keys and values in
+the engine's :class:`~rrt.serving.cache.KVCache` at each row's virtual depth and attends each
+token to its own request's entries; the step's layout reaches it as a call argument
+(``rrt_batch``), never as state on a module.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AttentionInterface, PreTrainedModel
+
+from rrt.errors import UserError
+from rrt.model.families import family_of
+from rrt.model.modeling import LoopSpans, RecursiveForCausalLM
+from rrt.serving.cache import KVCache
+from rrt.serving.request import Work
+
+ATTENTION = "rrt_engine"
+
+# Source families whose greedy output through the engine is tested to equal `generate`'s.
+SERVED = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox")
+
+
+@dataclass
+class Decode:
+    """One-token segments at one depth, at least half the slots: attended over every slot's keys
+    at that depth (a view of the cache, no gather); slots not in the group attend only their
+    first key, unused. Fewer rows are gathered with the chunks instead."""
+
+    depth0: int  # virtual depth at the layer offset 0
+    tokens: torch.Tensor  # [segments] indices into the batch
+    slots: torch.Tensor  # [segments]
+    query_pos: torch.Tensor  # [cache slots] each slot's query position (0 where unused)
+    length: int  # keys read: the longest segment's end
+
+
+@dataclass
+class Chunks:
+    """Segments (prompt chunks, and one-token segments too few for a :class:`Decode`), padded to
+    ``width`` queries; their keys are gathered per segment."""
+
+    tokens: torch.Tensor  # [segments * width] indices into the batch (padding repeats token 0)
+    valid: torch.Tensor  # [segments * width] bool
+    depth0: torch.Tensor  # [segments] virtual depth at the layer offset 0
+    slots: torch.Tensor  # [segments]
+    query_pos: torch.Tensor  # [segments, width] position of each query
+    length: int
+    width: int
+
+
+class Batch:
+    """The layout of one step: where each token's keys go and which keys each token reads.
+
+    A token of a work at loop j, run at layer offset d (the shared layer's index, plus loop * K
+    when the pass runs one loop for every row), sits at virtual depth j * K + d.
+    """
+
+    def __init__(self, works: list[Work], cache: KVCache, shared: int, sequence: bool, device):
+        self.cache = cache
+        as_long = dict(dtype=torch.long, device=device)
+        pos, depth0, slots, starts = [], [], [], []
+        for w in works:
+            starts.append(len(pos))
+            d0 = 0 if sequence else w.loop * shared
+            pos.extend(range(w.start, w.start + w.n))
+            depth0.extend([d0] * w.n)
+            slots.extend([w.request.slot] * w.n)
+        self.pos = torch.tensor(pos, **as_long)
+        self.depth0 = torch.tensor(depth0, **as_long)
+        self.slots = torch.tensor(slots, **as_long)
+        self.groups: list[Decode | Chunks] = []
+        decode: dict[int, list[int]] = {}
+        for i, w in enumerate(works):
+            if w.n == 1:
+                decode.setdefault(depth0[starts[i]], []).append(i)
+        gathered = []
+        for d0, members in decode.items():
+            if 2 * len(members) < cache.slots:  # few rows at this depth: gather theirs
+                gathered += members
+                continue
+            query_pos = [0] * cache.slots
+            for i in members:
+                query_pos[works[i].request.slot] = works[i].start
+            self.groups.append(
+                Decode(
+                    depth0=d0,
+                    tokens=torch.tensor([starts[i] for i in members], **as_long),
+                    slots=torch.tensor([works[i].request.slot for i in members], **as_long),
+                    query_pos=torch.tensor(query_pos, **as_long),
+                    length=max(works[i].start + 1 for i in members),
+                )
+            )
+        chunks = gathered + [i for i, w in enumerate(works) if w.n > 1]
+        if chunks:
+            self.groups.append(self._chunks(works, chunks, starts, depth0, as_long))
+
+    @staticmethod
+    def _chunks(works, members, starts, depth0, as_long) -> Chunks:
+        width = max(works[i].n for i in members)
+        tokens, valid, query_pos = [], [], []
+        for i in members:
+            w, at = works[i], starts[i]
+            tokens += list(range(at, at + w.n)) + [at] * (width - w.n)
+            valid += [True] * w.n + [False] * (width - w.n)
+            query_pos.append([w.start + t for t in range(w.n)] + [w.start] * (width - w.n))
+        return Chunks(
+            tokens=torch.tensor(tokens, **as_long),
+            valid=torch.tensor(valid, dtype=torch.bool, device=as_long["device"]),
+            depth0=torch.tensor([depth0[starts[i]] for i in members], **as_long),
+            slots=torch.tensor([works[i].request.slot for i in members], **as_long),
+            query_pos=torch.tensor(query_pos, **as_long),
+            length=max(works[i].start + works[i].n for i in members),
+            width=width,
+        )
+
+
+@dataclass
+class LayerCall:
+    """What :func:`engine_attention` needs besides the layer's own tensors."""
+
+    batch: Batch
+    offset: int  # the layer offset d of this call
+    windows: torch.Tensor | None  # [depth] sliding window per virtual depth (0: none)
+    keys_only: bool = False  # store keys and values, attend nothing (state propagation)
+
+
+def engine_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    softcap: float | None = None,
+    rrt_batch: LayerCall | None = None,
+    **_: object,
+) -> tuple[torch.Tensor, None]:
+    """Store the step's new keys and values at each token's virtual depth, then attend each token
+    to its own request's entries there (causal, and within the depth's sliding window).
+
+    ``query`` is [1, heads, tokens, head_dim], ``key``/``value`` [1, kv_heads, tokens, head_dim];
+    returns [1, tokens, heads, head_dim] as transformers' attention functions do.
+    """
+    if rrt_batch is None:
+        raise RuntimeError("the rrt_engine attention runs inside rrt.serving only")
+    call = rrt_batch
+    batch, cache = call.batch, call.batch.cache
+    cache.write(
+        batch.depth0 + call.offset,
+        batch.slots,
+        batch.pos,
+        key[0].transpose(0, 1),
+        value[0].transpose(0, 1),
+    )
+    heads, head_dim = query.shape[1], query.shape[3]
+    if call.keys_only:
+        return query.new_zeros(1, query.shape[2], heads, head_dim), None
+    out = query.new_empty(query.shape[2], heads, head_dim)
+    q_all = query[0]
+    for g in batch.groups:
+        key_pos = torch.arange(g.length, device=q_all.device)
+        if isinstance(g, Decode):
+            depth = g.depth0 + call.offset
+            keys, values = cache.at_depth(depth, g.length)
+            q = q_all.new_zeros(cache.slots, heads, 1, head_dim)
+            q[g.slots] = q_all[:, g.tokens].transpose(0, 1).unsqueeze(2)
+            query_pos = g.query_pos[:, None]  # [slots, 1]
+            window = call.windows[depth][None] if call.windows is not None else None
+        else:
+            keys, values = cache.gather(g.depth0 + call.offset, g.slots, g.length)
+            segments = g.slots.shape[0]
+            q = q_all[:, g.tokens].view(heads, segments, g.width, head_dim).transpose(0, 1)
+            query_pos = g.query_pos
+            window = call.windows[g.depth0 + call.offset] if call.windows is not None else None
+        allowed = key_pos <= query_pos[:, :, None]
+        if window is not None:  # 0: no window
+            lower = torch.where(window[:, None] > 0, query_pos - window[:, None], -1)
+            allowed = allowed & (key_pos > lower[:, :, None])
+        if isinstance(g, Chunks) and g.width > 1:  # padded queries attend the first key
+            allowed = allowed | (~g.valid.view(segments, g.width)[:, :, None] & (key_pos == 0))
+        o = _attend(q, keys, values, allowed[:, None], scaling, softcap)
+        if isinstance(g, Decode):
+            out[g.tokens] = o[g.slots, :, 0]
+        else:
+            o = o.transpose(1, 2).reshape(segments * g.width, heads, head_dim)
+            out[g.tokens[g.valid]] = o[g.valid]
+    return out.unsqueeze(0), None
+
+
+def _attend(q, keys, values, mask, scaling, softcap) -> torch.Tensor:
+    """Scaled dot-product attention with grouped-query heads, and Gemma 2's logit softcapping."""
+    heads = q.shape[1]
+    if not softcap:
+        return F.scaled_dot_product_attention(
+            q, keys, values, attn_mask=mask, scale=scaling, enable_gqa=keys.shape[1] != heads
+        )
+    groups = heads // keys.shape[1]
+    k, v = keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~mask, float("-inf"))
+    return torch.matmul(torch.softmax(scores, -1, dtype=torch.float32).to(q.dtype), v)
+
+
+AttentionInterface.register(ATTENTION, engine_attention)
+
+
+class Runner:
+    """Runs the model's parts for the engine: embeddings, the decoder layers over a batch of
+    works, and the exit head (shared final norm and head, with the family's softcapping)."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        recursive = isinstance(model, RecursiveForCausalLM)
+        self.lm = model.lm if recursive else model
+        text = self.lm.config
+        if text.model_type not in SERVED:
+            raise UserError(
+                f"the engine cannot serve model_type {text.model_type!r}; it serves "
+                f"{', '.join(SERVED)}"
+            )
+        self.family = family_of(text.model_type)
+        layers = self.lm.get_submodule(self.family.layers)
+        self.recursive = recursive
+        self.shared = len(layers)
+        self.loops = model.num_loops if recursive else 1
+        self.depth = self.shared * self.loops
+        self.positions: list[nn.Module] = layers.positions if recursive else list(layers)
+        self.layers = layers
+        self.base = self.lm.get_submodule(self.family.layers.rsplit(".", 1)[0])
+        self.rotary = self.base.rotary_emb
+        typed = "layer_type" in inspect.signature(self.rotary.forward).parameters
+        self.layer_types = list(text.layer_types) if typed else None
+        windows = [_window(view) for view in self.positions]
+        self.windows = (
+            torch.tensor([w or 0 for w in windows], device=self.device) if any(windows) else None
+        )
+        self.final_norm = self.lm.get_submodule(self.family.final_norm)
+        self.head = self.lm.get_output_embeddings()
+        self.softcap = getattr(text, "final_logit_softcapping", None)
+        self.hidden_size = text.hidden_size
+        self.kv_heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+        self.head_dim = getattr(text, "head_dim", None) or (
+            text.hidden_size // text.num_attention_heads
+        )
+        self.dtype = next(self.lm.parameters()).dtype
+        self.vocab_size = text.vocab_size
+        self.context = getattr(text, "max_position_embeddings", None)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.lm.parameters()).device
+
+    def embed(self, ids: list[int]) -> torch.Tensor:
+        return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
+
+    @torch.inference_mode()
+    def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Logits of an exit after any loop: the shared final norm and head (paper sec. 3.7)."""
+        logits = self.head(self.final_norm(hidden)).float()
+        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+
+    @torch.inference_mode()
+    def run(self, works: list[Work], cache: KVCache, sequence: bool) -> torch.Tensor:
+        """Each work's positions through its loop (sequence-wise: through every loop); returns
+        the hidden states leaving it, [tokens, hidden_size], in the works' order (depth-wise,
+        the works come sorted by loop).
+
+        Depth-wise, one pass runs the K shared layers once over rows at different loops, each
+        row with its loop's LoRA.
+        """
+        device = self.device
+        pieces: list[torch.Tensor | None] = [w.hidden for w in works]
+        first = [i for i, w in enumerate(works) if w.ids is not None]
+        if first:
+            embedded = self.embed([t for i in first for t in works[i].ids])
+            for i, e in zip(first, embedded.split([works[i].n for i in first]), strict=True):
+                pieces[i] = e
+        h = torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
+        batch = Batch(works, cache, self.shared, sequence, device)
+        k = self.shared
+        if sequence:  # every loop in turn, each through its position views
+            passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
+        else:
+            passes = [(0, self._views(works))]
+        rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
+        with _attention_of(self.lm.config, ATTENTION):
+            h = self._passes(h, batch, passes, rotary)
+        return h[0]
+
+    def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
+        for base, views in passes:
+            for i, layer in enumerate(views):
+                call = LayerCall(batch, base + i, self.windows)
+                emb = rotary if rotary is not None else self._rotary(h, batch, base + i)
+                out = layer(h, position_embeddings=emb, rrt_batch=call)
+                h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    @torch.inference_mode()
+    def propagate(self, works: list[Work], cache: KVCache) -> None:
+        """CALM's state propagation: the keys and values an exited token owes to the loops it
+        skipped come from its exit hidden state, fed to each skipped layer's attention block
+        (its norm, key/value projections and rotary) alone; the attention itself, the MLP and
+        the residual stream are never computed for it."""
+        h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
+        batch = Batch(works, cache, self.shared, False, self.device)
+        rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
+        norm, block = self.family.attention_norm, self.family.attention_block
+        with _attention_of(self.lm.config, ATTENTION):
+            for i, view in enumerate(self._views(works)):
+                emb = rotary if rotary is not None else self._rotary(h, batch, i)
+                call = LayerCall(batch, i, self.windows, keys_only=True)
+                view.get_submodule(block)(
+                    hidden_states=view.get_submodule(norm)(h),
+                    position_embeddings=emb,
+                    attention_mask=None,
+                    rrt_batch=call,
+                )
+
+    def _views(self, works: list[Work]) -> list[nn.Module]:
+        """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
+        position views when every row is at that loop, else views whose rows (grouped by
+        :class:`LoopSpans`) each run their own loop's LoRA."""
+        k = self.shared
+        if len({w.loop for w in works}) == 1:
+            j = works[0].loop
+            return self.positions[j * k : (j + 1) * k]
+        spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
+        return [self.layers.at_loops(i, spans) for i in range(k)]
+
+    def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
+        """cos/sin at each token's position, for the rotary of each token's layer type."""
+        pos = batch.pos.unsqueeze(0)
+        if self.layer_types is None:
+            return self.rotary(h, pos)
+        depths = (batch.depth0 + offset).tolist()
+        types = [self.layer_types[d] for d in depths]
+        kinds = sorted(set(types))
+        embs = {t: self.rotary(h, pos, t) for t in kinds}
+        if len(kinds) == 1:
+            return embs[kinds[0]]
+        pick = torch.tensor([kinds.index(t) for t in types], device=h.device)
+        cos = torch.stack([embs[t][0] for t in kinds])  # [kinds, 1, T, dim]
+        sin = torch.stack([embs[t][1] for t in kinds])
+        rows = torch.arange(len(types), device=h.device)
+        return cos[pick, 0, rows].unsqueeze(0), sin[pick, 0, rows].unsqueeze(0)
+
+
+@contextmanager
+def _attention_of(config, implementation: str) -> Iterator[None]:
+    """The model's attention goes through ``implementation`` for the engine's pass only, so the
+    same model object still serves ``generate`` (whose masks follow the configured one)."""
+    before = config._attn_implementation
+    config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        config._attn_implementation = before
+
+
+def _window(layer: nn.Module) -> int | None:
+    """The sliding window of a decoder layer's attention (None: global attention)."""
+    for module in layer.modules():
+        if hasattr(module, "sliding_window") and hasattr(module, "scaling"):
+            return module.sliding_window
+    return None

@@ -1,0 +1,145 @@
+"""Uptraining (paper app. E, I) and early-exit post-training (sec. 3.7, app. J).
+
+All weights train (shared block and LoRAs alike) on a token budget with the objective of
+:mod:`rrt.training.objective`: CE plus forward-KL distillation from the full-size source, or, with
+``early_exit``, the paper's aggressive early-exit loss. The same trainer uptrains the full-size
+baseline: any causal LM works where early exit is off.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+from transformers import set_seed
+
+from rrt import config as schema
+from rrt import store
+from rrt import tracking as mlflow_tracking
+from rrt.errors import UserError
+from rrt.model.modeling import RecursiveForCausalLM
+from rrt.model.sizes import count_parameters
+from rrt.tracking import Tracking
+from rrt.training.objective import UptrainLoss, exit_metrics, load_teacher, uptrain_loss
+from rrt.training.trainer import (
+    PackedBlocks,
+    TrainConfig,
+    evaluate_loss,
+    resolve_precision,
+    token_file,
+    train,
+    uptrain_recipe,
+)
+
+
+def held_out_exits(
+    model: nn.Module, tokens: str | Path, seq_len: int, max_tokens: int, batch_size: int = 16
+) -> dict[str, float]:
+    """Per-loop held-out CE and next-token accuracy over the first ``max_tokens`` tokens."""
+    blocks = PackedBlocks(tokens, seq_len, None, None)
+    blocks.length = max(1, min(blocks.blocks, max_tokens // seq_len))
+    metrics = evaluate_loss(model, blocks, batch_size, exit_metrics)
+    metrics.pop("loss")
+    return metrics
+
+
+def uptrain(
+    model_dir: str | Path,
+    corpus: str | Path,
+    out: str | Path,
+    recipe: TrainConfig,
+    loss: UptrainLoss,
+    teacher_dir: str | Path | None = None,
+    tokenizer_dir: str | Path | None = None,
+    tracking: Tracking | None = None,
+) -> dict[str, Any]:
+    """Uptrain the model in ``model_dir`` on ``corpus``; resumes a killed run by itself."""
+    loss.check(has_teacher=teacher_dir is not None)
+    recipe.plan()  # fail on a bad budget before loading anything
+    tokenizer_dir = Path(tokenizer_dir or model_dir)
+    tokenizer = store.load_tokenizer(tokenizer_dir)
+    set_seed(recipe.seed)
+    model = store.load_model(model_dir)
+    if loss.early_exit and not isinstance(model, RecursiveForCausalLM):
+        raise UserError(
+            f"--early-exit needs a recursive model; {model_dir} is {type(model).__name__}"
+        )
+    teacher = None
+    if teacher_dir is not None and loss.kd_weight > 0:
+        teacher = load_teacher(teacher_dir, model.config.get_text_config().vocab_size)
+    model.train()
+    train_tokens = token_file(corpus, tokenizer_dir, "train")
+    validation_tokens = token_file(corpus, tokenizer_dir, "validation")
+
+    def final_metrics(trained: nn.Module) -> dict[str, Any]:
+        if recipe.eval_tokens <= 0:
+            return {}
+        exits = held_out_exits(
+            trained, validation_tokens, recipe.seq_len, recipe.eval_tokens, recipe.micro_batch_size
+        )
+        return {"held_out_exits": exits}
+
+    run_info = {
+        "model": str(model_dir),
+        "teacher": str(teacher_dir) if teacher else None,
+        "loss": asdict(loss),
+        "parameters": count_parameters(model),
+        "tokenizer": store.tokenizer_fingerprint(tokenizer_dir),
+    }
+    return train(
+        model,
+        tokenizer,
+        train_tokens=train_tokens,
+        validation_tokens=validation_tokens,
+        out=out,
+        config=recipe,
+        loss_fn=uptrain_loss(loss, teacher, resolve_precision(recipe.precision)),
+        run_info=run_info,
+        final_metrics=final_metrics,
+        tracking=tracking,
+        stage="uptrain",
+    )
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = __doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--model", required=True, type=Path, help="model folder to start from")
+    p.add_argument(
+        "--corpus", required=True, type=Path, help="corpus folder (rrt corpus, rrt download corpus)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
+    schema.add_setting(p, "threads")
+    schema.add_arguments(p, UptrainLoss, title="uptrain.loss")
+    schema.add_arguments(p, TrainConfig, uptrain_recipe(), title="uptrain (the train recipe)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    schema.set_threads(args.threads)
+    loss = schema.from_arguments(UptrainLoss, args)
+    recipe = schema.from_arguments(TrainConfig, args)
+    tracking = mlflow_tracking.from_arguments(args)
+    metrics = uptrain(
+        args.model, args.corpus, args.out, recipe, loss, args.teacher, args.tokenizer, tracking
+    )
+    if not metrics:  # a data-parallel process other than the main one
+        return
+    held_out = "no held-out evaluation (--eval-tokens 0)"
+    if "held_out_exits" in metrics:
+        accuracy = [v for k, v in metrics["held_out_exits"].items() if k.startswith("acc")]
+        held_out = (
+            f"held-out CE {metrics['validation']['ce']:.4f}; per-loop next-token accuracy "
+            + ", ".join(f"{v:.3f}" for v in accuracy)
+        )
+    peak = metrics.get("peak_memory_mb")
+    memory = f", peak memory {peak:,.0f} MiB" if peak is not None else ""
+    print(
+        f"uptrained on {metrics['tokens']:,} tokens in {metrics['train_seconds']:.0f} s "
+        f"({metrics['tokens_per_second']:.0f} tokens/s{memory}); {held_out}; saved to {args.out}"
+    )

@@ -1,0 +1,126 @@
+"""rrt benchmark: every system serves one workload; the JSON has one stable shape."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _embedded import corpus, tokenizer
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+from rrt.benchmark.bench import ROOFLINE_FIELDS
+from rrt.cli import main
+from rrt.method.convert import convert
+from rrt.method.relax import relax
+
+SYSTEM_KEYS = {
+    "tokens_per_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop",
+    "agreement", "peak_mem_mb", "threshold", "kv_fill", *ROOFLINE_FIELDS,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bench")
+    data = corpus(root)
+    tok_dir = tokenizer(data, root)
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+    )  # fmt: skip
+    source = LlamaForCausalLM(cfg).eval()
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    source.save_pretrained(root / "source")
+    model.save_pretrained(root / "model")
+    for d in ("source", "model"):
+        tok.save_pretrained(root / d)
+    return root, data
+
+
+def test_every_system_serves_the_workload_into_one_json(served):
+    root, data = served
+    out = root / "bench.json"
+    args = [
+        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+        "--data", str(data), "--out", str(out), "--requests", "6", "--max-new-tokens", "6",
+        "--max-prompt-tokens", "20", "--max-batch", "4", "--calibration-documents", "10",
+        "--agreement-targets", "0.5,0.9", "--threads", "1", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert {"workload", "hardware", "systems", "calibration"} <= set(result)
+    systems = result["systems"]
+    names = set(systems)
+    base = {"vanilla", "hf_continuous", "sequence_continuous", "recursive_sequence", "depthwise"}
+    assert base | {"simulated"} <= names
+    exits = [n for n in names if n.startswith("depthwise_exit_")]
+    assert {n.rsplit("_", 1)[1] for n in exits} == {"ride", "propagate"}
+    for name, row in systems.items():
+        assert "error" not in row, (name, row)
+        assert set(row) >= SYSTEM_KEYS, name
+        assert row["tokens_per_s"] > 0
+    total = result["workload"]["output_tokens_total"]
+    for name in base | set(exits):
+        assert systems[name]["output_tokens"] == total
+    # Full-depth systems are greedy decoding of their model: exact agreement, same tokens.
+    for name in base:
+        assert systems[name]["agreement"] == 1.0, name
+    for name in ("vanilla", "hf_continuous"):
+        assert systems[name]["sequence_agreement"] == 1.0, name
+    assert systems["recursive_sequence"]["sequence_agreement"] == 1.0
+    assert systems["depthwise"]["mean_exit_loop"] == 2.0
+    for name in exits:
+        assert 1.0 <= systems[name]["mean_exit_loop"] <= 2.0
+        assert systems[name]["threshold"] is not None
+    assert systems["simulated"]["mean_exit_loop"] <= 2.0
+    # The roofline: the machine's measured ceilings, and each system's counts against them
+    # wherever its steps can be seen (not inside transformers' continuous batching).
+    peaks = result["hardware"]["peaks"]
+    assert peaks["memory_gb_per_s"] > 0 and peaks["matmul_gflop_per_s"] > 0
+    for name in base - {"hf_continuous"} | set(exits):
+        row = systems[name]
+        assert row["roofline_bound"] in ("memory", "compute"), name
+        assert 0 < row["roofline_fraction"] == row["tokens_per_s"] / row["roofline_tokens_per_s"]
+        assert row["flops_per_token"] > 0 and row["decode_gb_per_s"] > 0, name
+    for name in ("hf_continuous", "simulated"):
+        assert all(systems[name][k] is None for k in ROOFLINE_FIELDS), name
+    # Static batches compute their padding: more FLOPs a token than the engine, same model.
+    assert systems["vanilla"]["flops_per_token"] > systems["sequence_continuous"]["flops_per_token"]
+
+
+def test_bad_benchmark_settings_are_one_line(served, capsys):
+    root, data = served
+    args = ["benchmark", "--model", str(root / "source"), "--data", str(data),
+            "--out", str(root / "x.json"), "--systems", "depthwise"]  # fmt: skip
+    assert main(args) == 2
+    assert "is not a recursive model" in capsys.readouterr().err
+    args = ["benchmark", "--model", str(root / "model"), "--data", str(data),
+            "--out", str(root / "x.json"), "--systems", "warp"]  # fmt: skip
+    assert main(args) == 2
+    assert "unknown systems ['warp']" in capsys.readouterr().err
+
+
+def test_the_benchmark_serves_in_the_dtype_asked_for(served):
+    """--dtype bf16 (a GPU's default) on the CPU: every system serves bf16, and the same
+    schedule reads exactly half the bytes of fp32 for the same FLOPs."""
+    root, data = served
+    rows = {}
+    for dtype in ("fp32", "bf16"):
+        out = root / f"bench-{dtype}.json"
+        args = [
+            "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+            "--data", str(data), "--out", str(out), "--requests", "4", "--max-new-tokens", "5",
+            "--max-prompt-tokens", "12", "--max-batch", "4", "--dtype", dtype,
+            "--systems", "sequence_continuous,depthwise", "--threads", "1", "--device", "cpu",
+        ]  # fmt: skip
+        assert main(args) == 0
+        result = json.loads(out.read_text())
+        rows[dtype] = result["systems"]
+        assert result["hardware"]["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[dtype]
+    for name in ("sequence_continuous", "depthwise"):
+        fp32, bf16 = rows["fp32"][name], rows["bf16"][name]
+        assert bf16["flops_per_token"] == fp32["flops_per_token"]
+        assert bf16["bytes_per_token"] == fp32["bytes_per_token"] / 2

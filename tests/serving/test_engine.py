@@ -1,0 +1,279 @@
+"""The serving engine: greedy output equal to `generate` token for token, real early exit, KV
+entries of exited tokens, bad requests."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _families import VOCAB, source_model
+
+from rrt.method.convert import convert
+from rrt.method.relax import relax
+from rrt.serving import Engine
+from rrt.serving.runner import SERVED
+
+PROMPT_LENGTHS = (3, 11, 6, 17, 1)
+NEW_TOKENS = (9, 4, 12, 7, 10)
+
+
+def prompts(seed: int = 1) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(1, VOCAB, (n,), generator=g).tolist() for n in PROMPT_LENGTHS]
+
+
+@torch.no_grad()
+def reference(model, prompt: list[int], new: int) -> list[int]:
+    out = model.generate(
+        torch.tensor([prompt]),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=0,
+        eos_token_id=None,
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen3", "gemma2"])
+def family(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def models(family):
+    source = source_model(family, seed=0)
+    relaxed = relax(convert(source, loops=2, init="average"), source, rank=4)
+    return source, relaxed
+
+
+def served(model, **kwargs) -> Engine:
+    return Engine(model, max_batch=3, max_batch_tokens=16, **kwargs)
+
+
+def expected(model) -> list[list[int]]:
+    return [reference(model, p, n) for p, n in zip(prompts(), NEW_TOKENS, strict=True)]
+
+
+@pytest.mark.parametrize(
+    "system", ["sequence_continuous", "recursive_sequence", "depthwise", "depthwise_staggered"]
+)
+def test_greedy_output_equals_generate_token_for_token(models, system):
+    """Mixed prompt lengths, chunked prefill (16-token steps), 3 slots for 5 requests (slots are
+    refilled), and staggered arrivals: every request still gets exactly generate's tokens."""
+    source, relaxed = models
+    model = source if system == "sequence_continuous" else relaxed
+    mode = (
+        "sequence" if system.endswith("sequence") or system.startswith("sequence") else "depthwise"
+    )
+    arrivals = [0.0, 0.0, 0.02, 0.05, 0.05] if system.endswith("staggered") else None
+    out = served(model, mode=mode).generate(prompts(), list(NEW_TOKENS), arrivals, progress=False)
+    assert [g.tokens for g in out] == expected(model)
+    loops = 1 if model is source else 2
+    assert all(g.exit_loops == [loops] * len(g.tokens) for g in out)
+    assert all(g.finish_reason == "length" and g.error is None for g in out)
+
+
+def test_families_the_engine_cannot_serve_get_one_clear_error():
+    from rrt.errors import UserError
+
+    model = source_model("llama")
+    model.config.model_type = "mystery"
+    with pytest.raises(UserError, match="cannot serve model_type 'mystery'.*llama"):
+        Engine(model)
+
+
+@pytest.mark.parametrize("family", sorted(set(SERVED) - {"llama", "qwen3", "gemma2"}))
+def test_every_served_family_decodes_as_generate_does_depthwise(family):
+    source = source_model(family, seed=0)
+    relaxed = relax(convert(source, loops=3, init="average"), source, rank=4)
+    out = served(relaxed).generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert [g.tokens for g in out] == expected(relaxed)
+
+
+# --- real early exit ------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def full_depth_kv(model, sequence: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Keys and values at every virtual depth from one ordinary forward, [positions, heads, dim]."""
+    cache = model(torch.tensor([sequence]), use_cache=True).past_key_values
+    return [
+        (layer.keys[0].transpose(0, 1), layer.values[0].transpose(0, 1)) for layer in cache.layers
+    ]
+
+
+def engine_kv(engine: Engine, slot: int, depth: int, length: int):
+    """[positions, kv_heads, head_dim] of one slot at one virtual depth."""
+    cache = engine.cache
+    k, v = cache.k[depth, slot, :, :length], cache.v[depth, slot, :, :length]
+    return k.transpose(0, 1), v.transpose(0, 1)
+
+
+@torch.no_grad()
+def loop_one_reference(model, prompt: list[int], new: int) -> list[int]:
+    model.set_exit_loop(1)
+    try:
+        return reference(model, prompt, new)
+    finally:
+        model.set_exit_loop(None)
+
+
+@pytest.fixture(scope="module")
+def llama_relaxed():
+    source = source_model("llama", seed=0)
+    return relax(convert(source, loops=2, init="average"), source, rank=4)
+
+
+@pytest.mark.parametrize("kv_fill", ["ride", "propagate"])
+def test_tokens_that_all_exit_after_loop_one_are_the_loop_one_model_s(llama_relaxed, kv_fill):
+    """Threshold ~0: every decode token exits after loop 1 (the first comes from the prefill at
+    full depth). Loop 1 reads only loop-1 keys, so the tokens are those of the model truncated to
+    one loop, whatever fills the deeper KV."""
+    prompt = prompts()[1]
+    engine = Engine(llama_relaxed, exit_threshold=1e-9, kv_fill=kv_fill, max_batch=1)
+    (out,) = engine.generate([prompt], 8, progress=False)
+    assert out.exit_loops == [2] + [1] * 7
+    first = reference(llama_relaxed, prompt, 1)
+    assert out.tokens == first + loop_one_reference(llama_relaxed, prompt + first, 7)
+    assert engine.stats["exits"] == 7
+
+
+def confidences(model, sequence: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        first = model.loop_logits(torch.tensor([sequence]))[0][0]
+    return first.softmax(-1).max(-1).values
+
+
+def test_ride_along_leaves_exactly_the_full_depth_kv_of_exited_tokens(llama_relaxed):
+    """Some tokens exit, some do not (threshold at the median confidence); under ride-along the
+    cache then holds, at every virtual depth and position, what one full-depth forward over the
+    emitted sequence computes: later tokens attend to correct keys."""
+    prompt, new = prompts()[3], 12
+    full = reference(llama_relaxed, prompt, new)
+    threshold = float(confidences(llama_relaxed, prompt + full).median())
+    engine = Engine(llama_relaxed, exit_threshold=threshold, kv_fill="ride", max_batch=1)
+    (out,) = engine.generate([prompt], new, progress=False)
+    assert 1 in out.exit_loops and out.exit_loops.count(2) > 1
+    assert engine.stats["mixed_steps"] > 0  # the exited token rides loop 2 beside the next one
+    sequence = prompt + out.tokens
+    # The last token was emitted, never fed back; the one before fed the last step, and the
+    # request ended with it, so no later token needs what it owes the deeper loops.
+    known = len(sequence) - 2
+    for depth, (k, v) in enumerate(full_depth_kv(llama_relaxed, sequence[:known])):
+        ek, ev = engine_kv(engine, 0, depth, known)
+        torch.testing.assert_close(ek, k, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ev, v, rtol=1e-4, atol=1e-5)
+
+
+@torch.no_grad()
+def test_state_propagation_computes_skipped_kv_from_the_exit_hidden_state(llama_relaxed):
+    """CALM: the deeper loops' keys of an exited token are its loop-2 layers' key projections of
+    the hidden state it exited with (here after loop 1)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model, prompt = llama_relaxed, prompts()[1]
+    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1)
+    (out,) = engine.generate([prompt], 6, progress=False)
+    sequence = prompt + out.tokens
+    known = len(sequence) - 1
+    hidden = model(torch.tensor([sequence[:known]]), output_hidden_states=True).hidden_states
+    k = model.config.num_shared_layers
+    exit_h = hidden[k][0]  # leaving loop 1 (loop 1 reads loop-1 keys only: the engine's too)
+    cos, sin = model.lm.model.rotary_emb(exit_h[None], torch.arange(known)[None])
+    exited = torch.arange(len(prompt) + 1, known - 1)  # decode tokens fed before the last step
+    for i in range(k):
+        view = model.looped_layers.positions[k + i]
+        keys = view.self_attn.k_proj(view.input_layernorm(exit_h))
+        keys = keys.view(known, -1, 16).transpose(0, 1)[None]
+        _, keys = apply_rotary_pos_emb(keys, keys, cos, sin)
+        ek, _ = engine_kv(engine, 0, k + i, known)
+        torch.testing.assert_close(
+            ek[exited], keys[0].transpose(0, 1)[exited], rtol=1e-4, atol=1e-5
+        )
+
+
+# --- bad requests -----------------------------------------------------------------------------
+
+
+def test_bad_requests_get_their_own_error_while_the_others_are_served(llama_relaxed):
+    good = prompts()
+    batch = [good[0], [], good[1], list(range(1, 200)), good[2], [VOCAB + 5], good[3]]
+    limits = [NEW_TOKENS[0], 4, NEW_TOKENS[1], 4, 0, 4, -3]
+    out = Engine(llama_relaxed, max_batch=2).generate(batch, limits, progress=False)
+    errors = [g.error for g in out]
+    assert errors[0] is None and errors[2] is None
+    assert errors[1] == "empty prompt"
+    assert "199 tokens does not fit the context of 128" in errors[3]
+    assert "max_new_tokens must be a positive integer, got 0" in errors[4]
+    assert "outside the vocabulary" in errors[5]
+    assert "got -3" in errors[6]
+    assert out[0].tokens == reference(llama_relaxed, good[0], NEW_TOKENS[0])
+    assert out[2].tokens == reference(llama_relaxed, good[1], NEW_TOKENS[1])
+    assert all(g.tokens == [] for g in out if g.error)
+
+
+def test_an_unknown_model_directory_is_one_clear_error(tmp_path):
+    from rrt.errors import UserError
+
+    with pytest.raises(UserError, match="nowhere"):
+        Engine(tmp_path / "nowhere")
+
+
+def test_generation_stops_at_the_context_end(llama_relaxed):
+    prompt = [1 + i % (VOCAB - 1) for i in range(119)]
+    (out,) = Engine(llama_relaxed, max_batch=1).generate([prompt], 50, progress=False)
+    assert len(out.tokens) == 128 - 119 and out.finish_reason == "length"
+    assert out.tokens == reference(llama_relaxed, prompt, 9)
+
+
+@pytest.mark.parametrize("family", SERVED)
+def test_every_served_family_propagates_exit_states_into_the_skipped_loops(family):
+    """B = 3, every decode token exits after loop 1: its keys at loops 2 and 3 come from one
+    attention-block call over rows at two loops; the tokens are the one-loop model's."""
+    source = source_model(family, seed=0)
+    model = relax(convert(source, loops=3, init="average"), source, rank=4)
+    prompt = prompts()[1]
+    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1)
+    (out,) = engine.generate([prompt], 5, progress=False)
+    first = reference(model, prompt, 1)
+    assert out.tokens == first + loop_one_reference(model, prompt + first, 4)
+    assert engine.stats["kv_fill_rows"] == 2 * 3  # the last exit ends the request: no fill
+
+
+def test_a_model_directory_serves_text_prompts(served_dir):
+    engine = Engine(served_dir, device="cpu")
+    out = engine.generate(["the cat", "a dog ran"], 5, ignore_eos=True, progress=False)
+    assert all(len(g.tokens) == 5 and g.text == engine.tokenizer.decode(g.tokens) for g in out)
+    tokens = engine.tokenizer("the cat")["input_ids"]
+    assert engine.generate([tokens], 5, ignore_eos=True, progress=False)[0].tokens == out[0].tokens
+
+
+@pytest.fixture(scope="module")
+def served_dir(tmp_path_factory):
+    from _embedded import corpus, tokenizer
+    from transformers import AutoTokenizer
+
+    root = tmp_path_factory.mktemp("served")
+    tok = AutoTokenizer.from_pretrained(str(tokenizer(corpus(root), root)))
+    source = source_model("llama", vocab_size=len(tok), max_position_embeddings=64)
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    model.save_pretrained(root / "model")
+    tok.save_pretrained(root / "model")
+    return root / "model"
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "gpt_neox"])
+def test_per_loop_norms_and_biases_are_served_depth_wise(family):
+    """relax_vectors gives each loop its own norms (Gemma 3's heads-first q/k norms too) and
+    biases: mixed-loop steps (every decode token exits and rides along) still decode as the
+    one-loop model, and without exits as generate."""
+    source = source_model(family, seed=0, vectors="random")
+    model = relax(convert(source, loops=2, init="average"), source, rank=4, relax_vectors=True)
+    prompt = prompts()[3]
+    engine = Engine(model, exit_threshold=1e-9, max_batch=1)
+    (out,) = engine.generate([prompt], 6, progress=False)
+    assert engine.stats["mixed_steps"] > 0
+    first = reference(model, prompt, 1)
+    assert out.tokens == first + loop_one_reference(model, prompt + first, 5)
+    out = Engine(model, max_batch=2).generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert [g.tokens for g in out] == expected(model)
