@@ -251,6 +251,7 @@ def test_exit_loop_runs_only_the_first_loops_then_restores_full_depth(
     assert loglikelihoods(2) == pytest.approx(full, rel=1e-6)
     assert loglikelihoods(1) != pytest.approx(full, rel=1e-3)
     assert loglikelihoods(None) == pytest.approx(full, rel=1e-6)  # full depth again afterwards
+    assert model.config.exit_loop is None  # the exit was fixed on a copy, never on the model
     with pytest.raises(UserError, match=r"--exit-loop 3 is outside 1\.\.2"):
         evaluate(model, tokenizer, tasks, exit_loop=3, **kwargs)
 

@@ -183,20 +183,49 @@ def test_rank_is_capped_per_linear_and_set_per_module_kind():
     assert all(isinstance(layer.get_submodule(n), LoopedLinear) for n in relaxed.family.linears)
 
 
+@torch.no_grad()
 def test_exit_loop_runs_only_the_first_loops():
     source = source_model("llama")
     model = convert(source, loops=3, init="average")
     x = tokens()
-    with torch.no_grad():
-        full = model(x).logits
-        model.set_exit_loop(1)
-        first = model(x).logits
-        model.set_exit_loop(3)
-        assert torch.equal(model(x).logits, full)
-        model.set_exit_loop(None)
+    full = model(x).logits
+    first = model(x, exit_loop=1).logits
+    assert torch.equal(model(x, exit_loop=3).logits, full)
+    assert torch.equal(model(x).logits, full)  # nothing stays behind from the last call
     assert max_diff(first, full) > 1e-3
-    with pytest.raises(ValueError, match="1..3"):
-        model.set_exit_loop(4)
+    # The one-loop model: a plain model of the first loop's K layers, and the same ends.
+    k = model.config.num_shared_layers
+    one_loop = source_model("llama", num_hidden_layers=k)
+    own = dict(one_loop.named_parameters())
+    for position in range(k):
+        for name, param in model.position_parameters(position).items():
+            own[f"model.layers.{position}.{name}"].copy_(param)
+    for name, param in model.lm.named_parameters():
+        if ".layers." not in name:
+            own[name].copy_(param)
+    assert max_diff(first, one_loop(x).logits) < 1e-5
+    for bad in (0, 4):
+        with pytest.raises(ValueError, match=r"exit loop -?\d must be in 1\.\.3 \(or None\)"):
+            model(x, exit_loop=bad)
+
+
+def test_a_model_exiting_after_a_loop_shares_the_weights_and_leaves_the_model_as_it_was():
+    """lm-eval calls ``model(input_ids)`` itself: the exit is fixed in a copy's config."""
+    source = source_model("llama")
+    model = relax(convert(source, loops=3, init="average"), source, rank=4)
+    x = tokens()
+    exiting = model.exiting_after(2)
+    assert exiting.lm is model.lm and exiting.config.text_config is model.config.text_config
+    assert exiting.config.exit_loop == 2 and model.config.exit_loop is None
+    with torch.no_grad():
+        assert torch.equal(exiting(x).logits, model(x, exit_loop=2).logits)
+        assert torch.equal(exiting(x, exit_loop=3).logits, model(x).logits)
+        kwargs = dict(max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(
+            exiting.generate(x[:1], **kwargs), model.generate(x[:1], exit_loop=2, **kwargs)
+        )
+    with pytest.raises(ValueError, match=r"exit loop 4 must be in 1\.\.3 \(or None\)"):
+        model.exiting_after(4)
 
 
 def test_unsupported_architecture_names_the_supported_families():
@@ -212,8 +241,8 @@ def test_unsupported_architecture_names_the_supported_families():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        (dict(loops=4), "does not divide the source's 6 layers; allowed: 1, 2, 3, 6"),
-        (dict(loops=0), "does not divide"),
+        (dict(loops=4), "do not divide the source's 6 layers; allowed: 1, 2, 3, 6"),
+        (dict(loops=0), "do not divide"),
         (
             dict(loops=2, init="middle"),
             "unknown init 'middle'; choose one of stepwise, average, lower, random",
@@ -246,9 +275,7 @@ def test_each_loops_exit_logits_equal_running_only_that_many_loops(family):
     exits = model.loop_logits(x)
     assert len(exits) == 3
     for loop, logits in enumerate(exits, start=1):
-        model.set_exit_loop(loop)
-        assert max_diff(logits, model(x).logits) < 1e-5
-    model.set_exit_loop(None)
+        assert max_diff(logits, model(x, exit_loop=loop).logits) < 1e-5
     assert torch.equal(exits[-1], model(x).logits)
 
 
@@ -370,20 +397,35 @@ def test_looped_linear_takes_per_token_loop_ids_each_row_at_its_own_loop():
         linear(x, torch.full((2, 5), 3))
 
 
+def _module_states(model: RecursiveForCausalLM) -> dict[str, dict]:
+    """Every module's attributes: the registered ones and the position views' trees."""
+    states = {name: dict(vars(module)) for name, module in model.named_modules()}
+    for p, view in enumerate(model.looped_layers.positions):
+        for name, module in view.named_modules():
+            states[f"position {p}.{name}"] = dict(vars(module))
+    return states
+
+
 @torch.no_grad()
-def test_a_forward_writes_no_state_on_the_shared_modules():
+def test_a_forward_writes_no_state_on_any_module():
     source = source_model("gemma2")
     model = relax(convert(source, loops=2, init="average"), source, rank=4)
-    before = {
-        name: dict(vars(module)) for name, module in model.named_modules() if "layers" in name
-    }
+    model(tokens(), return_loop_logits=True)  # transformers installs its output hooks once
+    before = _module_states(model)
+    config = model.config.to_dict()
     model(tokens(), use_cache=True)
     model(tokens(), return_loop_logits=True)
-    after = {name: dict(vars(module)) for name, module in model.named_modules() if "layers" in name}
+    model(tokens(), exit_loop=1, use_cache=True)
+    model(tokens(), exit_loop=1, return_loop_logits=True)
+    model.generate(tokens()[:1], max_new_tokens=3, do_sample=False, exit_loop=1, pad_token_id=0)
+    model.exiting_after(1)(tokens())
+    after = _module_states(model)
     assert before.keys() == after.keys()
     for name in before:
-        changed = {k for k in before[name] if before[name][k] is not after[name].get(k)}
+        changed = {k for k in before[name].keys() | after[name].keys()}
+        changed = {k for k in changed if before[name].get(k) is not after[name].get(k)}
         assert not changed, f"{name}: {changed}"
+    assert model.config.to_dict() == config
 
 
 @pytest.mark.parametrize("family", ["llama", "gemma2", "gpt_neox"])

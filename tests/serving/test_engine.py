@@ -22,7 +22,7 @@ def prompts(seed: int = 1) -> list[list[int]]:
 
 
 @torch.no_grad()
-def reference(model, prompt: list[int], new: int) -> list[int]:
+def reference(model, prompt: list[int], new: int, **kwargs) -> list[int]:
     out = model.generate(
         torch.tensor([prompt]),
         max_new_tokens=new,
@@ -30,6 +30,7 @@ def reference(model, prompt: list[int], new: int) -> list[int]:
         do_sample=False,
         pad_token_id=0,
         eos_token_id=None,
+        **kwargs,
     )
     return out[0, len(prompt) :].tolist()
 
@@ -109,13 +110,8 @@ def engine_kv(engine: Engine, slot: int, depth: int, length: int):
     return k.transpose(0, 1), v.transpose(0, 1)
 
 
-@torch.no_grad()
 def loop_one_reference(model, prompt: list[int], new: int) -> list[int]:
-    model.set_exit_loop(1)
-    try:
-        return reference(model, prompt, new)
-    finally:
-        model.set_exit_loop(None)
+    return reference(model, prompt, new, exit_loop=1)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,6 @@ import os
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -249,7 +248,7 @@ def check_exit_loop(model: PreTrainedModel, exit_loop: int | None) -> None:
     if exit_loop is None:
         return
     num_loops = getattr(model.config, "num_loops", None)
-    if num_loops is None or not hasattr(model, "set_exit_loop"):
+    if num_loops is None or not hasattr(model, "exiting_after"):
         raise UserError(
             f"--exit-loop {exit_loop} needs a recursive model (model_type 'rrt' with num_loops); "
             f"this one is model_type {model.config.model_type!r}"
@@ -258,18 +257,15 @@ def check_exit_loop(model: PreTrainedModel, exit_loop: int | None) -> None:
         raise UserError(f"--exit-loop {exit_loop} is outside 1..{num_loops} (the model's loops)")
 
 
-@contextmanager
-def exit_after_loop(model: PreTrainedModel, exit_loop: int | None) -> Iterator[None]:
-    """Run every forward through the first ``exit_loop`` loops, then the final norm and head."""
+def exit_after_loop(model: PreTrainedModel, exit_loop: int | None) -> PreTrainedModel:
+    """The model lm-eval runs: ``model``, or for ``exit_loop`` b the same weights with every
+    forward through the first b loops, then the final norm and head. HFLM calls
+    ``model(input_ids)`` itself, so the exit is fixed in that model's config, not per call;
+    ``model`` is left as it was."""
     if exit_loop is None:
-        yield
-        return
+        return model
     check_exit_loop(model, exit_loop)
-    model.set_exit_loop(exit_loop)
-    try:
-        yield
-    finally:
-        model.set_exit_loop(None)
+    return model.exiting_after(exit_loop)
 
 
 # --- the run ---------------------------------------------------------------------------------
@@ -323,27 +319,26 @@ def evaluate(
         used = cpu_batch_size if batch_size == "auto" and model.device.type == "cpu" else batch_size
         lm = HFLM(
             backend="causal",  # every model the workflow makes is a causal LM, rrt included
-            pretrained=model,
+            pretrained=exit_after_loop(model, exit_loop),
             tokenizer=tokenizer,
             batch_size=used,
             max_batch_size=max_batch_size,
         )
         start = time.perf_counter()
-        with exit_after_loop(model, exit_loop):
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=list(task_objs.values()),
-                # Tasks come built; an empty manager keeps lm-eval from indexing its defaults.
-                task_manager=TaskManager(include_defaults=False),
-                num_fewshot=num_fewshot,
-                limit=limit,
-                bootstrap_iters=bootstrap_iters,
-                log_samples=True,
-                random_seed=seeds["random"],
-                numpy_random_seed=seeds["numpy"],
-                torch_random_seed=seeds["torch"],
-                fewshot_random_seed=seeds["fewshot"],
-            )
+        results = lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(task_objs.values()),
+            # Tasks come built; an empty manager keeps lm-eval from indexing its defaults.
+            task_manager=TaskManager(include_defaults=False),
+            num_fewshot=num_fewshot,
+            limit=limit,
+            bootstrap_iters=bootstrap_iters,
+            log_samples=True,
+            random_seed=seeds["random"],
+            numpy_random_seed=seeds["numpy"],
+            torch_random_seed=seeds["torch"],
+            fewshot_random_seed=seeds["fewshot"],
+        )
         elapsed = time.perf_counter() - start
 
     headlines = {name: _headline_metric(name, results, suites) for name in task_objs}

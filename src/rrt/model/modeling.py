@@ -13,8 +13,9 @@ linears and norms run (an argument of :meth:`LoopedLinear.forward`), the attenti
 ``layer_idx`` (so the KV cache is keyed by virtual depth, never by the shared layer), and the
 sliding window and layer type where the family varies them. No forward writes state on a
 module, so activation checkpointing recomputes exactly what ran and ``torch.compile`` sees
-ordinary modules. :meth:`LoopedLayers.at_loops` gives a view whose rows carry their own loops,
-which the serving engine runs to mix loops in one pass.
+ordinary modules; what changes per call is an argument (``forward``'s ``exit_loop`` reaches the
+views through the family's own keyword arguments). :meth:`LoopedLayers.at_loops` gives a view
+whose rows carry their own loops, which the serving engine runs to mix loops in one pass.
 """
 
 from __future__ import annotations
@@ -77,6 +78,10 @@ class RecursiveConfig(PreTrainedConfig):
     relax_vectors: bool = False
     init: str | None = None  # provenance: how the shared layers were initialised
     tie_word_embeddings: bool = False
+    # The loop every forward exits after unless its ``exit_loop`` argument says otherwise (None:
+    # full depth). Fixed when a model is made (:meth:`RecursiveForCausalLM.exiting_after`), for
+    # callers that call ``model(input_ids)`` themselves, such as lm-eval.
+    exit_loop: int | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         super().__post_init__(**kwargs)
@@ -105,6 +110,13 @@ class RecursiveConfig(PreTrainedConfig):
         bad = {k: v for k, v in self.lora_rank.items() if k not in LORA_KINDS or v < 0}
         if bad:
             raise ValueError(f"lora_rank {bad}: keys must be {LORA_KINDS}, ranks >= 0")
+        check_exit_loop(self.exit_loop, self.num_loops)
+
+
+def check_exit_loop(loop: int | None, num_loops: int) -> None:
+    """An exit loop is a loop count 1..B, or None for full depth."""
+    if loop is not None and not 1 <= loop <= num_loops:
+        raise ValueError(f"exit loop {loop} must be in 1..{num_loops} (or None)")
 
 
 @dataclass(frozen=True)
@@ -338,11 +350,38 @@ def _refresh(pairs: list) -> None:
             view.__dict__[name] = value
 
 
+class PositionView:
+    """Mixin of a position view's class: a call whose ``exit_loop`` (a keyword argument the
+    family's forward hands every decoder layer) its loop has reached returns its input untouched,
+    before hooks, checkpointing or the KV cache see it, so the family's layer loop runs only the
+    first ``exit_loop`` loops."""
+
+    position_loop: int  # the loop of the view's position, set when the view is built
+
+    def __call__(
+        self, hidden_states: torch.Tensor, *args: Any, exit_loop: int | None = None, **kwargs: Any
+    ) -> Any:
+        if exit_loop is not None and self.position_loop >= exit_loop:
+            return hidden_states
+        return super().__call__(hidden_states, *args, **kwargs)
+
+
+_POSITION_CLASSES: dict[type, type] = {}
+
+
+def _position_class(cls: type[nn.Module]) -> type[nn.Module]:
+    """``cls`` with :class:`PositionView` in front (one subclass per family layer class)."""
+    if cls not in _POSITION_CLASSES:
+        _POSITION_CLASSES[cls] = type(cls.__name__, (PositionView, cls), {})
+    return _POSITION_CLASSES[cls]
+
+
 class LoopedLayers(nn.ModuleList):
     """K shared decoder layers, seen by the family's forward as N = K * B position views.
 
     Registered children (and so the state dict) are the K shared layers; iteration and slicing
-    yield the position views in CYCLE order, truncated to ``exit_loop`` loops when set.
+    yield the position views in CYCLE order. A view skips itself when a call's ``exit_loop`` says
+    so (:class:`PositionView`).
     """
 
     def __init__(self, layers: list[nn.Module], overrides: list[dict[str, dict[str, Any]]]) -> None:
@@ -350,15 +389,12 @@ class LoopedLayers(nn.ModuleList):
         k = len(layers)
         self.overrides = overrides
         self._pairs: list = []
-        self.positions = [
-            _view(layers[p % k], overrides[p], self._pairs) for p in range(len(overrides))
-        ]
-        self.exit_loop: int | None = None
-
-    def virtual(self) -> list[nn.Module]:
-        if self.exit_loop is None:
-            return self.positions
-        return self.positions[: self.exit_loop * len(self)]
+        self.positions = []
+        for p in range(len(overrides)):
+            view = _view(layers[p % k], overrides[p], self._pairs)
+            view.__class__ = _position_class(type(view))
+            view.__dict__["position_loop"] = p // k
+            self.positions.append(view)
 
     def at_loops(self, index: int, loops: torch.Tensor | LoopSpans) -> nn.Module:
         """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
@@ -388,11 +424,11 @@ class LoopedLayers(nn.ModuleList):
         _refresh(self._pairs)
 
     def __iter__(self) -> Iterator[Any]:
-        return iter(self.virtual())
+        return iter(self.positions)
 
     def __getitem__(self, idx: int | slice) -> Any:
         if isinstance(idx, slice):
-            return self.virtual()[idx]
+            return self.positions[idx]
         return super().__getitem__(idx)
 
     def extra_repr(self) -> str:
@@ -524,14 +560,17 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
     def num_loops(self) -> int:
         return self.config.num_loops
 
-    def set_exit_loop(self, loop: int | None) -> None:
-        """Run only the first ``loop`` loops, then the final norm and head (None: full depth).
-
-        Evaluates the model as if every token exited after that loop (paper sec. 3.7).
+    def exiting_after(self, loop: int | None) -> RecursiveForCausalLM:
+        """This model (the same modules and parameters; ``self`` is unchanged) with every forward
+        exiting after ``loop`` unless its ``exit_loop`` argument says otherwise (paper sec. 3.7):
+        for callers that call ``model(input_ids)`` themselves, such as lm-eval's ``HFLM``. The
+        exit is the copy's config's ``exit_loop``, fixed here as its attention implementation is.
         """
-        if loop is not None and not 1 <= loop <= self.num_loops:
-            raise ValueError(f"exit loop {loop} must be in 1..{self.num_loops} (or None)")
-        self.looped_layers.exit_loop = loop
+        check_exit_loop(loop, self.num_loops)
+        model = copy.copy(self)  # a shallow copy: the modules (and so parameters) are shared
+        model.config = copy.copy(self.config)
+        model.config.exit_loop = loop
+        return model
 
     def _set_gradient_checkpointing(self, *args: Any, **kwargs: Any) -> None:
         super()._set_gradient_checkpointing(*args, **kwargs)
@@ -623,15 +662,22 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         logits_to_keep: int | torch.Tensor = 0,
         return_loop_logits: bool = False,
         return_dict: bool | None = None,
+        exit_loop: int | None = None,
         **kwargs: Any,
     ) -> RecursiveCausalLMOutput | tuple:
         """The family's forward over the looped layers. ``return_loop_logits`` adds
-        ``loop_logits``: every loop's exit logits, the last being ``logits``.
+        ``loop_logits``: every loop's exit logits, the last being ``logits``. ``exit_loop`` b
+        runs only the first b loops, then the final norm and head, as if every token exited
+        after loop b (paper sec. 3.7); None takes ``config.exit_loop`` (None: full depth).
 
         The hidden states leaving each loop come from transformers' own output capture, asked
         for only the B - 1 intermediate exits (``output_hidden_states`` as indices).
         """
-        loops = self.looped_layers.exit_loop or self.num_loops
+        exit_loop = self.config.exit_loop if exit_loop is None else exit_loop
+        check_exit_loop(exit_loop, self.num_loops)
+        loops = exit_loop or self.num_loops
+        if loops < self.num_loops:  # the position views past it skip themselves (PositionView)
+            kwargs["exit_loop"] = loops
         k = self.config.num_shared_layers
         asked = kwargs.get("output_hidden_states")
         if return_loop_logits and not asked:
