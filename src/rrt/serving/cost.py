@@ -13,20 +13,10 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Protocol
 
 from torch import nn
 
-from rrt.serving.request import Kind
-
-
-class Segment(Protocol):
-    """A contiguous run of one request's positions through one loop (what a Work is)."""
-
-    n: int
-    start: int
-    loop: int
-    kind: Kind
+from rrt.serving.request import Work
 
 
 @dataclass(frozen=True)
@@ -128,7 +118,7 @@ class CostModel:
         )
 
     def step(
-        self, works: list[Segment], fills: list[Segment], sequence: bool, asks: int, embeds: int
+        self, works: list[Work], fills: list[Work], sequence: bool, asks: int, embeds: int
     ) -> StepCost:
         """One step: ``works`` through their loop (sequence-wise: through every loop), the
         ``fills`` (state propagation) through the attention blocks of their loop, the exit head
@@ -158,7 +148,7 @@ class CostModel:
             cost.bytes += sum(w.n for w in fills) * self.k * self.kv_position  # keys written
         return cost
 
-    def _attention(self, w: Segment, windows: Counter[int]) -> StepCost:
+    def _attention(self, w: Work, windows: Counter[int]) -> StepCost:
         """Attention of a work's queries at each depth its pass visits: scores over the keys
         each query may see; the keys read once, the new ones written."""
         cost = StepCost()

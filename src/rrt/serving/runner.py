@@ -35,27 +35,27 @@ SERVED = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox
 
 @dataclass
 class Decode:
-    """One-token segments at one depth, at least half the slots: attended over every slot's keys
+    """One-token works at one depth, at least half the slots: attended over every slot's keys
     at that depth (a view of the cache, no gather); slots not in the group attend only their
     first key, unused. Fewer rows are gathered with the chunks instead."""
 
     depth0: int  # virtual depth at the layer offset 0
-    tokens: torch.Tensor  # [segments] indices into the batch
-    slots: torch.Tensor  # [segments]
+    tokens: torch.Tensor  # [works] indices into the batch
+    slots: torch.Tensor  # [works]
     query_pos: torch.Tensor  # [cache slots] each slot's query position (0 where unused)
-    length: int  # keys read: the longest segment's end
+    length: int  # keys read: the longest work's end
 
 
 @dataclass
 class Chunks:
-    """Segments (prompt chunks, and one-token segments too few for a :class:`Decode`), padded to
-    ``width`` queries; their keys are gathered per segment."""
+    """Works (prompt chunks, and one-token works too few for a :class:`Decode`), padded to
+    ``width`` queries; their keys are gathered per work."""
 
-    tokens: torch.Tensor  # [segments * width] indices into the batch (padding repeats token 0)
-    valid: torch.Tensor  # [segments * width] bool
-    depth0: torch.Tensor  # [segments] virtual depth at the layer offset 0
-    slots: torch.Tensor  # [segments]
-    query_pos: torch.Tensor  # [segments, width] position of each query
+    tokens: torch.Tensor  # [works * width] indices into the batch (padding repeats token 0)
+    valid: torch.Tensor  # [works * width] bool
+    depth0: torch.Tensor  # [works] virtual depth at the layer offset 0
+    slots: torch.Tensor  # [works]
+    query_pos: torch.Tensor  # [works, width] position of each query
     length: int
     width: int
 
@@ -181,8 +181,8 @@ def engine_attention(
             window = call.windows[depth][None] if call.windows is not None else None
         else:
             keys, values = cache.gather(g.depth0 + call.offset, g.slots, g.length)
-            segments = g.slots.shape[0]
-            q = q_all[:, g.tokens].view(heads, segments, g.width, head_dim).transpose(0, 1)
+            works = g.slots.shape[0]
+            q = q_all[:, g.tokens].view(heads, works, g.width, head_dim).transpose(0, 1)
             query_pos = g.query_pos
             window = call.windows[g.depth0 + call.offset] if call.windows is not None else None
         allowed = key_pos <= query_pos[:, :, None]
@@ -190,12 +190,12 @@ def engine_attention(
             lower = torch.where(window[:, None] > 0, query_pos - window[:, None], -1)
             allowed = allowed & (key_pos > lower[:, :, None])
         if isinstance(g, Chunks) and g.width > 1:  # padded queries attend the first key
-            allowed = allowed | (~g.valid.view(segments, g.width)[:, :, None] & (key_pos == 0))
+            allowed = allowed | (~g.valid.view(works, g.width)[:, :, None] & (key_pos == 0))
         o = _attend(q, keys, values, allowed[:, None], scaling, softcap)
         if isinstance(g, Decode):
             out[g.tokens] = o[g.slots, :, 0]
         else:
-            o = o.transpose(1, 2).reshape(segments * g.width, heads, head_dim)
+            o = o.transpose(1, 2).reshape(works * g.width, heads, head_dim)
             out[g.tokens[g.valid]] = o[g.valid]
     return out.unsqueeze(0), None
 
