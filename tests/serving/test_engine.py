@@ -74,6 +74,29 @@ def test_greedy_output_equals_generate_token_for_token(models, system):
     assert all(g.finish_reason == "length" and g.error is None for g in out)
 
 
+def test_the_engine_chooses_its_attention_once_and_leaves_the_models_own_alone(models):
+    """The runner's views attend through the engine's attention, fixed when it is built; the
+    model's config is never rewritten, so generate before, between and after runs is unchanged."""
+    from rrt.serving.runner import ATTENTION
+
+    _, model = models
+    configs = (model.config, model.config.text_config)
+    before = [c._attn_implementation for c in configs]
+    engine = served(model)
+    assert [c._attn_implementation for c in configs] == before
+    block = engine.runner.family.attention_block
+    for view in engine.runner.positions:
+        assert view.get_submodule(block).config._attn_implementation == ATTENTION
+    for view in model.looped_layers.positions:
+        assert view.get_submodule(block).config is model.config.text_config
+    first = expected(model)
+    for _ in range(2):
+        out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
+        assert [g.tokens for g in out] == first
+        assert [c._attn_implementation for c in configs] == before
+        assert expected(model) == first
+
+
 def test_families_the_engine_cannot_serve_get_one_clear_error():
     from rrt.errors import UserError
 

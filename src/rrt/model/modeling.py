@@ -338,6 +338,13 @@ def _view(module: nn.Module, overrides: dict[str, dict[str, Any]], pairs: list, 
     return view
 
 
+def module_view(module: nn.Module, overrides: dict[str, dict[str, Any]]) -> nn.Module:
+    """A copy of ``module``'s tree sharing its parameters, buffers and hooks, with
+    ``overrides[path]`` set on the copy at ``path`` (``""``: the module itself): how a caller
+    fixes, once, what its own calls of the module need (the engine: its attention function)."""
+    return _view(module, overrides, [])
+
+
 def _refresh(pairs: list) -> None:
     """Copy what changed on the shared modules since the views were built (the training flag,
     activation checkpointing) onto the views, keeping what each view fixes for its position."""
@@ -396,13 +403,19 @@ class LoopedLayers(nn.ModuleList):
             view.__dict__["position_loop"] = p // k
             self.positions.append(view)
 
-    def at_loops(self, index: int, loops: torch.Tensor | LoopSpans) -> nn.Module:
+    def at_loops(
+        self,
+        index: int,
+        loops: torch.Tensor | LoopSpans,
+        fixed: dict[str, dict[str, Any]] | None = None,
+    ) -> nn.Module:
         """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
 
         One call then runs tokens of different loops through the layer, each with its loop's
         LoRA (every loop's LoRA stacked, the other loops masked; never row by row). What else
         depends on the position (the attention's KV slot, its sliding window) is None here: a
-        caller that mixes depths in one call brings its own KV cache and attention masks.
+        caller that mixes depths in one call brings its own KV cache and attention masks, and
+        ``fixed`` sets what else it needs on the view, by path (as :func:`module_view` does).
         """
         if isinstance(loops, LoopSpans):
             loops.check(len(self.positions) // len(self))
@@ -413,6 +426,8 @@ class LoopedLayers(nn.ModuleList):
             for path, attrs in self.overrides[p].items():
                 for name in attrs:
                     mixed.setdefault(path, {})[name] = loops if name == "loop" else None
+        for path, attrs in (fixed or {}).items():
+            mixed.setdefault(path, {}).update(attrs)
         return _view(self[index], mixed, [])
 
     def train(self, mode: bool = True) -> LoopedLayers:

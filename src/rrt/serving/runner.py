@@ -6,14 +6,15 @@ their own loops (depth-wise batching, each row with its loop's LoRA). Attention 
 transformers' attention interface to :func:`engine_attention`, which keeps keys and values in
 the engine's :class:`~rrt.serving.cache.KVCache` at each row's virtual depth and attends each
 token to its own request's entries; the step's layout reaches it as a call argument
-(``rrt_batch``), never as state on a module.
+(``rrt_batch``), never as state on a module. The runner picks that attention once, when it is
+built: it runs its own views of the layers, whose attention modules hold a copy of the model's
+config naming it, so the model itself (and ``generate``) keeps its own attention.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from transformers import AttentionInterface, PreTrainedModel
 
 from rrt.errors import UserError
 from rrt.model.families import family_of
-from rrt.model.modeling import LoopSpans, RecursiveForCausalLM
+from rrt.model.modeling import LoopSpans, RecursiveForCausalLM, module_view
 from rrt.serving.cache import KVCache
 from rrt.serving.request import Work
 
@@ -237,7 +238,14 @@ class Runner:
         self.shared = len(layers)
         self.loops = model.num_loops if recursive else 1
         self.depth = self.shared * self.loops
-        self.positions: list[nn.Module] = layers.positions if recursive else list(layers)
+        # The engine's attention, chosen once: the attention blocks of the runner's own views
+        # read a copy of the config that names it (transformers looks the function up from
+        # ``config._attn_implementation`` at every call), the model's config is left alone.
+        config = copy.deepcopy(text)
+        config._attn_implementation = ATTENTION
+        self.attention_override = {self.family.attention_block: {"config": config}}
+        own = layers.positions if recursive else list(layers)
+        self.positions = [module_view(view, self.attention_override) for view in own]
         self.layers = layers
         self.base = self.lm.get_submodule(self.family.layers.rsplit(".", 1)[0])
         self.rotary = self.base.rotary_emb
@@ -296,9 +304,7 @@ class Runner:
         else:
             passes = [(0, self._views(works))]
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
-        with _attention_of(self.lm.config, ATTENTION):
-            h = self._passes(h, batch, passes, rotary)
-        return h[0]
+        return self._passes(h, batch, passes, rotary)[0]
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -319,16 +325,15 @@ class Runner:
         batch = Batch(works, cache, self.shared, False, self.device)
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         norm, block = self.family.attention_norm, self.family.attention_block
-        with _attention_of(self.lm.config, ATTENTION):
-            for i, view in enumerate(self._views(works)):
-                emb = rotary if rotary is not None else self._rotary(h, batch, i)
-                call = LayerCall(batch, i, self.windows, keys_only=True)
-                view.get_submodule(block)(
-                    hidden_states=view.get_submodule(norm)(h),
-                    position_embeddings=emb,
-                    attention_mask=None,
-                    rrt_batch=call,
-                )
+        for i, view in enumerate(self._views(works)):
+            emb = rotary if rotary is not None else self._rotary(h, batch, i)
+            call = LayerCall(batch, i, self.windows, keys_only=True)
+            view.get_submodule(block)(
+                hidden_states=view.get_submodule(norm)(h),
+                position_embeddings=emb,
+                attention_mask=None,
+                rrt_batch=call,
+            )
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
         """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
@@ -339,7 +344,7 @@ class Runner:
             j = works[0].loop
             return self.positions[j * k : (j + 1) * k]
         spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
-        return [self.layers.at_loops(i, spans) for i in range(k)]
+        return [self.layers.at_loops(i, spans, self.attention_override) for i in range(k)]
 
     def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
         """cos/sin at each token's position, for the rotary of each token's layer type."""
@@ -357,18 +362,6 @@ class Runner:
         sin = torch.stack([embs[t][1] for t in kinds])
         rows = torch.arange(len(types), device=h.device)
         return cos[pick, 0, rows].unsqueeze(0), sin[pick, 0, rows].unsqueeze(0)
-
-
-@contextmanager
-def _attention_of(config, implementation: str) -> Iterator[None]:
-    """The model's attention goes through ``implementation`` for the engine's pass only, so the
-    same model object still serves ``generate`` (whose masks follow the configured one)."""
-    before = config._attn_implementation
-    config._attn_implementation = implementation
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
 
 
 def _window(layer: nn.Module) -> int | None:
