@@ -97,6 +97,21 @@ def test_the_engine_chooses_its_attention_once_and_leaves_the_models_own_alone(m
         assert expected(model) == first
 
 
+def test_eos_ends_a_request_unless_the_request_ignores_it(llama_relaxed):
+    """ignore_eos is each request's option; the engine keeps no state of a run but its last
+    cache and stats."""
+    prompt = prompts()[0]
+    full = reference(llama_relaxed, prompt, 8)
+    eos = full[3]
+    engine = Engine(llama_relaxed, max_batch=2, eos_token_id=eos)
+    attributes = set(vars(engine))
+    (stopped,) = engine.generate([prompt], 8, progress=False)
+    assert stopped.tokens == full[: full.index(eos) + 1] and stopped.finish_reason == "eos"
+    (kept,) = engine.generate([prompt], 8, ignore_eos=True, progress=False)
+    assert kept.tokens == full and kept.finish_reason == "length"
+    assert set(vars(engine)) == attributes
+
+
 def test_families_the_engine_cannot_serve_get_one_clear_error():
     from rrt.errors import UserError
 

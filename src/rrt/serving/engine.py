@@ -151,7 +151,7 @@ class Engine:
         if len(limits) != n or len(arrivals) != n:
             raise UserError("max_new_tokens and arrivals_s need one value per prompt")
         requests = [
-            Request(i, [int(t) for t in p], limits[i], float(arrivals[i]))
+            Request(i, [int(t) for t in p], limits[i], float(arrivals[i]), ignore_eos=ignore_eos)
             for i, p in enumerate(prompts)
         ]
         cache = KVCache(
@@ -175,8 +175,6 @@ class Engine:
         bar = tqdm(
             total=total, unit="tok", desc="generating", file=sys.stderr, disable=not progress
         )
-        self._ignore_eos = ignore_eos
-        self._bar = bar
         start = time.perf_counter()
         carried: list[Work] = []
         while not scheduler.idle:
@@ -185,7 +183,7 @@ class Engine:
             if not works:  # nothing has arrived yet
                 time.sleep(min(max(0.0, scheduler.next_arrival() - now), 0.01))
                 continue
-            carried = self._step(works, cache, scheduler, start)
+            carried = self._step(works, cache, scheduler, start, bar)
         bar.close()
         out = [_generation(r) for r in requests]
         if texts:
@@ -193,8 +191,11 @@ class Engine:
                 g.text = self.tokenizer.decode(g.tokens)
         return out
 
-    def _step(self, works: list[Work], cache: KVCache, scheduler: Scheduler, start: float):
-        """Run the works, then turn their outputs into tokens and the next step's works."""
+    def _step(
+        self, works: list[Work], cache: KVCache, scheduler: Scheduler, start: float, bar: tqdm
+    ) -> list[Work]:
+        """Run the works, then turn their outputs into tokens and the next step's works (each
+        token counted on ``bar``)."""
         began = time.perf_counter()
         decode = all(w.n == 1 for w in works)
         self.stats["steps"] += 1
@@ -248,7 +249,7 @@ class Engine:
                 if done_loop < final:  # exited: the skipped loops' KV is still owed
                     self.stats["exits"] += 1
                     carried.extend(self._fill(w, out))
-                if self._emit(r, tokens[i], done_loop + 1, now, carried):
+                if self._emit(r, tokens[i], done_loop + 1, now, carried, bar):
                     finished.add(r.id)
                     scheduler.finish(r)
             elif done_loop < final:
@@ -270,20 +271,23 @@ class Engine:
             for loop in range(w.loop + 1, self.runner.loops)
         ]
 
-    def _emit(self, r: Request, token: int, loops: int, now: float, carried: list[Work]) -> bool:
-        """Record a new token; queue the next decode work unless the request is done."""
+    def _emit(
+        self, r: Request, token: int, loops: int, now: float, carried: list[Work], bar: tqdm
+    ) -> bool:
+        """Record a new token; queue the next decode work unless the request is done. ``bar``
+        counts tokens, a finished request's unused ones too (so the bar ends at its total)."""
         r.tokens.append(token)
         r.exit_loops.append(loops)
-        self._bar.update(1)
+        bar.update(1)
         if r.first_token_s is None:
             r.first_token_s = now
-        if not self._ignore_eos and self.eos_token_id is not None and token == self.eos_token_id:
+        if not r.ignore_eos and self.eos_token_id is not None and token == self.eos_token_id:
             r.finish_reason = "eos"
         elif len(r.tokens) >= r.max_new_tokens or r.length >= self.max_len:
             r.finish_reason = "length"
         if r.finish_reason:
             r.status, r.finished_s = Status.FINISHED, now
-            self._bar.update(r.max_new_tokens - len(r.tokens))
+            bar.update(r.max_new_tokens - len(r.tokens))
             return True
         carried.append(Work(r, r.length - 1, 0, ids=[token], emits=True, decode=True))
         return False

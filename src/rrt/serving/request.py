@@ -39,6 +39,7 @@ class Request:
     prompt: list[int]
     max_new_tokens: int
     arrival_s: float = 0.0  # seconds after the engine starts that the request arrives
+    ignore_eos: bool = False  # generate max_new_tokens even past the end-of-sequence token
     status: Status = Status.WAITING
     slot: int | None = None
     prefilled: int = 0  # prompt tokens that have entered the first loop
