@@ -112,6 +112,17 @@ def test_eos_ends_a_request_unless_the_request_ignores_it(llama_relaxed):
     assert set(vars(engine)) == attributes
 
 
+def test_the_engines_limits_default_to_the_config_schemas():
+    import inspect
+
+    from rrt.config import defaults
+
+    parameters = inspect.signature(Engine).parameters
+    schema = defaults("benchmark")
+    for name in ("max_batch", "max_batch_tokens", "kv_cache_mb"):
+        assert parameters[name].default == schema[name]
+
+
 def test_families_the_engine_cannot_serve_get_one_clear_error():
     from rrt.errors import UserError
 

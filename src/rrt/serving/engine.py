@@ -21,6 +21,7 @@ import torch
 from tqdm import tqdm
 from transformers import PreTrainedModel
 
+from rrt.config import defaults
 from rrt.errors import UserError
 from rrt.serving.cache import KVCache, slot_bytes
 from rrt.serving.cost import CostModel
@@ -30,6 +31,8 @@ from rrt.serving.scheduler import Scheduler
 
 MODES = ("depthwise", "sequence")
 KV_FILLS = ("ride", "propagate")
+# The serving limits' defaults live in the config schema (benchmark section), written once.
+LIMITS = defaults("benchmark")
 
 
 class Engine:
@@ -46,9 +49,9 @@ class Engine:
         mode: str = "depthwise",
         exit_threshold: float | None = None,
         kv_fill: str = "ride",
-        max_batch: int = 32,
-        max_batch_tokens: int = 512,
-        kv_cache_mb: float | None = None,
+        max_batch: int = LIMITS["max_batch"],
+        max_batch_tokens: int = LIMITS["max_batch_tokens"],
+        kv_cache_mb: float | None = LIMITS["kv_cache_mb"],
         max_len: int | None = None,
         dtype: torch.dtype | str = "auto",
         device: str = "auto",
