@@ -24,6 +24,8 @@ import numpy as np
 import torch
 
 from rrt import config as schema
+from rrt import names
+from rrt.contracts import ROOFLINE_FIELDS, BenchmarkResult
 from rrt.errors import UserError
 from rrt.memory import PeakMemory
 
@@ -452,22 +454,6 @@ def summarize(
     }
 
 
-ROOFLINE_FIELDS = (
-    "flops_per_token",
-    "bytes_per_token",
-    "roofline_tokens_per_s",
-    "roofline_bound",
-    "roofline_fraction",
-    "decode_steps",
-    "decode_step_ms",
-    "decode_bytes_per_step",
-    "decode_gb_per_s",
-    "decode_bandwidth_fraction",
-    "decode_gflop_per_s",
-    "decode_compute_fraction",
-)
-
-
 def roofline(
     cost: dict[str, float] | None, produced: int, tokens_per_s: float, peaks: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -640,7 +626,7 @@ def benchmark(
     for row in (calibration or {}).get("targets", {}).values():
         for fill in cfg.fills:
             t = row["threshold"]
-            plan[f"depthwise_exit_{t:g}_{fill}"] = lambda t=t, fill=fill: serve_engine(
+            plan[names.exit_system(t, fill).name] = lambda t=t, fill=fill: serve_engine(
                 model, work, cfg, exit_threshold=t, kv_fill=fill
             )
     outputs: dict[str, list[list[int]]] = {}
@@ -651,8 +637,6 @@ def benchmark(
         try:
             served = run()
         except Exception as err:  # one system failing must not lose the others' numbers
-            if isinstance(err, KeyboardInterrupt):
-                raise
             systems[name] = {"error": f"{type(err).__name__}: {err}"}
             say(f"  {name} failed: {systems[name]['error']}")
             continue
@@ -662,9 +646,10 @@ def benchmark(
         view = full_depth_view(served_by, work, served.tokens)
         outputs[name] = served.tokens
         systems[name] = summarize(served, work, view, ceilings)
-        if name.startswith("depthwise_exit"):
-            _, _, t, fill = name.rsplit("_", 3)
-            systems[name].update(threshold=float(t), kv_fill=fill)
+        system = names.parse_system(name)
+        if system.threshold is not None:
+            t = f"{system.threshold:g}"
+            systems[name].update(threshold=system.threshold, kv_fill=system.kv_fill)
             target = [k for k, v in calibration["targets"].items() if f"{v['threshold']:g}" == t]
             systems[name]["agreement_target"] = float(target[0]) if target else None
         if name == "depthwise":
@@ -696,6 +681,7 @@ def run(args: argparse.Namespace) -> dict[str, float]:
     schema.set_threads(args.threads)
     cfg = schema.from_arguments(BenchConfig, args)
     result = benchmark(args.model, args.baseline, args.data, cfg, device=args.device)
+    BenchmarkResult.from_dict(result, str(args.out), strict=True)  # the readers' contract
     write_json(args.out, result)
     return {
         f"{name}.{key}": value

@@ -30,12 +30,13 @@ import yaml
 from rrt import config as schema
 from rrt import store
 from rrt.config import section
+from rrt.contracts import EvaluationReport
 from rrt.errors import UserError
 from rrt.evaluation.suites import SUITES_FILE, Suite, SuiteTask, load_suites
 from rrt.io import atomic_path, write_json
+from rrt.model.sizes import count_parameters
 
 if TYPE_CHECKING:
-    import torch
     from lm_eval.api.task import Task
     from lm_eval.tasks import TaskManager
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -221,27 +222,6 @@ def load_tasks(
 
 
 # --- the model -------------------------------------------------------------------------------
-
-
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """Total and non-embedding parameters (input embeddings and an untied head excluded)."""
-    try:
-        from rrt.model.sizes import count_parameters as counted
-    except ImportError:
-        pass
-    else:
-        return dict(counted(model))
-    unique = {id(p): p.numel() for p in model.parameters()}
-    embedding = set()
-    for get in ("get_input_embeddings", "get_output_embeddings"):
-        module = getattr(model, get, lambda: None)()
-        if module is not None:
-            embedding |= {id(p) for p in module.parameters()}
-    total = sum(unique.values())
-    return {
-        "total": total,
-        "non_embedding": total - sum(unique[i] for i in embedding if i in unique),
-    }
 
 
 def check_exit_loop(model: PreTrainedModel, exit_loop: int | None) -> None:
@@ -501,6 +481,7 @@ def write_evaluation(evaluation: Evaluation, out: str | os.PathLike[str]) -> Pat
     with atomic_path(samples_path) as tmp, tmp.open("w") as fh:
         for row in evaluation.samples:
             fh.write(json.dumps(row) + "\n")
+    EvaluationReport.from_dict(evaluation.report, str(out), strict=True)  # the readers' contract
     write_json(out, evaluation.report)
     return samples_path
 

@@ -50,6 +50,7 @@ from transformers.utils import logging as hf_logging
 
 from rrt import store
 from rrt.config import defaults, section, validate
+from rrt.contracts import TrainingMetrics
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 from rrt.memory import PeakMemory
@@ -617,6 +618,7 @@ def train(
         if final_metrics is not None:
             metrics.update(final_metrics(model))
         metrics.update(identity)
+        TrainingMetrics.from_dict(metrics, f"{out}/metrics.json", strict=True)  # the readers'
 
         with atomic_path(out) as tmp:
             model.save_pretrained(tmp)
