@@ -74,7 +74,7 @@ def test_convert_relax_and_params_from_the_command_line(source_dir, tmp_path, ca
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["convert", "--loops", "4"], "--loops 4 does not divide the source's 6 layers"),
+        (["convert", "--loops", "4"], "--loops: 4 loops do not divide the source's 6 layers"),
         (["convert", "--loops", "2", "--init", "best"], "unknown --init 'best'"),
         (["relax", "--rank", "-3"], "rank must be >= 0"),
         (["relax", "--rank", "big"], "rank 'big': write an integer"),

@@ -73,11 +73,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
 TRACKS_ITSELF = {"pretrain", "uptrain"}
 
 
-def _command_in(argv: list[str]) -> str | None:
-    """The subcommand named in ``argv`` (the first word that is one), if any."""
-    return next((word for word in argv if word in COMMANDS), None)
-
-
 def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of the commands in ``full`` (all when None); the others
     are listed with their one-line help, their modules not imported."""

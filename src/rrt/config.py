@@ -29,6 +29,7 @@ import yaml
 
 from rrt.errors import UserError
 from rrt.evaluation.suites import load_suites, task_names
+from rrt.model.shape import check_loops
 
 SCHEMA_FILE = Path(__file__).with_name("config.schema.yaml")
 SECTION = "__schema_section__"
@@ -339,7 +340,6 @@ def check(values: dict[str, Any]) -> None:
     """What a schema cannot say: loops that divide the source's layers, early-exit models that
     the experiment makes, baselines that fit the source, task names lm-eval knows."""
     layers = source_layers(values)
-    divisors = [b for b in range(1, layers + 1) if layers % b == 0]
     looped = [
         *(("recursive.loops", b) for b in values["recursive"]["loops"]),
         *(("relaxed.loops", b) for b in values["relaxed"]["loops"]),
@@ -347,11 +347,10 @@ def check(values: dict[str, Any]) -> None:
         *(("early_exit.models", m["loops"]) for m in values["early_exit"]["models"]),
     ]
     for key, loops in looped:
-        if layers % loops:
-            raise ConfigError(
-                f"{key}: {loops} loops do not divide the source's {layers} layers; "
-                f"allowed: {', '.join(map(str, divisors))}"
-            )
+        try:
+            check_loops(layers, loops, key)
+        except UserError as err:
+            raise ConfigError(str(err)) from None
     for model in values["early_exit"]["models"]:
         loops, init, rank = model["loops"], model["init"], model["rank"]
         kind = "recursive" if rank == 0 else "relaxed"

@@ -93,7 +93,7 @@ def model_dir(path: str | os.PathLike[str]) -> Path:
 
 def load_config(path: str | os.PathLike[str]) -> Any:
     """A config from a model directory or a config JSON file (no weights needed)."""
-    import rrt  # noqa: F401  (registers the recursive model type)
+    import rrt.model  # noqa: F401  (registers the recursive model type)
 
     path = Path(path)
     if path.is_file():
@@ -133,7 +133,7 @@ def load_model(
     """
     from safetensors import SafetensorError
 
-    import rrt  # noqa: F401  (registers the recursive model type)
+    import rrt.model  # noqa: F401  (registers the recursive model type)
 
     path = model_dir(path)
     device = resolve_device(device)

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM
 
 from rrt.cli import main
 from rrt.errors import UserError
-from rrt.training.pretrain import reduced_layers
+from rrt.method.reduced import reduced_layers
 from rrt.training.trainer import TrainConfig, work_dir
 
 # Long enough (in steps) that a kill lands mid-run; tiny steps keep it a few seconds.
@@ -119,7 +119,7 @@ def test_pretrained_source_loads_with_auto_classes_and_generates(data, tmp_path)
 
 def test_reduced_baseline_has_n_over_b_layers():
     assert reduced_layers(8, 2) == 4 and reduced_layers(8, 4) == 2
-    with pytest.raises(UserError, match="B=3"):
+    with pytest.raises(UserError, match="3 loops do not divide the source's 8 layers"):
         reduced_layers(8, 3)
 
 

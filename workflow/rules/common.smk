@@ -10,6 +10,7 @@ from rrt import experiment, names
 from rrt.config import as_flags
 from rrt.errors import UserError
 from rrt.evaluation.suites import load_suites
+from rrt.method.reduced import reduced_layers
 
 # The locks of a run killed with SIGKILL are cleared, but not inside a cluster job: the node it
 # runs on cannot see the Snakemake process that holds them.
@@ -184,7 +185,7 @@ def hub_corpus():
 
 def reduced_shape(loops):
     """The reduced-size baseline's model: the source's shape with N/B layers."""
-    layers = schema.source_layers(config) // loops
+    layers = reduced_layers(schema.source_layers(config), loops)
     if EMBEDDED:
         return as_flags({**config["source"]["embedded"], "layers": layers})
     return f"--like {model('source')} --layers {layers}"

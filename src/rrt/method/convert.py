@@ -22,8 +22,9 @@ from rrt import store
 from rrt.errors import UserError
 from rrt.model.families import family_of
 from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
-
-INITS = ("stepwise", "average", "lower", "random")
+from rrt.model.shape import check_loops
+from rrt.model.sizes import count_parameters
+from rrt.names import INITS
 
 
 def stepwise_indices(num_layers: int, num_shared: int) -> list[int]:
@@ -46,15 +47,6 @@ def init_groups(init: str, num_layers: int, num_shared: int) -> list[list[int]]:
     if init == "random":
         return [[] for _ in range(k)]
     raise UserError(f"unknown init {init!r}; choose one of {', '.join(INITS)}")
-
-
-def check_loops(num_layers: int, loops: int) -> None:
-    if loops < 1 or num_layers % loops:
-        divisors = [b for b in range(1, num_layers + 1) if num_layers % b == 0]
-        raise UserError(
-            f"--loops {loops} does not divide the source's {num_layers} layers; "
-            f"allowed: {', '.join(map(str, divisors))}"
-        )
 
 
 def source_layers(source: PreTrainedModel) -> list[torch.nn.Module]:
@@ -130,8 +122,6 @@ def _convert_cli(args: argparse.Namespace) -> dict:
         dtype=source_dtype(args.source),
     )
     print(f"recursive model ({args.init}, B={args.loops}) written to {args.out}")
-    from rrt.model.sizes import count_parameters  # params imports this module
-
     return {"parameters": count_parameters(model)}
 
 

@@ -19,53 +19,9 @@ from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
 from rrt.method.convert import build_like, copy_outside_layers, source_dtype, source_layers
-from rrt.model.modeling import LORA_KINDS, RecursiveForCausalLM
-
-FULL = "full"
-
-
-def parse_rank(value: int | str | dict[str, int | str]) -> dict[str, int | str]:
-    """A rank for every module kind from ``64``, ``"full"``, ``"attention=64,mlp=full"`` or a
-    dict. ``full`` is min(in, out) of the kind's widest linear (:func:`full_ranks`)."""
-
-    def one(text: int | str) -> int | str:
-        text = str(text).strip()
-        if text == FULL:
-            return FULL
-        if not text.lstrip("-").isdigit():
-            raise UserError(
-                f"rank {value!r}: write an integer, 'full', or kind=rank pairs such as "
-                f"'attention=64,mlp=128'"
-            )
-        return int(text)
-
-    if isinstance(value, dict):
-        ranks = {kind: one(r) for kind, r in value.items()}
-    elif "=" not in str(value):
-        ranks = dict.fromkeys(LORA_KINDS, one(value))
-    else:
-        ranks = {}
-        for part in str(value).split(","):
-            kind, _, number = part.partition("=")
-            ranks[kind.strip()] = one(number)
-    unknown = set(ranks) - set(LORA_KINDS)
-    if unknown:
-        raise UserError(f"rank kinds {sorted(unknown)} unknown; allowed: {', '.join(LORA_KINDS)}")
-    negative = {k: v for k, v in ranks.items() if v != FULL and v < 0}
-    if negative:
-        raise UserError(f"rank must be >= 0 or 'full', got {negative}")
-    return {kind: ranks.get(kind, 0) for kind in LORA_KINDS}
-
-
-def full_ranks(ranks: dict[str, int | str], model: RecursiveForCausalLM) -> dict[str, int]:
-    """``full`` replaced by the largest min(in, out) among the kind's linears, the rank at which
-    every linear of that kind reproduces its source exactly (eq. 5)."""
-    widest = {kind: 0 for kind in LORA_KINDS}
-    for name in model.family.linears:
-        linear = model.looped_layers[0].get_submodule(name)
-        kind = model.family.kind(name)
-        widest[kind] = max(widest[kind], min(linear.in_features, linear.out_features))
-    return {kind: widest[kind] if r == FULL else int(r) for kind, r in ranks.items()}
+from rrt.model.modeling import RecursiveForCausalLM
+from rrt.model.shape import full_ranks, parse_rank
+from rrt.model.sizes import count_parameters
 
 
 def svd_init(
@@ -167,8 +123,6 @@ def _relax_cli(args: argparse.Namespace) -> dict:
         dtype=source_dtype(args.recursive),
     )
     print(f"relaxed model (rank {ranks}) written to {args.out}")
-    from rrt.model.sizes import count_parameters  # params imports this module
-
     return {"parameters": count_parameters(model), "rank": ranks}
 
 

@@ -17,10 +17,9 @@ from transformers import AutoModelForCausalLM
 
 from rrt import store
 from rrt.errors import UserError
-from rrt.method.convert import check_loops
-from rrt.method.relax import full_ranks, parse_rank
 from rrt.model.families import family_of
 from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
+from rrt.model.shape import check_loops, full_ranks, parse_rank
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

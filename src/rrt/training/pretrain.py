@@ -11,7 +11,6 @@ like the recursive models (``--teacher``), as in the paper.
 from __future__ import annotations
 
 import argparse
-import copy
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from rrt import store
 from rrt import tracking as mlflow_tracking
 from rrt.config import section
 from rrt.errors import UserError
+from rrt.method.reduced import shallower
 from rrt.store import load_tokenizer, tokenizer_fingerprint
 from rrt.tracking import Tracking
 from rrt.training.data import read_meta
@@ -60,13 +60,6 @@ class ModelShape:
                 f"hidden_size {self.hidden_size} must divide by heads {self.heads}, "
                 f"and heads by kv_heads {self.kv_heads}"
             )
-
-
-def reduced_layers(layers: int, loops: int) -> int:
-    """N/B: the depth of the reduced-size baseline of a model looped B times."""
-    if loops <= 0 or layers % loops:
-        raise UserError(f"loops B={loops} must be a positive divisor of the {layers} layers")
-    return layers // loops
 
 
 def llama_config(
@@ -146,15 +139,6 @@ def pretrain(
         tracking=tracking,
         stage="pretrain",
     )
-
-
-def shallower(config: Any, layers: int) -> Any:
-    """``config`` with ``layers`` decoder layers (and the first ``layers`` per-layer types)."""
-    config = copy.deepcopy(config)
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = config.layer_types[:layers]
-    return config
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
