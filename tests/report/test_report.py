@@ -44,11 +44,16 @@ def _csv(report: Path, name: str) -> pl.DataFrame:
 
 
 def test_students_t_and_the_exact_binomial_match_known_values():
-    assert stats.t_two_sided(2.0, 2) == pytest.approx(0.183503, abs=1e-6)
-    assert stats.t_two_sided(2.5, 10) == pytest.approx(0.031446, abs=1e-6)
-    assert stats.t_two_sided(1.959964, 1e7) == pytest.approx(0.05, abs=1e-5)
-    assert stats.binomial_two_sided(2, 10) == pytest.approx(2 * 56 / 1024)
-    assert stats.binomial_two_sided(5, 10) == 1.0
+    # three differences with mean 2/sqrt(3) and stderr 1/sqrt(3): t = 2 on 2 degrees of freedom
+    three = [i - 1 + 2 / math.sqrt(3) for i in range(3)]
+    assert stats.paired_t(three).p == pytest.approx(0.183503, abs=1e-6)
+    # eleven with mean 2.5 and stderr 1: t = 2.5 on 10 degrees of freedom
+    assert stats.paired_t([i - 2.5 for i in range(11)]).p == pytest.approx(0.031446, abs=1e-6)
+    assert stats.normal_two_sided(1.959964) == pytest.approx(0.05, abs=1e-5)  # t's limit
+    # McNemar on 10 disagreements, 2 one way and 8 the other: P(X <= 2 or X >= 8), X ~ B(10, 1/2)
+    first, second = [True] * 2 + [False] * 8, [False] * 2 + [True] * 8
+    assert stats.mcnemar(first, second).p == pytest.approx(2 * 56 / 1024)
+    assert stats.mcnemar([True] * 5 + [False] * 5, [False] * 5 + [True] * 5).p == 1.0
 
 
 def test_a_paired_test_separates_models_whose_stderrs_overlap():

@@ -1,13 +1,21 @@
 """How numbers read in the report: accuracies in percent (as the paper's tables), parameters and
-tokens with K/M/B, differences with their p-value and a star where significant."""
-
-from __future__ import annotations
+tokens with K/M/B, differences with their p-value and a star where significant, and the cells
+every table about models shares (from a row of :meth:`Context.facts`)."""
 
 import math
+from collections.abc import Callable, Sequence
+from typing import Any
 
+from rrt.report.results import Evaluation
 from rrt.report.stats import Paired
 
 DASH = "—"
+
+
+def finite(value: Any) -> float | None:
+    """A number as a float; None for anything else (missing, not finite, a bool)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else None
 
 
 def pct(value: float | None) -> str:
@@ -18,6 +26,21 @@ def pct_pm(value: float | None, stderr: float | None) -> str:
     if value is None:
         return DASH
     return pct(value) if stderr is None else f"{100 * value:.1f} ± {100 * stderr:.1f}"
+
+
+def average(evaluation: Evaluation | None) -> str:
+    return pct_pm(evaluation.average, evaluation.average_stderr) if evaluation else DASH
+
+
+def value_pm(value: float | None, stderr: float | None, digits: int = 3) -> str:
+    """A perplexity (± stderr): fixed digits, or four significant ones where it is huge."""
+    if value is None:
+        return DASH
+
+    def show(v: float) -> str:
+        return f"{v:.4g}" if abs(v) >= 1e4 else number(v, digits)
+
+    return show(value) if stderr is None else f"{show(value)} ± {show(stderr)}"
 
 
 def count(value: float | None) -> str:
@@ -49,3 +72,29 @@ def delta(result: Paired | None, alpha: float, scale: float = 100.0, digits: int
 
 def signed(value: float | None, digits: int = 4) -> str:
     return DASH if value is None else f"{value:+.{digits}f}"
+
+
+def versus(key: str, header: str, result: Paired | None, alpha: float) -> dict[str, Any]:
+    """A difference of suite averages as data (delta_average_vs_KEY, p_vs_KEY) and as a cell."""
+    return {
+        f"delta_average_vs_{key}": result.delta if result else None,
+        f"p_vs_{key}": result.p if result else None,
+        header: delta(result, alpha),
+    }
+
+
+SHOWN: dict[str, Callable[[dict[str, Any]], str]] = {
+    "B": lambda r: str(r["loops"]) if r["kind"] in ("recursive", "relaxed") else DASH,
+    "init": lambda r: r["init"] or DASH,
+    "rank": lambda r: r["rank"] or ("0" if r["kind"] == "recursive" else DASH),
+    "non-emb. params": lambda r: count(r["non_embedding_params"]),
+    "LoRA params": lambda r: count(r["lora_params"] or None),
+    "KD w": lambda r: number(r["kd_weight"], 2),
+    "average": lambda r: pct_pm(r["suite_average"], r["suite_average_stderr"]),
+    "held-out CE": lambda r: number(r["held_out_ce"]),
+}
+
+
+def cells(row: dict[str, Any], headers: Sequence[str]) -> dict[str, str]:
+    """A row's cells: the shared ones from its numbers, the others as the table set them."""
+    return {h: SHOWN[h](row) if h in SHOWN else row.get(h, DASH) for h in headers}

@@ -3,7 +3,7 @@ step logs, benchmarks and the experiment's record. Only files under ``results/<e
 are read (never MLflow), so the same folder always gives the same report.
 
 A file that is there but cannot be read is one line naming it (:class:`ResultError`); a result
-that is not there is a gap with its reason (:func:`missing_reason`), never an error.
+that is not there is a gap with its reason (:mod:`rrt.report.tables.gaps`), never an error.
 """
 
 from __future__ import annotations
@@ -32,9 +32,6 @@ NAME = re.compile(
 
 class ResultError(UserError):
     """A result file that is there but malformed: one line naming it."""
-
-
-# --- model names ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -85,40 +82,33 @@ def parse_name(name: str) -> Name:
     return Name(name, "relaxed", int(g["relaxed_loops"]), g["relaxed_init"], g["rank"], **common)
 
 
-# --- reading files -------------------------------------------------------------------------
-
-
-def read_json(path: Path, root: Path) -> dict[str, Any]:
+def _read(path: Path, root: Path) -> str:
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ResultError(f"{_rel(path, root)}: not valid JSON ({err})") from None
+        return path.read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise ResultError(f"{_rel(path, root)}: cannot be read ({err})") from None
+
+
+def _object(text: str, where: str) -> dict[str, Any]:
+    """One JSON object, or one line: ``where`` and what is wrong with it."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultError(f"{where} not valid JSON ({err})") from None
     if not isinstance(data, dict):
-        raise ResultError(f"{_rel(path, root)}: not a JSON object")
+        raise ResultError(f"{where} not a JSON object")
     return data
 
 
+def read_json(path: Path, root: Path) -> dict[str, Any]:
+    return _object(_read(path, root), f"{_rel(path, root)}:")
+
+
 def read_jsonl(path: Path, root: Path) -> list[dict[str, Any]]:
-    rows = []
-    try:
-        lines = path.read_text().splitlines()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ResultError(f"{_rel(path, root)}: cannot be read ({err})") from None
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ResultError(
-                f"{_rel(path, root)}: line {number} is not valid JSON ({err})"
-            ) from None
-        if not isinstance(row, dict):
-            raise ResultError(f"{_rel(path, root)}: line {number} is not a JSON object")
-        rows.append(row)
-    return rows
+    where, lines = _rel(path, root), _read(path, root).splitlines()
+    return [
+        _object(line, f"{where}: line {n} is") for n, line in enumerate(lines, 1) if line.strip()
+    ]
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -145,9 +135,6 @@ def field_of(data: dict[str, Any], dotted: str, kind: Any, where: str, what: str
 
 NUMBER = (int, float)
 OPTIONAL_NUMBER = (int, float, type(None))
-
-
-# --- evaluations ---------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -281,8 +268,6 @@ def _finite(value: Any) -> float | None:
     return None
 
 
-# --- training ------------------------------------------------------------------------------
-
 WHAT_METRICS = "an rrt training metrics.json"
 
 
@@ -342,8 +327,6 @@ def read_training(folder: Path, root: Path) -> Training | None:
     )
 
 
-# --- benchmarks ----------------------------------------------------------------------------
-
 WHAT_BENCHMARK = "an rrt benchmark result"
 BENCHMARK_FIELDS = (
     "tokens_per_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop",
@@ -379,9 +362,6 @@ def read_benchmark(path: Path, root: Path) -> Benchmark:
         checked,
         Path(model).name if isinstance(model, str) else None,
     )
-
-
-# --- the whole folder ----------------------------------------------------------------------
 
 
 @dataclass
@@ -429,72 +409,3 @@ def load(root: str | Path) -> Results:
             trainings[folder.name] = training
     benchmarks = [read_benchmark(p, root) for p in sorted((root / "benchmarks").glob("*.json"))]
     return Results(root, record, evaluations, trainings, benchmarks, present)
-
-
-# --- why a result is missing ---------------------------------------------------------------
-
-
-LOG_RULES = {"reduced": "reduced", "recursive": "convert", "relaxed": "relax"}
-
-
-def job_log(relative: str) -> str | None:
-    """The log of the job that makes ``relative`` (the workflow's naming of logs)."""
-    parts = relative.split("/")
-    if parts[0] == "eval":
-        stem = parts[-1].removesuffix(".json")
-        return f"logs/evaluate/{stem}.log"
-    if parts[0] == "benchmarks":
-        return f"logs/benchmark/{parts[-1].removesuffix('.json')}.log"
-    if parts[0] != "models":
-        return None
-    name = parse_name(parts[1])
-    base = parts[1].split(".", 1)[0]
-    if name.early_exit:
-        return f"logs/early_exit/{base}.log"
-    if name.uptrained:
-        variant = parts[1].split(".up", 1)[1]
-        return f"logs/uptrain/{base}{variant}.log"
-    if name.kind == "full-size":
-        return "logs/pretrain/source.log"
-    rule = LOG_RULES.get(name.kind)
-    return f"logs/{rule}/{base.split('-', 1)[1]}.log" if rule else None
-
-
-def made_from(relative: str) -> str | None:
-    """The model that ``relative`` (an evaluation or a model) is made from."""
-    parts = relative.split("/")
-    if parts[0] == "eval":
-        stem = parts[-1].removesuffix(".json")
-        return "models/" + re.sub(r"-exit\d+$", "", stem) if len(parts) == 3 else f"models/{stem}"
-    if parts[0] != "models":
-        return None
-    name = parse_name(parts[1])
-    if name.early_exit:
-        return "models/" + parts[1].removesuffix(".ee")
-    if name.uptrained:
-        return "models/" + parts[1].split(".up", 1)[0]
-    if name.kind == "relaxed":
-        return f"models/recursive-B{name.loops}-{name.init}"
-    return None
-
-
-def missing_reason(results: Results, relative: str) -> str:
-    """Why ``relative`` is missing: the failed job's last log line, or what it waits for."""
-    root = results.root
-    work = root / (relative + ".work")
-    if work.is_dir():
-        return f"training interrupted or still running ({relative}.work holds its checkpoints)"
-    log = job_log(relative)
-    if log is not None and (root / log).is_file():
-        return f"its job failed: {log} ends with: {_last_line(root / log)}"
-    source = made_from(relative)
-    if source is not None and not (root / source).exists():
-        return f"not run: {source} is missing ({missing_reason(results, source)})"
-    return "not run yet (no result and no job log)"
-
-
-def _last_line(path: Path) -> str:
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
-    errors = [line for line in lines if line.startswith("rrt ") and ": error:" in line]
-    line = (errors or lines or ["(an empty log)"])[-1]
-    return line if len(line) <= 200 else line[:197] + "..."

@@ -1,0 +1,52 @@
+"""The report's figures (matplotlib, Agg, no pyplot state), one module each, and what they share.
+
+PNG bytes are reproducible: the same data gives the same file (no software or date metadata;
+fonts are matplotlib's own).
+"""
+
+import io
+from collections.abc import Iterable
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DPI = 110
+RC = {
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.labelsize": 9,
+    "legend.fontsize": 8,
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "svg.hashsalt": "rrt",
+}
+COLORS = [
+    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
+]  # fmt: skip
+
+
+def png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
+    return buffer.getvalue()
+
+
+def new(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Axes]]:
+    """A figure of ``panels`` axes side by side, laid out by matplotlib."""
+    matplotlib.rcParams.update(RC)
+    figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(figure)
+    return figure, list(figure.subplots(1, panels, squeeze=False)[0])
+
+
+def palette(n: int) -> list[str]:
+    return [COLORS[i % len(COLORS)] for i in range(n)]
+
+
+def scale(values: Iterable[float]) -> tuple[float, str]:
+    """The unit (K, M, B) of the largest value."""
+    top = max(values, default=1.0)
+    return next(((s, u) for u, s in (("B", 1e9), ("M", 1e6), ("K", 1e3)) if top >= s), (1.0, ""))

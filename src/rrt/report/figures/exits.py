@@ -1,0 +1,89 @@
+"""Accuracy at each early exit (tables/exits.csv), against the model before post-training and the
+full-size model, and held-out next-token accuracy at each exit before and after post-training."""
+
+import polars as pl
+
+from rrt.report.context import Context
+from rrt.report.document import Figure, Section
+from rrt.report.figures import new, png
+from rrt.report.tables.exits import models
+
+COLORS = ["#2ca02c", "#1f77b4", "#d62728", "#9467bd"]
+CAPTION = (
+    "Left: suite average with every token leaving after loop b (error bars: stderr), the model "
+    "before post-training (hollow, full depth only) and the full-size model (dashed). Right: "
+    "held-out next-token accuracy at each loop's exit before (dashed) and after (solid) "
+    "early-exit post-training."
+)
+
+
+def add(section: Section, ctx: Context) -> None:
+    """The figure of the section's exits table, where it has one."""
+    if (data := section.data.get("exits")) is None or data.is_empty():
+        return
+    full = ctx.full_size()
+    reference = (full.name, full.average) if full and full.average is not None else None
+    before = [ctx.evaluation(n.name.removesuffix(".ee")) for n in models(ctx)]
+    before = [(e.name, e.average, e.average_stderr) for e in before if e and e.average is not None]
+    section.blocks.append(Figure("exits", CAPTION, plot(data, reference, before)))
+
+
+def plot(
+    data: pl.DataFrame,
+    reference: tuple[str, float] | None,
+    before: list[tuple[str, float, float | None]],
+) -> bytes:
+    """``data``: tables/exits.csv (model, exit_loop, measure, value, stderr); ``reference``: the
+    full-size model's suite average; ``before``: each model's before post-training."""
+    average = data.filter(pl.col("measure") == "average")
+    held_out = data.filter(pl.col("measure").str.starts_with("held-out acc"))
+    panels = [p for p in (average, held_out) if not p.is_empty()]
+    figure, axes = new(5.2 * len(panels) + 0.4, 4.0, len(panels))
+    names = sorted(set(data["model"].to_list()))
+    ax_iter = iter(axes)
+    loops = sorted(set(data["exit_loop"].to_list()))
+    if not average.is_empty():
+        ax = next(ax_iter)
+        for i, model in enumerate(names):
+            rows = average.filter(pl.col("model") == model).sort("exit_loop")
+            ax.errorbar(
+                rows["exit_loop"].to_list(), [v * 100 for v in rows["value"].to_list()],
+                yerr=[(s or 0) * 100 for s in rows["stderr"].to_list()], marker="o",
+                color=COLORS[i % len(COLORS)], capsize=3, label=f"{model} (after post-training)",
+            )  # fmt: skip
+        for i, (model, value, stderr) in enumerate(before):
+            ax.errorbar(
+                [max(loops) + 0.04], [value * 100], yerr=[(stderr or 0) * 100], marker="o",
+                markerfacecolor="white", color=COLORS[i % len(COLORS)], capsize=3, linestyle="",
+                label=f"{model} (before post-training)",
+            )  # fmt: skip
+        if reference is not None:
+            ax.axhline(
+                reference[1] * 100, color="#222222", linestyle="--", linewidth=1,
+                label=f"{reference[0]} (full-size)",
+            )  # fmt: skip
+        _axes(ax, loops, "suite average accuracy (%)", "Few-shot accuracy at each exit")
+    if not held_out.is_empty():
+        ax = next(ax_iter)
+        for i, model in enumerate(names):
+            for stage, style in (("before", "--"), ("after", "-")):
+                rows = held_out.filter(
+                    (pl.col("model") == model) & pl.col("measure").str.contains(f"({stage})")
+                ).sort("exit_loop")
+                if rows.is_empty():
+                    continue
+                ax.plot(
+                    rows["exit_loop"].to_list(), [v * 100 for v in rows["value"].to_list()],
+                    linestyle=style, marker="o", color=COLORS[i % len(COLORS)],
+                    label=f"{model.removesuffix('.ee')}: {stage} post-training",
+                )  # fmt: skip
+        _axes(ax, loops, "held-out next-token accuracy (%)", "Next-token accuracy at each exit")
+    return png(figure)
+
+
+def _axes(ax, loops: list[int], ylabel: str, title: str) -> None:
+    ax.set_xlabel("exit after loop")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.set_xticks(loops)
+    ax.legend(loc="best")

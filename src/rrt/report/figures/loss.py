@@ -1,0 +1,124 @@
+"""Training curves: the cross-entropy part of the loss against tokens seen, from each model's
+steps.jsonl (tables/loss.csv), one panel per kind of training."""
+
+import math
+
+import polars as pl
+from matplotlib.axes import Axes
+
+from rrt.report.context import Context
+from rrt.report.document import Figure, Section
+from rrt.report.figures import new, palette, png, scale
+from rrt.report.results import Name, parse_name
+
+SERIES = ("loss", "ce", "kd", "learning_rate", "grad_norm")
+SCHEMA = {"model": pl.String, "step": pl.Int64, "tokens": pl.Int64, "series": pl.String}
+PANELS = (
+    ("uptraining", "Uptraining (recursive, relaxed, full-size)"),
+    ("scratch", "From scratch (source, reduced-size)"),
+    ("early exit", "Early-exit post-training"),
+)
+
+
+def section(ctx: Context) -> Section:
+    section = Section("training", "Training curves")
+    rows = []
+    for name, training in sorted(ctx.results.trainings.items()):
+        for step in training.steps:
+            tokens = step.get("tokens")
+            if not isinstance(tokens, int) and training.tokens_per_step:
+                tokens = step["step"] * training.tokens_per_step
+            for key, value in step.items():
+                wanted = key in SERIES or key.startswith(("ce_loop", "sd_loop"))
+                if wanted and isinstance(value, int | float) and math.isfinite(value):
+                    rows.append((name, step["step"], tokens, key, float(value)))
+    curves = pl.DataFrame(rows, schema=SCHEMA | {"value": pl.Float64}, orient="row")
+    section.data["loss"] = curves
+    if (image := plot(curves)) is None:
+        section.blocks.append("No step logs (steps.jsonl) in the results.")
+        return section
+    caption = (
+        "The cross-entropy part of the training loss against tokens seen (thin: every step; "
+        "thick: trailing mean over a twentieth of the run), from each model's steps.jsonl. The y "
+        "range leaves out the first tenth of training."
+    )
+    if swept := sum(parse_name(n).sweep is not None for n in ctx.results.trainings):
+        caption += f" The {swept} swept models' curves are in tables/loss.csv only."
+    section.blocks.append(Figure("loss", caption, image))
+    return section
+
+
+def panel(name: Name) -> str | None:
+    if name.sweep is not None:
+        return None
+    if name.early_exit:
+        return "early exit"
+    if name.uptrained:
+        return "uptraining"
+    return "scratch" if name.kind in ("full-size", "reduced") else None
+
+
+def plot(curves: pl.DataFrame) -> bytes | None:
+    """``curves``: tables/loss.csv (model, step, tokens, series, value)."""
+    chosen = []
+    for key, title in PANELS:
+        models = {m for m in curves["model"].to_list() if panel(parse_name(m)) == key}
+        if models:
+            chosen.append((key, title, sorted(models, key=lambda m: parse_name(m).order)))
+    if not chosen:
+        return None
+    figure, axes = new(5.0 * len(chosen) + 1.0, 4.6, len(chosen))
+    unit_scale, unit = scale(curves["tokens"].drop_nulls().to_list())
+    for ax, (key, title, models) in zip(axes, chosen, strict=True):
+        series = ["ce", "ce_loop1"] if key == "early exit" else ["ce"]
+        for color, model in zip(palette(len(models)), models, strict=True):
+            rows = curves.filter(pl.col("model") == model)
+            for s in series:
+                part = rows.filter(pl.col("series") == s).sort("step")
+                if part.is_empty():
+                    part = rows.filter(pl.col("series") == "loss").sort("step")
+                    if s != "ce" or part.is_empty():
+                        continue
+                x = [t / unit_scale for t in part["tokens"].to_list()]
+                y = part["value"].to_list()
+                ax.plot(x, y, color=color, alpha=0.18, linewidth=0.8)
+                label = model if s == "ce" else f"{model}: exit after loop 1"
+                if key == "early exit" and s == "ce":
+                    label = f"{model}: full depth"
+                ax.plot(
+                    x, _smooth(y), color=color, linewidth=1.6, label=label,
+                    linestyle="--" if s == "ce_loop1" else "-",
+                )  # fmt: skip
+        ax.set_title(title)
+        ax.set_xlabel(f"tokens seen ({unit})" if unit else "tokens seen")
+        ax.set_ylabel("training cross-entropy (nats/token)")
+        ax.legend(loc="upper right", fontsize=7)
+        _clip_start(
+            ax, curves.filter(pl.col("model").is_in(models) & pl.col("series").is_in(series))
+        )
+    return png(figure)
+
+
+def _clip_start(ax: Axes, rows: pl.DataFrame) -> None:
+    """Keep the first steps' high loss from flattening the curves: the y range is the smoothed
+    curves' range after the first tenth of training, with a margin."""
+    values = []
+    for _, part in rows.group_by(["model", "series"], maintain_order=True):
+        smooth = _smooth(part.sort("step")["value"].to_list())
+        values += smooth[len(smooth) // 10 :]
+    if values:
+        low, high = min(values), max(values)
+        pad = (high - low) * 0.15 or 0.05
+        ax.set_ylim(low - pad, high + pad)
+
+
+def _smooth(values: list[float]) -> list[float]:
+    """A trailing mean over about a twentieth of the run."""
+    window = max(1, len(values) // 20)
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out

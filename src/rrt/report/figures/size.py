@@ -1,0 +1,210 @@
+"""Accuracy and perplexity against non-embedding parameters, every evaluated model labelled (the
+shape of the paper's fig. 1), and its data (tables/size.csv)."""
+
+import math
+
+import polars as pl
+from matplotlib.axes import Axes
+
+from rrt.report.context import Context
+from rrt.report.document import Figure, Section, frame
+from rrt.report.figures import DPI, new, png, scale
+from rrt.report.results import Name, parse_name
+
+COLUMNS = (
+    "model", "kind", "non_embedding_params", "suite_average", "suite_average_stderr",
+    "perplexity", "perplexity_measure",
+)  # fmt: skip
+STYLE = {
+    "full-size": {"color": "#222222", "marker": "s", "label": "full-size"},
+    "reduced": {"color": "#8c8c8c", "marker": "v", "label": "reduced-size (from scratch)"},
+    "recursive": {"color": "#1f77b4", "marker": "o", "label": "recursive"},
+    "relaxed": {"color": "#ff7f0e", "marker": "D", "label": "relaxed (LoRA)"},
+    "early exit": {"color": "#2ca02c", "marker": "*", "label": "relaxed/recursive + early exit"},
+    "other": {"color": "#9467bd", "marker": "X", "label": "other"},
+}
+CAPTION = (
+    "Suite average (error bars: stderr) and perplexity against non-embedding parameters, every "
+    "evaluated model labelled. Paper fig. 1: recursive and relaxed models sit between the "
+    "reduced-size and the full-size model."
+)
+
+
+def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
+    """The word perplexity task where the suite has one, else exp(held-out CE) per token."""
+    tasks = [(t, m) for t, m, averaged in ctx.tasks if not averaged and "perplexity" in m]
+    if tasks:
+        task, metric = tasks[0]
+        scores = {
+            n: e.scores.get(task)
+            for (n, loop), e in ctx.results.evaluations.items()
+            if loop is None
+        }
+        values = {n: s.value for n, s in scores.items() if s is not None and s.value is not None}
+        return values, f"{metric.replace('_', ' ')} ({task})"
+    ces = {n.name: ctx.ce(n.name) for n in ctx.models}
+    return {
+        n: math.exp(ce) for n, ce in ces.items() if ce is not None
+    }, "held-out token perplexity (exp CE)"
+
+
+def section(ctx: Context) -> Section:
+    section = Section("size", "Accuracy and perplexity against size (paper fig. 1)")
+    values, label = perplexity(ctx)
+    rows = [ctx.facts(n) for n in ctx.models]
+    rows = [r | {"perplexity": values.get(r["model"]), "perplexity_measure": label} for r in rows]
+    section.data["size"] = points = frame(rows, COLUMNS)
+    plotted = points.filter(pl.col("suite_average").is_not_null())
+    if (image := plot(plotted, label)) is None:
+        section.blocks.append("No evaluated model to plot.")
+    else:
+        section.blocks.append(Figure("size", CAPTION, image))
+    return section
+
+
+def group(name: Name) -> str:
+    return "early exit" if name.early_exit else name.kind
+
+
+def short_label(name: Name, several_loops: bool) -> str:
+    loops = f"B{name.loops} " if several_loops and name.loops else ""
+    if name.kind == "full-size":
+        return "source, uptrained" if name.uptrained else "source"
+    if name.kind == "reduced":
+        return f"reduced {loops}({name.budget} tokens)"
+    if name.kind == "recursive":
+        text = f"{loops}{name.init}"
+    elif name.kind == "relaxed":
+        text = f"{loops}{name.init} r={name.rank}"
+    else:
+        return name.name
+    return text + (" + exit" if name.early_exit else "")
+
+
+def plot(points: pl.DataFrame, perplexity_label: str) -> bytes | None:
+    """``points``: model, non_embedding_params, suite_average, suite_average_stderr, perplexity."""
+    points = points.filter(pl.col("non_embedding_params").is_not_null())
+    if points.is_empty():
+        return None
+    unit_scale, unit = scale(points["non_embedding_params"].to_list())
+    names = [parse_name(m) for m in points["model"]]
+    several = len({n.loops for n in names if n.loops}) > 1
+    panels = [("suite_average", "suite average accuracy (%)", 100.0)]
+    if points["perplexity"].is_not_null().any():
+        panels.append(("perplexity", perplexity_label, 1.0))
+    figure, axes = new(5.4 * len(panels) + 0.6, 5.0, len(panels))
+    placements = []
+    for ax, (column, ylabel, factor) in zip(axes, panels, strict=True):
+        drawn: set[str] = set()
+        labels = []
+        for row, name in zip(points.iter_rows(named=True), names, strict=True):
+            if row[column] is None:
+                continue
+            style = STYLE[group(name)]
+            x = row["non_embedding_params"] / unit_scale
+            y = row[column] * factor
+            err = row["suite_average_stderr"] if column == "suite_average" else None
+            ax.errorbar(
+                x, y, yerr=None if err is None else err * factor, fmt=style["marker"],
+                color=style["color"], markersize=9 if style["marker"] == "*" else 6,
+                capsize=2, label=None if group(name) in drawn else style["label"], zorder=3,
+            )  # fmt: skip
+            drawn.add(group(name))
+            labels.append((x, y, short_label(name, several)))
+        ax.set_xlabel(f"non-embedding parameters ({unit})" if unit else "non-embedding parameters")
+        ax.set_ylabel(ylabel)
+        _pad_limits(ax, labels)
+        placements.append((ax, labels))
+    axes[0].set_title("Accuracy against size (higher is better)")
+    if len(axes) > 1:
+        axes[1].set_title("Perplexity against size (lower is better)")
+    handles, texts = axes[0].get_legend_handles_labels()
+    groups = [next(k for k, v in STYLE.items() if v["label"] == text) for text in texts]
+    order = sorted(range(len(texts)), key=lambda i: list(STYLE).index(groups[i]))
+    figure.legend(
+        [handles[i] for i in order], [texts[i] for i in order], loc="outside lower center",
+        ncols=min(5, len(order)), frameon=False,
+    )  # fmt: skip
+    figure.draw_without_rendering()  # the final layout, so label spacing is in real pixels
+    for ax, labels in placements:
+        _place_labels(ax, labels)
+    return png(figure)
+
+
+def _pad_limits(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
+    """Room right of the points for their labels, and a margin above and below."""
+    if not labels:
+        return
+    xs = [x for x, _, _ in labels]
+    ys = [y for _, y, _ in labels]
+    span_x = (max(xs) - min(xs)) or max(abs(max(xs)), 1e-9)
+    span_y = (max(ys) - min(ys)) or max(abs(max(ys)), 1e-9)
+    ax.set_xlim(min(xs) - 0.08 * span_x, max(xs) + 0.45 * span_x)
+    ax.set_ylim(min(ys) - 0.12 * span_y, max(ys) + 0.12 * span_y)
+
+
+def _place_labels(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
+    """Labels to the right of their points. Labels that would overlap horizontally form a column
+    right of the column's rightmost point, stacked in the order of their points' heights, with a
+    leader line from each point whose label moved. Call once the layout is final (pixels)."""
+    renderer = ax.figure.canvas.get_renderer()
+    measured = []
+    for x, y, text in labels:
+        probe = ax.annotate(text, (x, y), xytext=(8, 0), textcoords="offset points", fontsize=8)
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        measured.append(
+            (box.x0, box.width, ax.transData.transform((x, y))[1], box.height, x, y, text)
+        )
+    columns: list[list[tuple]] = []
+    anchors: list[float] = []
+    for item in sorted(measured):
+        if columns and item[0] < anchors[-1] + max(i[1] for i in columns[-1]):
+            columns[-1].append(item)
+            anchors[-1] = max(anchors[-1], item[0])
+        else:
+            columns.append([item])
+            anchors.append(item[0])
+    frame = ax.get_window_extent(renderer)
+    for column, anchor in zip(columns, anchors, strict=True):
+        column.sort(key=lambda item: (item[2], item[6]))
+        spread = _spread(column, frame.y0, frame.y1)
+        for y, (x0, _, py, _, x, y0, text) in zip(spread, column, strict=True):
+            dx = 8 + (anchor - x0) * 72.0 / DPI + (10 if len(column) > 1 else 0)
+            dy = (y - py) * 72.0 / DPI
+            moved = abs(dy) > 2 or dx > 9
+            ax.annotate(
+                text, (x, y0), xytext=(dx, dy), textcoords="offset points", va="center",
+                fontsize=8,
+                arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.5, "shrinkA": 0,
+                            "shrinkB": 4} if moved else None,
+            ).set_in_layout(False)  # fmt: skip
+
+
+def _spread(column: list[tuple], low: float, high: float) -> list[float]:
+    """Label centres (pixels) as near their points as they can be without overlapping: clusters
+    of overlapping labels merge and centre on their points' mean, inside [low, high]."""
+    clusters = [[i] for i in range(len(column))]
+    heights = [item[3] + 1.0 for item in column]
+
+    def place(cluster: list[int]) -> tuple[float, float]:  # bottom and top of a cluster
+        size = sum(heights[i] for i in cluster)
+        centre = sum(column[i][2] for i in cluster) / len(cluster)
+        bottom = min(max(centre - size / 2, low), high - size)
+        return bottom, bottom + size
+
+    merged = True
+    while merged:
+        merged = False
+        for k in range(len(clusters) - 1):
+            if place(clusters[k])[1] > place(clusters[k + 1])[0]:
+                clusters[k : k + 2] = [clusters[k] + clusters[k + 1]]
+                merged = True
+                break
+    out = []
+    for cluster in clusters:
+        y = place(cluster)[0]
+        for i in cluster:
+            out.append(y + heights[i] / 2)
+            y += heights[i]
+    return out

@@ -1,0 +1,308 @@
+"""The summary: the paper's claims, each checked against this run's numbers (none is written in
+by hand), and the comparisons behind each verdict.
+
+A comparison holds when the model is better than its reference on every measure the run has for
+both: the suite average (with the p-value of a paired test over the same items) and the held-out
+CE. A claim is reproduced when all its comparisons hold, not reproduced when none does (or, for a
+claim about the best, when any fails), partly otherwise, and not tested when the experiment makes
+none of the models it needs (with what would test it).
+"""
+
+from dataclasses import dataclass, field
+from itertools import pairwise
+
+from rrt.report import fmt
+from rrt.report.compare import label
+from rrt.report.context import Context
+from rrt.report.document import Section, frame, table
+from rrt.report.results import Name, parse_name
+from rrt.report.stats import Paired
+from rrt.report.tables import exits, kd, rank
+from rrt.report.tables.init import groups as init_groups
+
+DATA = (
+    "claim", "model", "reference", "delta_average", "p_average", "held_out_ce_model",
+    "held_out_ce_reference", "holds", "note",
+)  # fmt: skip
+CE = "held-out CE, model vs reference"
+
+
+@dataclass
+class Check:
+    model: str
+    reference: str
+    average: Paired | None = None  # model minus reference (fraction)
+    ce: tuple[float, float] | None = None  # (model, reference), nats per token
+    holds: bool | None = None
+    note: str = ""
+
+
+@dataclass
+class Claim:
+    id: str
+    short: str  # in the table of comparisons
+    claim: str
+    paper: str
+    needs: str  # what the experiment must make to test it
+    every: bool = False  # a claim about the best: one comparison that fails refutes it
+    checks: list[Check] = field(default_factory=list)
+
+    def add(self, check: Check | None) -> None:
+        if check is not None:
+            self.checks.append(check)
+
+    @property
+    def outcome(self) -> str:
+        held = sum(bool(c.holds) for c in self.checks)
+        if not self.checks:
+            return "not tested"
+        if held == len(self.checks):
+            return "reproduced"
+        return "not reproduced" if held == 0 or self.every else "partly reproduced"
+
+    def verdict(self, alpha: float) -> str:
+        if not self.checks:
+            return f"not tested: {self.needs}"
+        held = sum(bool(c.holds) for c in self.checks)
+        text = f"{self.outcome} ({held} of {len(self.checks)} comparisons hold"
+        if tested := [c.average for c in self.checks if c.average is not None]:
+            significant = sum(a.p < alpha for a in tested)
+            text += f"; {significant} of {len(tested)} accuracy differences significant at "
+            text += f"p < {alpha:g}"
+        return text + ")"
+
+
+def better(ctx: Context, model: Name, reference: Name, relation: str) -> Check | None:
+    """``model`` better than ``reference`` on the suite average and the held-out CE."""
+    check, verdicts = Check(model.name, reference.name), []
+    average = ctx.compare(ctx.evaluation(model.name), ctx.evaluation(reference.name), relation)
+    if average is not None:
+        check.average = average
+        verdicts.append(average.delta > 0)
+    ce_a, ce_b = ctx.ce(model.name), ctx.ce(reference.name)
+    if ce_a is not None and ce_b is not None:
+        check.ce = (ce_a, ce_b)
+        verdicts.append(ce_a < ce_b)
+    if not verdicts:
+        return None
+    check.holds = all(verdicts)
+    check.note = "the two measures disagree" if len(set(verdicts)) > 1 else ""
+    return check
+
+
+def _kept(model: str, reference: str, result: Paired, alpha: float) -> Check:
+    """Accuracy kept: holds unless significantly lower."""
+    kept = result.delta >= 0 or result.p >= alpha
+    return Check(model, reference, result, holds=kept, note="kept: not significantly lower")
+
+
+def claims(ctx: Context) -> list[Claim]:
+    found = [_relaxed, _rank, _reduced, _stepwise, _distillation, _early_exit]
+    return [claim(ctx) for claim in found]
+
+
+def _relaxed(ctx: Context) -> Claim:
+    claim = Claim(
+        "relaxed",
+        "relaxed beats recursive",
+        "Relaxing the recursive model with layer-wise LoRA improves it",
+        "Gemma 2B, B = 2: relaxed 55.8 to 58.4 (r = 64 to 512) against recursive 54.9 (app. I)",
+        "needs a relaxed model and a recursive model of the same loops "
+        "(relaxed.ranks, recursive.loops)",
+    )
+    for (loops, init), names in sorted(rank.groups(ctx).items()):
+        # the recursive model it relaxes; else the paper's recursive baseline (stepwise)
+        recursive = rank.recursive_of(ctx, loops, init) or rank.recursive_of(ctx, loops, "stepwise")
+        if recursive is None:
+            continue
+        for name in names:
+            same = recursive.init == init
+            check = better(ctx, name, recursive, "vs rank 0" if same else "vs recursive")
+            if check is not None and not same:
+                notes = [check.note, f"no recursive model of init {init}"]
+                check.note = "; ".join(filter(None, notes))
+            claim.add(check)
+    return claim
+
+
+def _rank(ctx: Context) -> Claim:
+    claim = Claim(
+        "rank",
+        "higher rank is better",
+        "A higher LoRA rank scores higher",
+        "55.8 / 56.6 / 57.0 / 58.4 at r = 64 / 128 / 256 / 512 (Gemma 2B, app. I)",
+        "needs two or more ranks of one relaxed model (relaxed.ranks)",
+    )
+    for _, names in sorted(rank.groups(ctx).items()):
+        for low, high in pairwise(sorted(names, key=lambda n: n.rank_value)):
+            claim.add(better(ctx, high, low, "vs lower rank"))
+    return claim
+
+
+def _reduced(ctx: Context) -> Claim:
+    claim = Claim(
+        "reduced",
+        "recursive beats reduced-size",
+        "The recursive model beats a reduced-size model of its size trained on the same tokens",
+        "Gemma 54.9 against 44.9, TinyLlama 44.3 against 40.5, Pythia 45.2 against 39.5 "
+        "(app. I, reduced-size with the same recipe and KD)",
+        "needs a recursive model and the reduced-size model of the same depth trained on its "
+        "uptraining tokens (baselines.reduced_budgets: uptrain)",
+    )
+    for name in ctx.models:
+        matched = ctx.matched_reduced(name) if name.kind == "recursive" and name.uptrained else None
+        if matched is not None:
+            claim.add(better(ctx, name, parse_name(matched.name), "vs reduced, matched tokens"))
+    return claim
+
+
+def _stepwise(ctx: Context) -> Claim:
+    claim = Claim(
+        "stepwise",
+        "stepwise is the best init",
+        "Stepwise is the best initialisation of the pure recursive model",
+        "Gemma 2B, 15 B tokens: stepwise 51.7, average 46.7, lower 47.1, random 37.6 (app. F)",
+        "needs recursive models of stepwise and another init (recursive.inits)",
+        every=True,
+    )
+    for (kind, _, _), names in sorted(init_groups(ctx).items(), key=lambda kv: str(kv[0])):
+        best = next((n for n in names if n.init == "stepwise"), None)
+        if kind != "recursive" or best is None:
+            continue
+        for other in names:
+            if other is not best:
+                claim.add(better(ctx, best, other, "stepwise vs other init"))
+    return claim
+
+
+def _distillation(ctx: Context) -> Claim:
+    claim = Claim(
+        "kd",
+        "distillation helps",
+        "Distillation from the full-size model improves uptraining",
+        "forward-KL distillation, the best of the divergences tried (app. E, I)",
+        "needs an uptraining sweep over distillation weights (sweep.kd_weights, e.g. "
+        "[0.0, 0.5], and sweep.seeds)",
+    )
+    for _, weights in sorted(kd.groups(ctx).items()):
+        low = min(weights)
+        for weight, seeds in sorted(weights.items()):
+            for seed, training in sorted(seeds.items()):
+                reference = weights[low].get(seed)
+                if weight == low or reference is None:
+                    continue
+                mine, theirs = training.validation_ce, reference.validation_ce
+                if mine is not None and theirs is not None:
+                    check = Check(
+                        training.name, reference.name, ce=(mine, theirs), holds=mine < theirs
+                    )
+                    claim.add(check)
+    return claim
+
+
+def _early_exit(ctx: Context) -> Claim:
+    claim = Claim(
+        "exit",
+        "early exit",
+        "Early-exit post-training makes loop 1 usable and keeps the full depth's accuracy",
+        "post-training with the aggressive loss (final loop 1, others 0.1, self-distillation) "
+        "beats co-training and keeps the final loop close (sec. 3.7, app. J)",
+        "needs an early-exit model (early_exit.models)",
+    )
+    for name in exits.models(ctx):
+        full, base = ctx.evaluation(name.name), name.name.removesuffix(".ee")
+        before, after = ctx.training(base), ctx.training(name.name)
+        # 1. loop 1's exit improves with post-training (held-out CE at that exit)
+        ce_before = (before.exits.get(1) or {}).get("ce") if before else None
+        ce_after = (after.exits.get(1) or {}).get("ce") if after else None
+        if ce_before is not None and ce_after is not None:
+            claim.add(
+                Check(
+                    f"{name.name} (loop 1)",
+                    f"{base} (loop 1)",
+                    ce=(ce_after, ce_before),
+                    holds=ce_after < ce_before,
+                    note="loop 1's exit, after against before post-training",
+                )
+            )
+        # 2. full depth is kept: not significantly worse than before post-training
+        if result := ctx.compare(full, ctx.evaluation(base), "after vs before post-training"):
+            claim.add(_kept(name.name, base, result, ctx.alpha))
+        # 3. loop 1 keeps the full depth's accuracy: not significantly worse
+        first = ctx.evaluation(name.name, 1) if (name.loops or 1) > 1 else None
+        if first and (result := ctx.compare(first, full, "vs full depth")):
+            claim.add(_kept(label(first), name.name, result, ctx.alpha))
+    return claim
+
+
+def section(ctx: Context, found: list[Claim]) -> Section:
+    record, alpha = ctx.results.record, ctx.alpha
+    config = f"config sha256 `{record['config_sha256'][:16]}`" if record else "no experiment record"
+    averaged = sum(averaged for _, _, averaged in ctx.tasks)
+    outcomes = ("reproduced", "partly reproduced", "not reproduced", "not tested")
+    by_outcome = {o: "; ".join(c.claim for c in found if c.outcome == o) for o in outcomes}
+    rows, data = [], []
+    for claim in found:
+        for check in claim.checks:
+            ce, average = check.ce, check.average
+            rows.append(
+                {
+                    "claim": claim.short,
+                    "model": check.model,
+                    "reference": check.reference,
+                    "Δ avg (points)": fmt.delta(average, alpha),
+                    CE: f"{ce[0]:.4f} vs {ce[1]:.4f}" if ce else fmt.DASH,
+                    "holds": "yes" if check.holds else "no",
+                    "note": check.note,
+                }
+            )
+            data.append(
+                {
+                    "claim": claim.id,
+                    "model": check.model,
+                    "reference": check.reference,
+                    "delta_average": average.delta if average else None,
+                    "p_average": average.p if average else None,
+                    "held_out_ce_model": ce[0] if ce else None,
+                    "held_out_ce_reference": ce[1] if ce else None,
+                    "holds": bool(check.holds),
+                    "note": check.note,
+                }
+            )
+        if not claim.checks:
+            data.append({"claim": claim.id, "note": f"not tested: {claim.needs}"})
+    verdicts = [
+        {"paper's claim": c.claim, "paper": c.paper, "this run": c.verdict(alpha)} for c in found
+    ]
+    return Section(
+        "summary",
+        "Summary: the paper's claims in this run",
+        [
+            f"Experiment **{ctx.results.experiment}** ({config}): {len(ctx.models)} models, "
+            f"{len(ctx.gaps)} missing results. Accuracy is the suite average over {averaged} "
+            "tasks; every verdict below is computed from the numbers in this report (paired "
+            f"tests at alpha {alpha:g}), none is written in by hand.",
+            "In this run, "
+            + ". ".join(f"**{o}**: {text}" for o, text in by_outcome.items() if text)
+            + ".",
+            table(
+                "claims",
+                "Which of the paper's claims this run reproduces",
+                verdicts,
+                [
+                    "A comparison holds when the model is better than its reference on every "
+                    "measure this run has for both: the suite average and the held-out CE (early "
+                    "exit's 'keeps' comparisons: not significantly lower). The comparisons are "
+                    "listed below."
+                ],
+            ),
+            table(
+                "checks",
+                "The comparisons behind each verdict",
+                rows,
+                [f"Δ avg: paired test over the same items; * p < {alpha:g}."],
+                ["claim", "model", "reference", "Δ avg (points)", CE, "holds", "note"],
+            ),
+        ],
+        {"checks": frame(data, DATA)},
+    )

@@ -1,0 +1,108 @@
+"""Missing results: each result the experiment's record lists that is not there, with why (the
+failed job's last log line, or the missing result it waits for). A gap, never an error."""
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from rrt.report.document import Section, table
+from rrt.report.results import Results, parse_name
+
+LOG_RULES = {"reduced": "reduced", "recursive": "convert", "relaxed": "relax"}
+
+
+@dataclass(frozen=True)
+class Gap:
+    path: str
+    reason: str
+
+
+def find_gaps(results: Results) -> list[Gap]:
+    paths = {
+        p for kind in ("evaluations", "models", "benchmarks") for p in results.expected(kind) or []
+    }
+    if results.record is None:  # without the record, only models present but not evaluated
+        for n in map(parse_name, results.models_present):
+            if (n.kind in ("full-size", "reduced") or n.uptrained) and n.sweep is None:
+                paths.add(f"eval/{n.name}.json")
+    missing = sorted(p for p in paths if not (results.root / p).exists())
+    return [Gap(p, missing_reason(results.root, p)) for p in missing]
+
+
+def job_log(relative: str) -> str | None:
+    """The log of the job that makes ``relative`` (the workflow's naming of logs)."""
+    parts = relative.split("/")
+    if parts[0] in ("eval", "benchmarks"):
+        rule = "evaluate" if parts[0] == "eval" else "benchmark"
+        return f"logs/{rule}/{parts[-1].removesuffix('.json')}.log"
+    if parts[0] != "models":
+        return None
+    name = parse_name(parts[1])
+    base = parts[1].split(".", 1)[0]
+    if name.early_exit:
+        return f"logs/early_exit/{base}.log"
+    if name.uptrained:
+        return f"logs/uptrain/{base}{parts[1].split('.up', 1)[1]}.log"
+    if name.kind == "full-size":
+        return "logs/pretrain/source.log"
+    rule = LOG_RULES.get(name.kind)
+    return f"logs/{rule}/{base.split('-', 1)[1]}.log" if rule else None
+
+
+def made_from(relative: str) -> str | None:
+    """The model that ``relative`` (an evaluation or a model) is made from."""
+    parts = relative.split("/")
+    if parts[0] == "eval":
+        stem = parts[-1].removesuffix(".json")
+        return "models/" + (re.sub(r"-exit\d+$", "", stem) if len(parts) == 3 else stem)
+    if parts[0] != "models":
+        return None
+    name = parse_name(parts[1])
+    if name.early_exit:
+        return "models/" + parts[1].removesuffix(".ee")
+    if name.uptrained:
+        return "models/" + parts[1].split(".up", 1)[0]
+    if name.kind == "relaxed":
+        return f"models/recursive-B{name.loops}-{name.init}"
+    return None
+
+
+def missing_reason(root: Path, relative: str) -> str:
+    """Why ``relative`` is missing: the failed job's last log line, or what it waits for."""
+    if (root / (relative + ".work")).is_dir():
+        return f"training interrupted or still running ({relative}.work holds its checkpoints)"
+    log = job_log(relative)
+    if log is not None and (root / log).is_file():
+        return f"its job failed: {log} ends with: {_last_line(root / log)}"
+    source = made_from(relative)
+    if source is not None and not (root / source).exists():
+        return f"not run: {source} is missing ({missing_reason(root, source)})"
+    return "not run yet (no result and no job log)"
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("rrt ") and ": error:" in line]
+    line = (errors or lines or ["(an empty log)"])[-1]
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def add(section: Section, gaps: list[Gap], recorded: bool) -> None:
+    """The list of gaps (each also shows in its table), or why there is none."""
+    if not gaps:
+        section.blocks.append(
+            "Every result the experiment's record lists is here."
+            if recorded
+            else "No experiment record (experiment.json, written when the workflow starts): "
+            "configurations that never ran cannot be listed; every model present here that "
+            "is evaluated has its evaluation."
+        )
+        return
+    rows = [{"missing result": g.path, "reason": g.reason} for g in gaps]
+    section.data["gaps"] = pl.DataFrame(rows)
+    section.blocks.append(
+        f"{len(gaps)} result(s) the experiment makes are missing; each shows as a gap in its table:"
+    )
+    section.blocks.append(table("gaps", "Missing results and why", rows))

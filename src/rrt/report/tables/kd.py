@@ -1,0 +1,83 @@
+"""Distillation (paper app. E, I): an uptraining sweep over KD weights, each seed of the data
+order paired with the same seed at the lowest weight; held-out CE is the swept models' measure."""
+
+import statistics
+from collections import defaultdict
+
+import polars as pl
+
+from rrt.report import fmt, stats
+from rrt.report.context import Context
+from rrt.report.document import Section, table
+from rrt.report.results import Training, parse_name
+
+
+def groups(ctx: Context) -> dict[tuple[str, int], dict[float, dict[int, Training]]]:
+    """(base model, tokens) -> KD weight -> seed -> the swept model's training."""
+    found: dict[tuple[str, int], dict[float, dict[int, Training]]] = defaultdict(
+        lambda: defaultdict(dict)
+    )
+    for name, training in ctx.results.trainings.items():
+        if (sweep := parse_name(name).sweep) is not None:
+            tokens, weight, seed = sweep
+            found[(name.split(".up", 1)[0], tokens)][weight][seed] = training
+    return {k: dict(v) for k, v in found.items() if len(v) >= 2}
+
+
+def _mean_sd(values: list[float]) -> str:
+    if len(values) < 2:
+        return fmt.number(values[0]) if values else fmt.DASH
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def section(ctx: Context) -> Section:
+    section = Section("kd", "Distillation (paper app. E, I)")
+    if not (found := groups(ctx)):
+        section.blocks.append(
+            "Not in this experiment: it sweeps no distillation weights (config sweep.kd_weights "
+            "with two or more values; config/experiments/uptrain-ablation.yaml has one)."
+        )
+        return section
+    rows, data = [], []
+    for (base, tokens), weights in sorted(found.items()):
+        low = min(weights)
+        for weight, seeds in sorted(weights.items()):
+            data += [
+                {"model": base, "tokens": tokens, "kd_weight": weight, "seed": seed}
+                | {"held_out_ce": t.validation_ce}
+                | {
+                    f"{m}_loop{loop}": v
+                    for loop, e in sorted(t.exits.items())
+                    for m, v in e.items()
+                }
+                for seed, t in sorted(seeds.items())
+            ]
+            ces = {s: t.validation_ce for s, t in seeds.items() if t.validation_ce is not None}
+            reference = {s: weights[low][s].validation_ce for s in ces if s in weights[low]}
+            diffs = [ces[s] - ref for s, ref in sorted(reference.items()) if ref is not None]
+            test = stats.paired_t(diffs) if weight != low and diffs else None
+            rows.append(
+                {
+                    "model": base,
+                    "tokens": fmt.count(tokens),
+                    "KD w": f"{weight:g}",
+                    "seeds": str(len(seeds)),
+                    "held-out CE (mean ± sd)": _mean_sd(list(ces.values())),
+                    f"Δ CE vs w={low:g} per seed": ", ".join(f"{d:+.4f}" for d in diffs)
+                    if test
+                    else fmt.DASH,
+                    "better on": f"{sum(d < 0 for d in diffs)} of {len(diffs)} seeds"
+                    if test
+                    else fmt.DASH,
+                    "paired t over seeds": fmt.delta(test, ctx.alpha, scale=1.0, digits=4),
+                }
+            )
+    section.data["kd"] = pl.DataFrame(data, infer_schema_length=None)
+    note = (
+        "Each swept model is uptrained once per seed of the data order from the same weights; "
+        "the seeds pair the runs. Swept models are not evaluated with lm-eval: held-out CE (nats "
+        "per token) is their measure."
+    )
+    caption = "Uptraining with and without distillation (held-out CE, lower is better)"
+    section.blocks.append(table("kd", caption, rows, [note]))
+    return section

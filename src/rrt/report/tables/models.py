@@ -1,0 +1,84 @@
+"""Every model, one row each: the paper-style summary (tables/models.csv) with its differences to
+the full-size and the matched reduced-size model, each task's accuracy, and every score of every
+evaluation (tables/scores.csv)."""
+
+from rrt.report import fmt
+from rrt.report.context import Context
+from rrt.report.document import Section, frame, table
+from rrt.report.results import Name
+from rrt.report.tables import gaps
+
+DATA = (
+    "model", "kind", "loops", "init", "rank", "early_exit", "non_embedding_params", "lora_params",
+    "trained_tokens", "kd_weight", "suite_average", "suite_average_stderr", "held_out_ce",
+    "delta_average_vs_full_size", "p_vs_full_size", "full_size_reference",
+    "delta_average_vs_reduced", "p_vs_reduced", "reduced_reference", "status",
+)  # fmt: skip
+SCORES = ["model", "exit_loop", "task", "metric", "value", "stderr", "items", "in_average"]
+FULL, REDUCED = "Δ avg vs full-size", "Δ avg vs reduced (matched tokens)"
+
+
+def training_text(ctx: Context, name: Name) -> str:
+    """How the model was trained, and on how many tokens."""
+    training = ctx.training(name.name)
+    if training is None:
+        return fmt.DASH
+    tokens = fmt.count(training.tokens)
+    if name.kind == "reduced":
+        return f"from scratch {tokens}"
+    if name.kind == "full-size" and not name.uptrained:
+        return f"pretrained {tokens}"
+    if name.early_exit:
+        base = ctx.training(name.name.removesuffix(".ee"))
+        return f"uptrained {fmt.count(base.tokens) if base else '?'} + early exit {tokens}"
+    return f"uptrained {tokens}"
+
+
+def section(ctx: Context) -> Section:
+    full = ctx.full_size()
+    rows = []
+    for name in ctx.models:
+        evaluation, reduced = ctx.evaluation(name.name), ctx.matched_reduced(name)
+        mine = full is not None and full.name == name.name
+        vs_full = None if mine else ctx.compare(evaluation, full, "vs full-size")
+        vs_reduced = ctx.compare(evaluation, reduced, "vs reduced, matched tokens")
+        rows.append(
+            ctx.facts(name)
+            | fmt.versus("full_size", FULL, vs_full, ctx.alpha)
+            | fmt.versus("reduced", REDUCED, vs_reduced, ctx.alpha)
+            | ctx.task_cells(evaluation, averaged=False)
+            | ctx.task_cells(evaluation, averaged=True)
+            | {
+                "training (tokens)": training_text(ctx, name),
+                "full_size_reference": full.name if full else None,
+                "reduced_reference": reduced.name if reduced else None,
+            }
+        )
+    summary = ["model", "B", "init", "rank", "non-emb. params", "LoRA params"]
+    summary += ["training (tokens)", "KD w", "average", *ctx.task_cells(None, averaged=False)]
+    summary += ["held-out CE", FULL, REDUCED, "status"]
+    per_task = ["model", *ctx.task_cells(None, averaged=True), "average", "status"]
+    notes = [
+        "Accuracies in percent ± stderr (lm-eval); the average is the suite's (its tasks' "
+        "stderrs added in quadrature). Held-out CE: nats per token on the validation split "
+        "after training (metrics.json).",
+        "Δ avg: difference of the suite average in points against the full-size model "
+        f"({full.name if full else 'none'}) and against the reduced-size model of the same depth "
+        "trained on the same number of tokens, with the p-value of a paired test over the same "
+        f"items; * marks p < {ctx.alpha:g}.",
+    ]
+    scores = [
+        {"model": e.name, "exit_loop": e.exit_loop, "task": s.task, "metric": s.metric,
+         "value": s.value, "stderr": s.stderr, "items": s.n, "in_average": s.averaged}
+        for e in sorted(ctx.results.evaluations.values(), key=lambda x: (x.name, x.exit_loop or 0))
+        for s in e.scores.values()
+    ]  # fmt: skip
+    section = Section("models", "Models", data={"models": frame(rows, DATA)})
+    section.data["scores"] = frame(scores, SCORES)
+    section.blocks.append(
+        table("models", "Every model, paper-style", [fmt.cells(r, summary) for r in rows], notes)
+    )
+    caption = "Every model, task by task (accuracy in percent ± stderr)"
+    section.blocks.append(table("tasks", caption, [fmt.cells(r, per_task) for r in rows]))
+    gaps.add(section, ctx.gaps, ctx.results.record is not None)
+    return section

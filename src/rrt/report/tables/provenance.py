@@ -1,0 +1,76 @@
+"""Provenance: where the numbers come from (the config's hash, the git commits, library versions
+and hardware of the result files and of the workflow run), counted over the files that say."""
+
+from collections import Counter, defaultdict
+from importlib import metadata
+from typing import Any
+
+from rrt.report.document import Bullets, Section
+from rrt.report.record import RECORD
+from rrt.report.results import Results
+
+
+def _machine(info: dict[str, Any]) -> str:
+    parts = [str(info.get("cpu", "?")), f"{info.get('cores', '?')} cores"]
+    if info.get("memory_gb"):
+        parts.append(f"{info['memory_gb']} GB")
+    if info.get("gpus"):
+        parts.append("GPUs: " + ", ".join(map(str, info["gpus"])))
+    return ", ".join(parts)
+
+
+def _counted(counter: Counter[str], what: str) -> str:
+    """The one value, or each value with how many ``what`` have it."""
+    if len(counter) == 1:
+        return next(iter(counter))
+    return "; ".join(f"{k} ({n} {what})" for k, n in sorted(counter.items()))
+
+
+def section(results: Results) -> Section:
+    record = results.record or {}
+    workflow = record.get("workflow") or {}
+    commits, hosts, hardware, devices = (
+        Counter[str](),
+        Counter[str](),
+        Counter[str](),
+        Counter[str](),
+    )
+    versions: dict[str, Counter[str]] = defaultdict(Counter)
+    trained = [t.provenance for t in results.trainings.values() if t.provenance]
+    sources = [(e.git_commit, e.versions, None, None) for e in results.evaluations.values()]
+    sources += [
+        (p.get("git_commit"), p.get("versions") or {}, p.get("host"), p.get("hardware"))
+        for p in trained
+    ]
+    for commit, libraries, host, machine in sources:
+        commits[str(commit or "not recorded")] += 1
+        for library, version in libraries.items():
+            versions[library][str(version)] += 1
+        if host:
+            hosts[str(host)] += 1
+        if machine:
+            hardware[_machine(machine)] += 1
+    for e in results.evaluations.values():
+        devices[f"{e.device or '?'}, {e.dtype or '?'}, {e.threads or '?'} torch threads"] += 1
+    root = f"{results.root.parent.name}/{results.root.name}"
+    config = (
+        f"sha256 `{record['config_sha256']}` (the resolved config is in `{root}/{RECORD}`)"
+        if record
+        else f"unknown: `{root}/{RECORD}` (written when the workflow starts) is missing"
+    )
+    machine = _machine(workflow["hardware"]) if workflow.get("hardware") else "not recorded"
+    libraries = "; ".join(f"{lib} {_counted(v, 'files')}" for lib, v in sorted(versions.items()))
+    built = ", ".join(f"{lib} {metadata.version(lib)}" for lib in ("polars", "matplotlib"))
+    items = [
+        f"Experiment: **{results.experiment}**, results read from `{root}/` only.",
+        f"Config: {config}",
+        f"Git commit of the results: {_counted(commits, 'result files')}",
+        f"Git commit of the workflow run: {workflow.get('git_commit') or 'not recorded'}",
+        f"Library versions: {libraries}",
+        f"Hardware of the workflow run: {machine}",
+        f"Hardware of the training jobs: {_counted(hardware, 'models') or 'not recorded'}",
+        f"Hosts of the training jobs: {_counted(hosts, 'models') or 'not recorded'}",
+        f"Evaluations ran on: {_counted(devices, 'evaluations') or 'no evaluations'}",
+        f"Report built with: {built}",
+    ]
+    return Section("provenance", "Provenance", [Bullets(items)])
