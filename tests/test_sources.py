@@ -645,11 +645,10 @@ def test_unreachable_hub_is_one_line_naming_corpus_and_revision(
 
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch):
-    """rrt's own main() with `download` registered, as cli.py will register it."""
+def cli():
+    """rrt's own main(), which registers `download`."""
     from rrt import cli as rrt_cli
 
-    monkeypatch.setitem(rrt_cli.COMMANDS, "download", ("rrt.sources", "fetch models and data"))
     return rrt_cli.main
 
 

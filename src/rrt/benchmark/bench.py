@@ -11,7 +11,6 @@ simulated speedups sit side by side.
 
 from __future__ import annotations
 
-import argparse
 import platform
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 
 from rrt import config as schema
 from rrt import names
-from rrt.contracts import ROOFLINE_FIELDS, BenchmarkResult
+from rrt.contracts import ROOFLINE_FIELDS
 from rrt.errors import UserError
 from rrt.memory import PeakMemory
 
@@ -673,38 +672,3 @@ def benchmark(
         "calibration": calibration,
         "systems": systems,
     }
-
-
-def run(args: argparse.Namespace) -> dict[str, float]:
-    from rrt.io import write_json
-
-    schema.set_threads(args.threads)
-    cfg = schema.from_arguments(BenchConfig, args)
-    result = benchmark(args.model, args.baseline, args.data, cfg, device=args.device)
-    BenchmarkResult.from_dict(result, str(args.out), strict=True)  # the readers' contract
-    write_json(args.out, result)
-    return {
-        f"{name}.{key}": value
-        for name, row in result["systems"].items()
-        for key, value in row.items()
-        if key in ("tokens_per_s", "agreement", "mean_exit_loop", "speedup_vs_vanilla")
-        and isinstance(value, int | float)
-    }
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Serve one held-out workload with every system (Hugging Face generate, transformers' "
-        "continuous batching, the rrt engine sequence-wise, depth-wise, and depth-wise with real "
-        "early exit) and write tokens/s, latency, exits and agreement to one JSON."
-    )
-    p.add_argument("--model", required=True, help="the recursive (early-exit) model directory")
-    p.add_argument("--baseline", help="the full-size source model directory")
-    p.add_argument(
-        "--data", required=True, help="corpus folder: test prompts, validation calibration"
-    )
-    p.add_argument("--out", required=True, type=Path, help="the benchmark JSON")
-    schema.add_setting(p, "device")
-    schema.add_setting(p, "threads")
-    schema.add_arguments(p, BenchConfig)
-    p.set_defaults(func=run)

@@ -12,7 +12,6 @@ lm-eval is imported inside functions: it takes seconds to import and ``rrt --hel
 
 from __future__ import annotations
 
-import argparse
 import difflib
 import json
 import math
@@ -27,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from rrt import config as schema
 from rrt import store
 from rrt.config import section
 from rrt.contracts import EvaluationReport
@@ -487,64 +485,3 @@ def write_evaluation(evaluation: Evaluation, out: str | os.PathLike[str]) -> Pat
 
 
 # --- CLI -------------------------------------------------------------------------------------
-
-
-def run(args: argparse.Namespace) -> dict:
-    # No network at run time: without these a missing hub dataset costs ~34 s of retries.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if not str(args.out).endswith(".json"):
-        raise UserError(f"--out {args.out} must name a .json file")
-    schema.set_threads(args.threads)
-    settings = schema.from_arguments(EvaluateConfig, args)
-    tasks = [t.strip() for t in settings.tasks.split(",") if t.strip()]
-    model = store.load_model(args.model, dtype="auto", device=args.device)
-    tokenizer = store.load_tokenizer(args.tokenizer or args.model)
-    evaluation = evaluate(
-        model,
-        tokenizer,
-        tasks,
-        task_dir=args.task_dir,
-        paper_data=settings.paper_data,
-        num_fewshot=settings.num_fewshot,
-        limit=settings.limit,
-        batch_size=settings.batch_size,
-        cpu_batch_size=settings.cpu_batch_size,
-        exit_loop=args.exit_loop,
-        seed=settings.seed,
-        bootstrap_iters=settings.bootstrap_iters,
-    )
-    evaluation.report["model"]["dir"] = str(Path(args.model).resolve())
-    samples = write_evaluation(evaluation, args.out)
-    for name, suite in evaluation.report["suites"].items():
-        print(f"{name}: average {suite['average']}")
-    for name, task in evaluation.report["tasks"].items():
-        head = task["headline"]
-        print(f"{name}: {head['metric']} = {head['value']}")
-    print(f"wrote {args.out} and {samples}")
-    return {
-        "suites": {name: suite["average"] for name, suite in evaluation.report["suites"].items()},
-        "tasks": {
-            name: {
-                task["headline"]["metric"]: task["headline"]["value"],
-                "stderr": task["stderr"].get(task["headline"]["metric"]),
-            }
-            for name, task in evaluation.report["tasks"].items()
-        },
-    }
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = (
-        "Evaluate a save_pretrained model directory on lm-eval tasks or suites "
-        f"({', '.join(load_suites())}) and write one JSON plus per-sample JSONL."
-    )
-    p.add_argument("--model", required=True, help="save_pretrained model directory")
-    p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
-    p.add_argument("--out", required=True, type=Path, help="report JSON; samples go beside it")
-    p.add_argument("--task-dir", type=Path, help="directory of lm-eval task YAMLs (rrt tasks)")
-    p.add_argument("--exit-loop", type=int, help="recursive models: exit every token after loop b")
-    schema.add_setting(p, "device")
-    schema.add_setting(p, "threads")
-    schema.add_arguments(p, EvaluateConfig)
-    p.set_defaults(func=run)

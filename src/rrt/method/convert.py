@@ -10,20 +10,17 @@ Embeddings, final norm and head are copied; everything in a block is tied, norms
 
 from __future__ import annotations
 
-import argparse
 import copy
 
 import numpy as np
 import torch
 from transformers import PreTrainedModel
 
-from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
 from rrt.model.families import family_of
 from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
 from rrt.model.shape import check_loops
-from rrt.model.sizes import count_parameters
 from rrt.names import INITS
 
 
@@ -101,44 +98,7 @@ def build_like(config: RecursiveConfig, reference: torch.nn.Module) -> Recursive
         return RecursiveForCausalLM._from_config(config, dtype=weight.dtype)
 
 
-def _convert_cli(args: argparse.Namespace) -> dict:
-    schema.set_threads(args.threads)
-    if args.init not in INITS:
-        raise UserError(f"unknown --init {args.init!r}; choose one of {', '.join(INITS)}")
-    config = store.load_config(args.source)  # fail on bad arguments before loading weights
-    family_of(config.model_type)
-    check_loops(config.num_hidden_layers, args.loops)
-    source = store.load_model(args.source, device=args.device)
-    model = convert(source, loops=args.loops, init=args.init, seed=args.seed)
-    prov = store.provenance(
-        "convert",
-        {"source": args.source, "loops": args.loops, "init": args.init, "seed": args.seed},
-    )
-    store.save_model(
-        model,
-        args.out,
-        prov,
-        tokenizer=store.load_tokenizer(args.source, required=False),
-        dtype=source_dtype(args.source),
-    )
-    print(f"recursive model ({args.init}, B={args.loops}) written to {args.out}")
-    return {"parameters": count_parameters(model)}
-
-
 def source_dtype(path: str) -> torch.dtype | None:
     """The dtype a checkpoint was stored in, so outputs keep it (the math runs in fp32)."""
     dtype = getattr(store.load_config(path), "dtype", None)
     return dtype if isinstance(dtype, torch.dtype) else None
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, help="source model directory (save_pretrained)")
-    p.add_argument("--loops", type=int, required=True, help="B: loops of the shared block")
-    p.add_argument(
-        "--init", default="stepwise", help=f"shared-layer initialisation: {', '.join(INITS)}"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
-    schema.add_setting(p, "device")
-    schema.add_setting(p, "threads")
-    p.add_argument("--out", required=True, help="output model directory")
-    p.set_defaults(func=_convert_cli)

@@ -6,16 +6,13 @@ as the paper's tables do (Gemma 2B: 1.99 B full, 0.99 B recursive with B = 2).
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 from typing import Any
 
 import torch
 from torch import nn
 from transformers import AutoModelForCausalLM
 
-from rrt import store
 from rrt.errors import UserError
 from rrt.model.families import family_of
 from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
@@ -66,17 +63,3 @@ def build_on_meta(config: Any, loops: int | None = None, rank: Any = None) -> nn
     with torch.device("meta"):
         recursive.lora_rank = full_ranks(ranks, RecursiveForCausalLM(recursive))
         return RecursiveForCausalLM(recursive)
-
-
-def _params_cli(args: argparse.Namespace) -> dict:
-    config = store.load_config(args.path)
-    counts = count_parameters(build_on_meta(config, args.loops, args.rank))
-    print(json.dumps(counts, indent=2))
-    return counts
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="model directory, or a config JSON (source or recursive)")
-    p.add_argument("--loops", type=int, help="count the recursive model with B loops")
-    p.add_argument("--rank", help="LoRA rank of the relaxed model: R or attention=R1,mlp=R2")
-    p.set_defaults(func=_params_cli)

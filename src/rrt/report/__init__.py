@@ -11,11 +11,9 @@ The package's modules are imported inside functions: the Snakefile imports
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
-from rrt import config as schema
 from rrt.config import section
 
 
@@ -33,24 +31,3 @@ def build(results_dir: str | Path, out: str | Path, settings: ReportConfig) -> d
     report = compose(results_dir, settings.alpha)
     write(report, Path(out))
     return report.metrics
-
-
-def _run(args: argparse.Namespace) -> dict[str, Any]:
-    settings = schema.from_arguments(ReportConfig, args)
-    metrics = build(args.results, args.out, settings)
-    print(
-        f"wrote {args.out}/report.html, report.md, tables/ and plots/: {metrics['models']} "
-        f"models, {metrics['missing_results']} missing results, "
-        f"{metrics['claims_reproduced']} of {metrics['claims_tested']} tested claims reproduced"
-    )
-    return metrics
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__.split("\n\n")[0] if __doc__ else None
-    p.add_argument("--results", required=True, type=Path, help="the experiment's results folder")
-    p.add_argument(
-        "--out", required=True, type=Path, help="report folder (report.html, report.md, ...)"
-    )
-    schema.add_arguments(p, ReportConfig)
-    p.set_defaults(func=_run)

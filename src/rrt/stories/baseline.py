@@ -9,8 +9,6 @@ model (:class:`NgramLM` is an lm-eval ``LM``), so the comparison is like for lik
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import re
 from collections import Counter, defaultdict
@@ -21,7 +19,6 @@ from typing import Any
 from lm_eval.api.model import LM
 
 from rrt.errors import UserError
-from rrt.io import write_json
 from rrt.stories.tasks import CHANCE, GROUP, HEADLINE_METRIC, TASKS, task_manager
 from rrt.training.data import read_texts
 
@@ -132,18 +129,3 @@ def run_baselines(corpus: str | Path, tasks_dir: str | Path) -> dict[str, Any]:
         report[name] = headline(results)
         report[f"{name}_results"] = results
     return report
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__
-    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
-    p.add_argument("--tasks", required=True, type=Path, help="folder written by `rrt tasks`")
-    p.add_argument("--out", required=True, type=Path, help="JSON report")
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> dict:
-    report = run_baselines(args.corpus, args.tasks)
-    write_json(args.out, report)
-    print(json.dumps({k: report[k] for k in ("chance", "unigram", "bigram")}, indent=2))
-    return {k: report[k] for k in ("unigram", "bigram")}

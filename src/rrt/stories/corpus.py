@@ -9,7 +9,6 @@ held-out split doubles as the source of the few-shot tasks (:mod:`rrt.stories.ta
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
@@ -18,7 +17,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from rrt import config as schema
 from rrt.config import section
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
@@ -636,23 +634,3 @@ def read_generated_meta(corpus: str | Path) -> dict:
             f"this rrt writes version {GENERATOR_VERSION}: regenerate it with `rrt corpus`"
         )
     return meta
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__
-    p.add_argument("--out", required=True, type=Path, help="output folder")
-    schema.add_arguments(p, CorpusConfig)
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> dict:
-    meta = write_corpus(args.out, schema.from_arguments(CorpusConfig, args))
-    for split, info in meta["splits"].items():
-        print(f"{split}: {info['documents']} documents, {info['word_tokens']} word tokens")
-    return {
-        split: {k: info[k] for k in ("documents", "word_tokens")}
-        for split, info in meta["splits"].items()
-    }

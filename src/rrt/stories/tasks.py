@@ -21,7 +21,6 @@ of each JSONL, because lm-eval resolves a relative ``data_files`` against the wo
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 from collections.abc import Callable, Iterator
@@ -33,7 +32,6 @@ from typing import Any
 
 import yaml
 
-from rrt import config as schema
 from rrt.config import section
 from rrt.errors import UserError
 from rrt.io import atomic_path
@@ -300,29 +298,3 @@ def task_manager(tasks_dir: str | Path) -> Any:
     from lm_eval.tasks import TaskManager
 
     return TaskManager(include_path=str(Path(tasks_dir).resolve()), include_defaults=False)
-
-
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__
-    p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
-    p.add_argument("--out", required=True, type=Path, help="output folder (lm-eval include_path)")
-    p.add_argument(
-        "--tokenizer",
-        type=Path,
-        default=None,
-        help="drop items longer than --max-tokens under this tokenizer",
-    )
-    schema.add_arguments(p, TasksConfig)
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> dict:
-    config = schema.from_arguments(TasksConfig, args)
-    info = write_tasks(args.corpus, args.out, config, args.tokenizer)
-    counts = ", ".join(f"{t} {n}" for t, n in info["tasks"].items())
-    print(f"wrote group {GROUP!r} to {args.out}: {counts}")
-    return {"items": info["tasks"]}

@@ -12,14 +12,12 @@ token. No post-processor adds special tokens, so ``encode`` returns the text's t
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from rrt import config as schema
 from rrt.config import section
 from rrt.io import atomic_path
 from rrt.training.data import read_meta, read_texts
@@ -71,18 +69,3 @@ def build_tokenizer(corpus: str | Path, out: str | Path, config: TokenizerConfig
     with atomic_path(out) as tmp:
         tokenizer.save_pretrained(tmp)
     return Path(out)
-
-
-def add_cli(p: argparse.ArgumentParser) -> None:
-    p.description = __doc__
-    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
-    p.add_argument("--out", required=True, type=Path, help="output folder (save_pretrained)")
-    schema.add_arguments(p, TokenizerConfig)
-    p.set_defaults(func=_run)
-
-
-def _run(args: argparse.Namespace) -> dict:
-    config = schema.from_arguments(TokenizerConfig, args)
-    out = build_tokenizer(args.corpus, args.out, config)
-    print(f"tokenizer with {config.vocab_size} tokens written to {out}")
-    return {"vocab_size": config.vocab_size}

@@ -1,9 +1,9 @@
 """The ``rrt`` command line: one subcommand per workflow stage, with explicit inputs and outputs.
 
-Every stage module exposes ``add_cli(parser)``, which adds its options to its subcommand's
-parser and sets ``func`` to a function taking the parsed arguments. Only the module of the
-command being run is imported (lm-eval, for one, takes seconds to import and most commands never
-need it); the others appear in ``rrt --help`` through :data:`COMMANDS`. A
+Each command's wrapper is its own module, ``rrt.cli.<command>``, apart from the library it calls:
+its ``add_cli(parser)`` adds the options and sets ``func`` to a function of the parsed arguments.
+Only the module of the command being run is imported (lm-eval, for one, takes seconds to import
+and most commands never need it); the others appear in ``rrt --help`` through :data:`COMMANDS`. A
 :class:`rrt.errors.UserError` becomes one line on stderr and exit status 2, Ctrl-C one line and
 130; anything else is a bug and keeps its traceback.
 """
@@ -20,52 +20,52 @@ from typing import Any
 from rrt import tracking
 from rrt.errors import UserError
 
-# name -> (module that registers it, one line for `rrt --help`), in the order help lists them.
+# name -> (its module, one line for `rrt --help`), in the order help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
     "corpus": (
-        "rrt.stories.corpus",
+        "rrt.cli.corpus",
         "generate the embedded story corpus (train/validation/test JSONL)",
     ),
     "tokenizer": (
-        "rrt.stories.tokenizer",
+        "rrt.cli.tokenizer",
         "train the byte-level BPE tokenizer on a corpus's train split",
     ),
     "pretrain": (
-        "rrt.training.pretrain",
+        "rrt.cli.pretrain",
         "pretrain a Llama from scratch on the embedded corpus (source or reduced baseline)",
     ),
     "tasks": (
-        "rrt.stories.tasks",
+        "rrt.cli.tasks",
         "write the offline lm-eval tasks (YAML + JSONL) from a corpus's test split",
     ),
     "baseline": (
-        "rrt.stories.baseline",
+        "rrt.cli.baseline",
         "score unigram and bigram word models on the embedded tasks (should be near chance)",
     ),
     "convert": (
-        "rrt.method.convert",
+        "rrt.cli.convert",
         "turn a source model into a recursive model (K shared layers x B loops)",
     ),
-    "relax": ("rrt.method.relax", "add SVD-initialised per-position LoRAs to a recursive model"),
-    "params": ("rrt.model.sizes", "parameter counts of a model directory or config JSON"),
+    "relax": ("rrt.cli.relax", "add SVD-initialised per-position LoRAs to a recursive model"),
+    "params": ("rrt.cli.params", "parameter counts of a model directory or config JSON"),
     "uptrain": (
-        "rrt.training.uptrain",
+        "rrt.cli.uptrain",
         "uptrain a recursive/relaxed (or any causal) model with CE + forward-KL distillation",
     ),
     "evaluate": (
-        "rrt.evaluation.evaluate",
+        "rrt.cli.evaluate",
         "few-shot accuracy of a model directory through lm-eval",
     ),
     "benchmark": (
-        "rrt.benchmark.bench",
+        "rrt.cli.benchmark",
         "serve one workload with every system (generate, continuous, depth-wise, early exit)",
     ),
     "download": (
-        "rrt.sources",
+        "rrt.cli.download",
         "fetch a hub model, a text corpus or the paper suite's task data at pinned commits",
     ),
     "report": (
-        "rrt.report",
+        "rrt.cli.report",
         "compile an experiment's results into the paper's tables and plots (HTML, Markdown, CSV)",
     ),
 }

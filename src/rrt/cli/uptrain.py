@@ -1,0 +1,57 @@
+"""``rrt uptrain``: the command line of :mod:`rrt.training.uptrain`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rrt import config as schema
+from rrt import tracking as mlflow_tracking
+from rrt.training import uptrain as library
+from rrt.training.objective import UptrainLoss
+from rrt.training.trainer import (
+    TrainConfig,
+    uptrain_recipe,
+)
+from rrt.training.uptrain import uptrain
+
+
+def add_cli(p: argparse.ArgumentParser) -> None:
+    p.description = library.__doc__
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.add_argument("--model", required=True, type=Path, help="model folder to start from")
+    p.add_argument(
+        "--corpus", required=True, type=Path, help="corpus folder (rrt corpus, rrt download corpus)"
+    )
+    p.add_argument("--out", required=True, type=Path, help="output model folder")
+    p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
+    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
+    schema.add_setting(p, "threads")
+    schema.add_arguments(p, UptrainLoss, title="uptrain.loss")
+    schema.add_arguments(p, TrainConfig, uptrain_recipe(), title="uptrain (the train recipe)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> None:
+    schema.set_threads(args.threads)
+    loss = schema.from_arguments(UptrainLoss, args)
+    recipe = schema.from_arguments(TrainConfig, args)
+    tracking = mlflow_tracking.from_arguments(args)
+    metrics = uptrain(
+        args.model, args.corpus, args.out, recipe, loss, args.teacher, args.tokenizer, tracking
+    )
+    if not metrics:  # a data-parallel process other than the main one
+        return
+    held_out = "no held-out evaluation (--eval-tokens 0)"
+    if "held_out_exits" in metrics:
+        accuracy = [v for k, v in metrics["held_out_exits"].items() if k.startswith("acc")]
+        held_out = (
+            f"held-out CE {metrics['validation']['ce']:.4f}; per-loop next-token accuracy "
+            + ", ".join(f"{v:.3f}" for v in accuracy)
+        )
+    peak = metrics.get("peak_memory_mb")
+    memory = f", peak memory {peak:,.0f} MiB" if peak is not None else ""
+    print(
+        f"uptrained on {metrics['tokens']:,} tokens in {metrics['train_seconds']:.0f} s "
+        f"({metrics['tokens_per_second']:.0f} tokens/s{memory}); {held_out}; saved to {args.out}"
+    )
