@@ -15,6 +15,8 @@ from rrt.report.tables.gaps import Gap, find_gaps, missing_reason
 
 @dataclass
 class Context:
+    """One results folder and the report's alpha; every table of one report shares it."""
+
     results: Results
     alpha: float
     comparisons: dict[tuple[str, str, str], Comparison] = field(default_factory=dict)

@@ -49,7 +49,8 @@ def table(
 ) -> Table:
     """Display strings: ``columns``, or the first row's with status only where a row has one."""
     if columns is None:
-        columns = [c for c in rows[0] if c != "status" or any(r["status"] for r in rows)]
+        first = rows[0] if rows else {}
+        columns = [c for c in first if c != "status" or any(r["status"] for r in rows)]
     frame = pl.DataFrame(
         {c: [row.get(c, "") for row in rows] for c in columns},
         schema=dict.fromkeys(columns, pl.String),

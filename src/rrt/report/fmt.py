@@ -58,20 +58,13 @@ def number(value: float | None, digits: int = 4) -> str:
     return DASH if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
-def p_value(p: float) -> str:
-    return "p<0.001" if p < 0.001 else f"p={p:.2g}"
-
-
 def delta(result: Paired | None, alpha: float, scale: float = 100.0, digits: int = 1) -> str:
     """``+3.1* (p=0.002)``: a difference (in points by default), starred below ``alpha``."""
     if result is None:
         return DASH
     star = "*" if result.p < alpha else ""
-    return f"{scale * result.delta:+.{digits}f}{star} ({p_value(result.p)})"
-
-
-def signed(value: float | None, digits: int = 4) -> str:
-    return DASH if value is None else f"{value:+.{digits}f}"
+    p = "p<0.001" if result.p < 0.001 else f"p={result.p:.2g}"
+    return f"{scale * result.delta:+.{digits}f}{star} ({p})"
 
 
 def versus(key: str, header: str, result: Paired | None, alpha: float) -> dict[str, Any]:

@@ -44,7 +44,7 @@ def section(ctx: Context) -> Section:
                 result = ctx.compare(ctx.evaluation(name.name), reference, "vs stepwise")
                 row |= fmt.versus("stepwise", "Δ avg vs stepwise", result, ctx.alpha)
                 if row["held_out_ce"] is not None and ce_ref is not None:
-                    row["Δ CE vs stepwise"] = fmt.signed(row["held_out_ce"] - ce_ref)
+                    row["Δ CE vs stepwise"] = f"{row['held_out_ce'] - ce_ref:+.4f}"
             rows.append(row)
     section.data["init"] = frame(rows, DATA)
     notes = [

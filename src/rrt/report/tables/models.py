@@ -67,14 +67,14 @@ def section(ctx: Context) -> Section:
         "trained on the same number of tokens, with the p-value of a paired test over the same "
         f"items; * marks p < {ctx.alpha:g}.",
     ]
+    evaluations = sorted(ctx.results.evaluations.values(), key=lambda e: (e.name, e.exit_loop or 0))
     scores = [
-        {"model": e.name, "exit_loop": e.exit_loop, "task": s.task, "metric": s.metric,
-         "value": s.value, "stderr": s.stderr, "items": s.n, "in_average": s.averaged}
-        for e in sorted(ctx.results.evaluations.values(), key=lambda x: (x.name, x.exit_loop or 0))
+        (e.name, e.exit_loop, s.task, s.metric, s.value, s.stderr, s.n, s.averaged)
+        for e in evaluations
         for s in e.scores.values()
-    ]  # fmt: skip
+    ]
     section = Section("models", "Models", data={"models": frame(rows, DATA)})
-    section.data["scores"] = frame(scores, SCORES)
+    section.data["scores"] = frame([dict(zip(SCORES, s, strict=True)) for s in scores], SCORES)
     section.blocks.append(
         table("models", "Every model, paper-style", [fmt.cells(r, summary) for r in rows], notes)
     )
