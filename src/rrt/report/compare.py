@@ -35,6 +35,8 @@ class Comparison:
 
 
 def compare(model: Evaluation, reference: Evaluation) -> Comparison:
+    """Each task by the best test the files allow, and the suite average (paired where every
+    averaged task is)."""
     tasks: dict[str, Paired] = {}
     test: dict[str, str] = {}
     correct: dict[str, tuple[list[bool], list[bool]]] = {}

@@ -21,6 +21,8 @@ from rrt.report.tables import claims, exits, init, kd, models, provenance, rank,
 
 @dataclass
 class Report:
+    """A compiled report: its sections, and the files written beside report.md and .html."""
+
     title: str
     sections: list[Section]
     data: dict[str, pl.DataFrame]  # tables/NAME.csv
@@ -29,6 +31,7 @@ class Report:
 
 
 def compose(results_dir: str | Path, alpha: float) -> Report:
+    """The report of one results folder; nothing is written (``write`` does)."""
     ctx = Context(load(results_dir), alpha)
     found = claims.claims(ctx)
     exit_section, throughput_section = exits.section(ctx), throughput.section(ctx)

@@ -2,6 +2,7 @@
 full-size model, and held-out next-token accuracy at each exit before and after post-training."""
 
 import polars as pl
+from matplotlib.axes import Axes
 
 from rrt.report.context import Context
 from rrt.report.document import Figure, Section
@@ -81,7 +82,7 @@ def plot(
     return png(figure)
 
 
-def _axes(ax, loops: list[int], ylabel: str, title: str) -> None:
+def _axes(ax: Axes, loops: list[int], ylabel: str, title: str) -> None:
     ax.set_xlabel("exit after loop")
     ax.set_ylabel(ylabel)
     ax.set_title(title)

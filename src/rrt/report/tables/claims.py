@@ -29,6 +29,8 @@ CE = "held-out CE, model vs reference"
 
 @dataclass
 class Check:
+    """One comparison of a claim: the model against its reference, and whether it holds."""
+
     model: str
     reference: str
     average: Paired | None = None  # model minus reference (fraction)
@@ -39,6 +41,8 @@ class Check:
 
 @dataclass
 class Claim:
+    """One of the paper's claims, what it takes to test it, and this run's comparisons."""
+
     id: str
     short: str  # in the table of comparisons
     claim: str
@@ -97,6 +101,7 @@ def _kept(model: str, reference: str, result: Paired, alpha: float) -> Check:
 
 
 def claims(ctx: Context) -> list[Claim]:
+    """Every claim, in the order the summary lists them, checked against this run."""
     found = [_relaxed, _rank, _reduced, _stepwise, _distillation, _early_exit]
     return [claim(ctx) for claim in found]
 
@@ -236,6 +241,7 @@ def _early_exit(ctx: Context) -> Claim:
 
 
 def section(ctx: Context, found: list[Claim]) -> Section:
+    """The summary: the experiment in a sentence, each claim's verdict, and the comparisons."""
     record, alpha = ctx.results.record, ctx.alpha
     config = f"config sha256 `{record['config_sha256'][:16]}`" if record else "no experiment record"
     averaged = sum(averaged for _, _, averaged in ctx.tasks)

@@ -11,6 +11,7 @@ CE, ACC = "held-out CE before â†’ after post-training", "next-token acc before â
 
 
 def models(ctx: Context) -> list[Name]:
+    """The early-exit models (post-trained), in the report's order."""
     return [n for n in ctx.models if n.early_exit]
 
 

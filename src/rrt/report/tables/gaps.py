@@ -20,6 +20,8 @@ class Gap:
 
 
 def find_gaps(results: Results) -> list[Gap]:
+    """The record's expected results that are not there (without a record: evaluations of the
+    models present)."""
     paths = {
         p for kind in ("evaluations", "models", "benchmarks") for p in results.expected(kind) or []
     }
