@@ -192,6 +192,9 @@ def _parser(spec: dict[str, Any], flag: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if "null" in kinds and text.lower() in ("none", "null"):
             return None
+        if "array" in kinds:  # a list on the command line: comma-separated, split here only
+            item = _parser(spec.get("items", {}), flag)
+            return [item(part.strip()) for part in text.split(",") if part.strip()]
         for kind, convert in (("integer", int), ("number", float)):
             if kind in kinds:
                 try:
@@ -270,12 +273,14 @@ def from_arguments(cls: type, args: argparse.Namespace) -> Any:
 
 def as_flags(values: dict[str, Any]) -> str:
     """``{"kd_weight": 0.5, "early_exit": True}`` as ``--kd-weight 0.5 --early-exit``: how the
-    workflow passes a config section to a subcommand (None and lists are left out)."""
+    workflow passes a config section to a subcommand (lists comma-separated, None left out)."""
     parts: list[str] = []
     for name, value in values.items():
         if isinstance(value, bool):
             parts.append(_flag(name) if value else "--no-" + name.replace("_", "-"))
-        elif value is not None and not isinstance(value, dict | list):
+        elif isinstance(value, list):
+            parts += [_flag(name), shlex.quote(",".join(map(str, value)))]
+        elif value is not None and not isinstance(value, dict):
             parts += [_flag(name), shlex.quote(str(value))]
     return " ".join(parts)
 
@@ -377,7 +382,7 @@ def check(values: dict[str, Any]) -> None:
         raise ConfigError(f"corpus_source: a {corpus['kind']} corpus needs {', '.join(missing)}")
     check_tasks(values["evaluate"]["tasks"])
     embedded_tasks = {"embedded", *(t.name for t in load_suites()["embedded"].tasks)}
-    asked = {t.strip() for t in values["evaluate"]["tasks"].split(",")}
+    asked = set(values["evaluate"]["tasks"])
     if asked & embedded_tasks and corpus["kind"] != "generated":
         raise ConfigError(
             "evaluate.tasks: the embedded tasks are cut from the generated corpus's stories; "
@@ -386,11 +391,10 @@ def check(values: dict[str, Any]) -> None:
         )
 
 
-def check_tasks(tasks: str) -> None:
+def check_tasks(names: list[str]) -> None:
     """Every name is a suite, an embedded task, or a task in lm-eval's index."""
     suites = load_suites()
     known = task_names(suites)
-    names = [t.strip() for t in tasks.split(",") if t.strip()]
     if not names:
         raise ConfigError("evaluate.tasks: no task named; give suites (embedded, paper) or tasks")
     unknown = [n for n in names if n not in known]

@@ -100,7 +100,7 @@ def test_bad_benchmark_settings_are_one_line(served, capsys):
     args = ["benchmark", "--model", str(root / "model"), "--data", str(data),
             "--out", str(root / "x.json"), "--systems", "warp"]  # fmt: skip
     assert main(args) == 2
-    assert "unknown systems ['warp']" in capsys.readouterr().err
+    assert "'warp' is not allowed; choose one of all, vanilla" in capsys.readouterr().err
 
 
 def test_the_benchmark_serves_in_the_dtype_asked_for(served):

@@ -126,7 +126,7 @@ BAD_CONFIGS = {
         "recursive.inits.0: 'middle' is not allowed; choose one of stepwise, average, lower,",
     ),
     "unknown task": (
-        {"evaluate": {"tasks": "embedded,hellaswagg"}},
+        {"evaluate": {"tasks": ["embedded", "hellaswagg"]}},
         "evaluate.tasks: unknown task 'hellaswagg'",
     ),
 }

@@ -124,7 +124,7 @@ def suite_tasks(suite):
 
 
 def asked_tasks():
-    return {t.strip() for t in config["evaluate"]["tasks"].split(",") if t.strip()}
+    return set(config["evaluate"]["tasks"])
 
 
 def needs_embedded_tasks():

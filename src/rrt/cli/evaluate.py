@@ -5,16 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
-from rrt.evaluation.suites import load_suites
-
-if TYPE_CHECKING:
-    pass
 from rrt.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
+from rrt.evaluation.suites import load_suites
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -25,13 +21,12 @@ def run(args: argparse.Namespace) -> dict:
         raise UserError(f"--out {args.out} must name a .json file")
     schema.set_threads(args.threads)
     settings = schema.from_arguments(EvaluateConfig, args)
-    tasks = [t.strip() for t in settings.tasks.split(",") if t.strip()]
     model = store.load_model(args.model, dtype="auto", device=args.device)
     tokenizer = store.load_tokenizer(args.tokenizer or args.model)
     evaluation = evaluate(
         model,
         tokenizer,
-        tasks,
+        settings.tasks,
         task_dir=args.task_dir,
         paper_data=settings.paper_data,
         num_fewshot=settings.num_fewshot,

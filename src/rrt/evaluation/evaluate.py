@@ -54,7 +54,7 @@ SPLIT_KEYS = {"train": "training_split", "validation": "validation_split", "test
 class EvaluateConfig:
     """How a model is evaluated (``evaluate`` in the config schema)."""
 
-    tasks: str
+    tasks: list[str]
     paper_data: str | None
     limit: int | None
     num_fewshot: int | None
@@ -279,7 +279,7 @@ def evaluate(
     suites = load_suites(suites_file)
     names = expand_tasks(tasks, suites)
     EvaluateConfig(  # the schema's checks of every setting
-        ",".join(tasks), None if paper_data is None else str(paper_data), limit, num_fewshot,
+        list(tasks), None if paper_data is None else str(paper_data), limit, num_fewshot,
         batch_size, cpu_batch_size, bootstrap_iters, seed,
     )  # fmt: skip
     include_paths = []
