@@ -9,6 +9,7 @@ import math
 import random
 from pathlib import Path
 
+from rrt.contracts import BenchmarkResult, EvaluationReport, TrainingMetrics
 from rrt.report.record import config_hash
 
 ITEMS = 300  # per accuracy task
@@ -120,7 +121,7 @@ def write_evaluation(
     }
     (folder / f"{stem}.samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     path = folder / f"{stem}.json"
-    path.write_text(json.dumps(report, indent=2))
+    path.write_text(json.dumps(EvaluationReport.from_dict(report, stem, strict=True).to_dict()))
     return path
 
 
@@ -143,6 +144,10 @@ def write_training(
     metrics = {
         "steps": steps,
         "tokens": tokens,
+        "train_seconds": tokens / 1000,
+        "tokens_per_second": 1000.0,
+        "processes": 1,
+        "peak_memory_mb": 100.0,
         "validation": {"ce": ce},
         "config": {"tokens": tokens, "tokens_per_step": 512},
         "run": {
@@ -156,7 +161,8 @@ def write_training(
             for loop, (c, a) in exits.items()
             for m, v in (("ce", c), ("acc", a))
         }
-    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    checked = TrainingMetrics.from_dict(metrics, f"{name}/metrics.json", strict=True)
+    (folder / "metrics.json").write_text(json.dumps(checked.to_dict()))
     (folder / "provenance.json").write_text(
         json.dumps(
             {
@@ -171,6 +177,9 @@ def write_training(
 
 BENCHMARK = {
     "model": "results/toy/models/relaxed-B2-average-r8.up.ee",
+    "baseline": "results/toy/models/source",
+    "loops": 2,
+    "calibration": None,
     "workload": {"requests": 16, "max_new_tokens": 32},
     "hardware": {"device": "cpu", "torch_threads": 1},
     "systems": {
@@ -186,11 +195,11 @@ BENCHMARK = {
         "depthwise_exit_0.9_ride": {"tokens_per_s": 230.0, "latency_p50_s": 0.5,
                                     "latency_p99_s": 1.0, "ttft_p50_s": 0.05,
                                     "mean_exit_loop": 1.4, "agreement": 0.97,
-                                    "peak_mem_mb": 40, "threshold": 0.9, "kv_mode": "ride"},
+                                    "peak_mem_mb": 40, "threshold": 0.9, "kv_fill": "ride"},
         "depthwise_exit_0.7_ride": {"tokens_per_s": 260.0, "latency_p50_s": 0.45,
                                     "latency_p99_s": 0.9, "ttft_p50_s": 0.05,
                                     "mean_exit_loop": 1.2, "agreement": 0.92,
-                                    "peak_mem_mb": 40, "threshold": 0.7, "kv_mode": "ride"},
+                                    "peak_mem_mb": 40, "threshold": 0.7, "kv_fill": "ride"},
         "depthwise_exit_0.9_propagate": {"tokens_per_s": 250.0, "latency_p50_s": 0.48,
                                          "latency_p99_s": 0.95, "ttft_p50_s": 0.05,
                                          "mean_exit_loop": 1.4, "agreement": 0.95,
@@ -224,7 +233,8 @@ def make_results(root: Path, benchmark: bool = True) -> Path:
     log.write_text("loading\nrrt uptrain: error: CUDA out of memory (a toy failure)\n")
     if benchmark:
         (results / "benchmarks").mkdir()
-        (results / "benchmarks" / "toy.json").write_text(json.dumps(BENCHMARK, indent=2))
+        checked = BenchmarkResult.from_dict(BENCHMARK, "toy.json", strict=True)
+        (results / "benchmarks" / "toy.json").write_text(json.dumps(checked.to_dict()))
     evaluated = [*MODELS, MISSING]
     config = {"experiment": "toy", "report": {"alpha": 0.05}}
     record = {

@@ -61,7 +61,7 @@ class Contract:
         for key, f in keys.items():
             if key not in data:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ContractError(f"{where}: no {key!r} ({cls.WHAT})")
+                    raise ContractError(f"{where}: no {key!r} (not {cls.WHAT})")
                 continue
             values[f.name] = _check(data[key], hints[f.name], f"{where}: {key}", cls.WHAT, strict)
         return cls(**values)
@@ -270,7 +270,7 @@ class ServedSystem(Contract):
     def from_dict(cls, data: Any, where: str, strict: bool = False) -> ServedSystem:
         system = super().from_dict(data, where, strict)
         if system.error is None and system.tokens_per_s is None:
-            raise ContractError(f"{where}: no 'tokens_per_s' and no 'error' ({cls.WHAT})")
+            raise ContractError(f"{where}: no 'tokens_per_s' and no 'error' (not {cls.WHAT})")
         return system
 
     def to_dict(self) -> dict[str, Any]:

@@ -197,7 +197,7 @@ def test_a_missing_result_is_a_gap_with_its_reason(report: Path):
         ),
         (
             lambda r: (r / "benchmarks" / "toy.json").write_text(
-                json.dumps({"systems": {"vanilla": {"latency_p50_s": 1.0}}})
+                json.dumps({**BENCHMARK, "systems": {"vanilla": {"latency_p50_s": 1.0}}})
             ),
             "systems.vanilla: no 'tokens_per_s'",
         ),
@@ -234,7 +234,7 @@ def test_the_throughput_table_reads_the_benchmark_files(report: Path):
         assert row["ratio_to_vanilla"] == pytest.approx(values["tokens_per_s"] / vanilla)
         assert row["agreement"] == values["agreement"]
     assert throughput.filter(pl.col("system") == "depthwise_exit_0.9_propagate")[
-        "kv_mode"
+        "kv_fill"
     ].to_list() == ["propagate"]
     md = (report / "report.md").read_text()
     assert "| depthwise_exit_0.7_ride |" in md and "| 2.60 |" in md

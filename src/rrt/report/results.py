@@ -16,70 +16,17 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from rrt.contracts import BenchmarkResult, ContractError, EvaluationReport, TrainingMetrics
 from rrt.errors import UserError
+from rrt.names import Name, parse_exit_evaluation
+from rrt.names import parse as parse_name
 from rrt.report.record import RECORD
 
-INITS = ("stepwise", "average", "lower", "random")
-NAME = re.compile(
-    r"^(?P<base>source"
-    r"|reduced-B(?P<reduced_loops>\d+)-(?P<budget>uptrain|source)"
-    r"|recursive-B(?P<loops>\d+)-(?P<init>[a-z]+)"
-    r"|relaxed-B(?P<relaxed_loops>\d+)-(?P<relaxed_init>[a-z]+)-r(?P<rank>\d+|full))"
-    r"(?P<up>\.up(?:-t(?P<tokens>\d+)-w(?P<kd>[0-9.]+)-s(?P<seed>\d+))?)?"
-    r"(?P<ee>\.ee)?$"
-)
+__all__ = ["Name", "parse_name"]  # what a model's name says: rrt.names, re-exported for the report
 
 
-class ResultError(UserError):
+class ResultError(ContractError):
     """A result file that is there but malformed: one line naming it."""
-
-
-@dataclass(frozen=True)
-class Name:
-    """What a model's name says (the workflow names every model after what it is)."""
-
-    name: str
-    kind: str  # full-size, reduced, recursive, relaxed, other
-    loops: int | None = None
-    init: str | None = None
-    rank: str | None = None  # "8", "full"; None without LoRA
-    budget: str | None = None  # reduced-size: uptrain or source tokens
-    uptrained: bool = False
-    early_exit: bool = False
-    sweep: tuple[int, float, int] | None = None  # tokens, KD weight, seed
-
-    @property
-    def rank_value(self) -> float:
-        """For ordering: 0 without LoRA, full above every number."""
-        if self.rank is None:
-            return 0.0
-        return math.inf if self.rank == "full" else float(self.rank)
-
-    @property
-    def order(self) -> tuple:
-        kinds = ("full-size", "reduced", "recursive", "relaxed", "other")
-        init = INITS.index(self.init) if self.init in INITS else len(INITS)
-        budget = ("uptrain", "source").index(self.budget) if self.budget else 0
-        return (
-            kinds.index(self.kind), self.loops or 0, self.early_exit, init, self.rank_value,
-            budget, self.uptrained, self.sweep or (0, 0.0, 0), self.name,
-        )  # fmt: skip
-
-
-def parse_name(name: str) -> Name:
-    m = NAME.match(name)
-    if m is None:
-        return Name(name, "other")
-    g = m.groupdict()
-    sweep = (int(g["tokens"]), float(g["kd"]), int(g["seed"])) if g["tokens"] else None
-    common = {"uptrained": bool(g["up"]), "early_exit": bool(g["ee"]), "sweep": sweep}
-    if g["base"] == "source":
-        return Name(name, "full-size", **common)
-    if g["reduced_loops"]:
-        return Name(name, "reduced", int(g["reduced_loops"]), budget=g["budget"], **common)
-    if g["loops"]:
-        return Name(name, "recursive", int(g["loops"]), g["init"], **common)
-    return Name(name, "relaxed", int(g["relaxed_loops"]), g["relaxed_init"], g["rank"], **common)
 
 
 def _read(path: Path, root: Path) -> str:
@@ -116,25 +63,6 @@ def _rel(path: Path, root: Path) -> str:
         return (root.name / path.relative_to(root)).as_posix()
     except ValueError:
         return str(path)
-
-
-def field_of(data: dict[str, Any], dotted: str, kind: Any, where: str, what: str) -> Any:
-    """``data[a][b]`` for ``"a.b"``, checked against ``kind`` (a type or tuple; None allowed when
-    ``type(None)`` is in it), or one line naming the file, the key and what the file should be."""
-    value: Any = data
-    for part in dotted.split("."):
-        if not isinstance(value, dict) or part not in value:
-            raise ResultError(f"{where}: no {dotted!r} (not {what})")
-        value = value[part]
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise ResultError(f"{where}: {dotted!r} is {value!r}, not a number ({what})")
-    if not isinstance(value, kind):
-        raise ResultError(f"{where}: {dotted!r} is {value!r}, of the wrong type ({what})")
-    return value
-
-
-NUMBER = (int, float)
-OPTIONAL_NUMBER = (int, float, type(None))
 
 
 @dataclass(frozen=True)
@@ -210,55 +138,36 @@ class Evaluation:
         return out
 
 
-WHAT_EVAL = "an rrt evaluate report"
-
-
 def read_evaluation(path: Path, root: Path) -> Evaluation:
-    where = _rel(path, root)
-    data = read_json(path, root)
-    tasks = field_of(data, "tasks", dict, where, WHAT_EVAL)
-    suites = field_of(data, "suites", dict, where, WHAT_EVAL)
-    averaged = {t for s in suites.values() if isinstance(s, dict) for t in s.get("averaged", [])}
+    report = EvaluationReport.from_dict(read_json(path, root), _rel(path, root))
+    averaged = {t for suite in report.suites.values() for t in suite.averaged}
     scores = {}
-    for task, spec in tasks.items():
-        metric = field_of(spec, "headline.metric", str, f"{where}: tasks.{task}", WHAT_EVAL)
-        value = field_of(
-            spec, "headline.value", OPTIONAL_NUMBER, f"{where}: tasks.{task}", WHAT_EVAL
-        )
-        stderr = (spec.get("stderr") or {}).get(metric)
-        higher = (spec.get("higher_is_better") or {}).get(metric, True)
-        n = (spec.get("samples") or {}).get("effective")
+    for task, spec in report.tasks.items():
+        metric = spec.headline.get("metric")
+        if not isinstance(metric, str):
+            raise ResultError(f"{_rel(path, root)}: tasks.{task}.headline has no metric name")
+        n = (spec.samples or {}).get("effective")
         scores[task] = Score(
-            task, metric, _finite(value), _finite(stderr), bool(higher),
-            n if isinstance(n, int) else None, task in averaged,
+            task, metric, _finite(spec.headline.get("value")), spec.stderr.get(metric),
+            bool(spec.higher_is_better.get(metric, True)), n, task in averaged,
         )  # fmt: skip
-    averages = {}
-    for suite, spec in suites.items():
-        averages[suite] = _finite(
-            field_of(spec, "average", OPTIONAL_NUMBER, f"{where}: suites.{suite}", WHAT_EVAL)
-        )
-    model = field_of(data, "model", dict, where, WHAT_EVAL)
-    parameters = field_of(model, "parameters", dict, f"{where}: model", WHAT_EVAL)
-    field_of(parameters, "non_embedding", int, f"{where}: model.parameters", WHAT_EVAL)
-    exit_loop = model.get("exit_loop")
-    samples = data.get("samples_file")
-    name = path.name.removesuffix(".json")
-    if exit_loop is not None:
-        name = re.sub(rf"-exit{exit_loop}$", "", name)
+    name, exit_loop = parse_exit_evaluation(path.name.removesuffix(".json"))
+    if exit_loop != report.model.exit_loop:  # a full-depth model whose name ends in -exitN
+        name, exit_loop = path.name.removesuffix(".json"), report.model.exit_loop
     return Evaluation(
         name=name,
-        exit_loop=exit_loop if isinstance(exit_loop, int) else None,
+        exit_loop=exit_loop,
         path=path,
         root=root,
         scores=scores,
-        averages=averages,
-        parameters={k: v for k, v in parameters.items() if isinstance(v, int)},
-        versions=data.get("versions") or {},
-        git_commit=data.get("git_commit"),
-        device=model.get("device"),
-        dtype=model.get("dtype"),
-        threads=(data.get("run") or {}).get("torch_threads"),
-        samples_file=path.with_name(samples) if isinstance(samples, str) else None,
+        averages={suite: spec.average for suite, spec in report.suites.items()},
+        parameters=report.model.parameters,
+        versions=report.versions,
+        git_commit=report.git_commit,
+        device=report.model.device,
+        dtype=report.model.dtype,
+        threads=report.run.get("torch_threads"),
+        samples_file=path.with_name(report.samples_file) if report.samples_file else None,
     )
 
 
@@ -266,9 +175,6 @@ def _finite(value: Any) -> float | None:
     if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         return float(value)
     return None
-
-
-WHAT_METRICS = "an rrt training metrics.json"
 
 
 @dataclass
@@ -292,18 +198,14 @@ def read_training(folder: Path, root: Path) -> Training | None:
     path = folder / "metrics.json"
     if not path.is_file():
         return None
-    where = _rel(path, root)
-    data = read_json(path, root)
-    tokens = field_of(data, "tokens", int, where, WHAT_METRICS)
-    config = data.get("config") or {}
-    run = data.get("run") or {}
-    loss = run.get("loss") or {}
+    metrics = TrainingMetrics.from_dict(read_json(path, root), _rel(path, root))
+    loss = metrics.run.get("loss") or {}
     exits: dict[int, dict[str, float]] = {}
-    for key, value in (data.get("held_out_exits") or {}).items():
+    for key, value in (metrics.held_out_exits or {}).items():
         m = re.fullmatch(r"(ce|acc)_loop(\d+)", key)
-        if m and _finite(value) is not None:
-            exits.setdefault(int(m[2]), {})[m[1]] = float(value)
-    parameters = run.get("parameters")
+        if m:
+            exits.setdefault(int(m[2]), {})[m[1]] = value
+    parameters = metrics.run.get("parameters")
     if isinstance(parameters, int):  # the embedded pretraining records the total only
         parameters = {"total": parameters}
     steps_file = folder / "steps.jsonl"
@@ -315,23 +217,16 @@ def read_training(folder: Path, root: Path) -> Training | None:
     provenance = read_json(provenance_file, root) if provenance_file.is_file() else {}
     return Training(
         name=folder.name,
-        tokens=tokens,
-        tokens_per_step=config.get("tokens_per_step"),
+        tokens=metrics.tokens,
+        tokens_per_step=metrics.config.get("tokens_per_step"),
         kd_weight=_finite(loss.get("kd_weight")) if isinstance(loss, dict) else None,
         early_exit=bool(loss.get("early_exit")) if isinstance(loss, dict) else False,
-        validation_ce=_finite((data.get("validation") or {}).get("ce")),
+        validation_ce=(metrics.validation or {}).get("ce"),
         exits=exits,
         parameters={k: v for k, v in (parameters or {}).items() if isinstance(v, int)},
         steps=steps,
         provenance=provenance,
     )
-
-
-WHAT_BENCHMARK = "an rrt benchmark result"
-BENCHMARK_FIELDS = (
-    "tokens_per_s", "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop",
-    "agreement", "peak_mem_mb",
-)  # fmt: skip
 
 
 @dataclass
@@ -344,23 +239,13 @@ class Benchmark:
 
 
 def read_benchmark(path: Path, root: Path) -> Benchmark:
-    where = _rel(path, root)
-    data = read_json(path, root)
-    systems = field_of(data, "systems", dict, where, WHAT_BENCHMARK)
-    checked = {}
-    for system, values in systems.items():
-        if not isinstance(values, dict):
-            raise ResultError(f"{where}: systems.{system} is not an object ({WHAT_BENCHMARK})")
-        if "error" not in values:  # a system that failed keeps its error instead of numbers
-            field_of(values, "tokens_per_s", NUMBER, f"{where}: systems.{system}", WHAT_BENCHMARK)
-        checked[system] = values
-    model = data.get("model")
+    result = BenchmarkResult.from_dict(read_json(path, root), _rel(path, root))
     return Benchmark(
         path.stem,
-        data.get("workload") or {},
-        data.get("hardware") or {},
-        checked,
-        Path(model).name if isinstance(model, str) else None,
+        result.workload,
+        result.hardware,
+        {name: system.to_dict() for name, system in result.systems.items()},
+        Path(result.model).name,
     )
 
 

@@ -34,10 +34,10 @@ def plot(rows: pl.DataFrame, benchmark: str) -> bytes | None:
     figure, (ax,) = new(7.2, 4.4)
     right = ax.twinx()
     right.grid(False)
-    modes = sorted({str(m) for m in exits["kv_mode"].to_list()})
+    modes = sorted({str(m) for m in exits["kv_fill"].to_list()})
     lines: list[Any] = []
     for color, mode in zip(palette(len(modes)), modes, strict=False):
-        part = exits.filter(pl.col("kv_mode").cast(pl.String) == mode).sort("threshold")
+        part = exits.filter(pl.col("kv_fill").cast(pl.String) == mode).sort("threshold")
         x = part["threshold"].to_list()
         lines += ax.plot(x, part["tokens_per_s"].to_list(), marker="o", color=color,
                          label=f"tokens/s, KV of exited tokens: {mode}")  # fmt: skip

@@ -55,15 +55,15 @@ def _order(item: tuple[str, dict[str, Any]]) -> tuple:
         return (
             len(ORDER),
             finite(values.get("threshold")) or 0.0,
-            str(values.get("kv_mode")),
+            str(values.get("kv_fill")),
             system,
         )
     return (len(ORDER) + 1, 0.0, "", system)
 
 
 def _kv(values: dict[str, Any]) -> str | None:
-    """How an early-exit system computed exited tokens' deeper KV (kv_mode, or kv_fill)."""
-    kv = values.get("kv_mode") or values.get("kv_fill")
+    """How an early-exit system computed exited tokens' deeper KV (ride, propagate)."""
+    kv = values.get("kv_fill")
     return str(kv) if kv is not None else None
 
 
@@ -113,7 +113,7 @@ def section(ctx: Context) -> Section:
                     "benchmark": benchmark.name,
                     "system": system,
                     "threshold": finite(values.get("threshold")),
-                    "kv_mode": _kv(values),
+                    "kv_fill": _kv(values),
                     "tokens_per_s": speed,
                     "ratio_to_vanilla": ratio,
                     **{k: finite(values.get(k)) for k in NUMBERS},
