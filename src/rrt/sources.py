@@ -33,6 +33,7 @@ from huggingface_hub import HfApi, hf_hub_download, snapshot_download
 from huggingface_hub import constants as hub_constants
 from huggingface_hub import errors as hub_errors
 
+from rrt import config as schema
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 from rrt.store import PROVENANCE, provenance
@@ -410,17 +411,20 @@ class CorpusRequest:
     test_documents: int
 
 
+CORPUS_SOURCE = schema.defaults("corpus_source")
+
+
 def download_corpus(
     repo: str,
     revision: str,
     out: str | Path,
     *,
     config: str | None = None,
-    text_field: str = "text",
+    text_field: str = CORPUS_SOURCE["text_field"],
     train_tokens: int,
     validation_documents: int,
     test_documents: int,
-    split: str = "train",
+    split: str = CORPUS_SOURCE["split"],
     validation_split: str | None = None,
     token: str | None = None,
 ) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from rrt import config as schema
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 
@@ -104,7 +105,8 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     return AutoConfig.from_pretrained(str(model_dir(path)))
 
 
-DEVICES = ("auto", "cpu", "cuda")
+DEVICE = schema.node("device")  # the allowed devices and the default, from the config schema
+DEVICES = tuple(DEVICE["enum"])
 
 
 def resolve_device(device: str | None) -> str:
@@ -122,7 +124,7 @@ def resolve_device(device: str | None) -> str:
 def load_model(
     path: str | os.PathLike[str],
     dtype: torch.dtype | str = torch.float32,
-    device: str | None = "cpu",
+    device: str | None = DEVICE["default"],
 ) -> PreTrainedModel:
     """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``.
 

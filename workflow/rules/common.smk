@@ -176,6 +176,7 @@ def hub_corpus():
             "revision": c["revision"],
             "config": c["name"],
             "text_field": c["text_field"],
+            "split": c["split"],
             "tokens": sizes["tokens"],
             "validation_documents": sizes["validation_documents"],
             "test_documents": sizes["test_documents"],

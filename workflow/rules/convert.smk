@@ -15,8 +15,10 @@ rule convert:
         **job_resources(gpu=True),
     params:
         device=config["device"],
+        seed=config["recursive"]["seed"],
         track=lambda w: track("convert", loops=w.loops, init=w.init),
     shell:
         "rrt convert --source {input} --loops {wildcards.loops} --init {wildcards.init}"
-        " --device {params.device} --threads {threads} --out {output} {params.track}"
+        " --seed {params.seed} --device {params.device} --threads {threads} --out {output}"
+        " {params.track}"
         " > {log} 2>&1"

@@ -18,8 +18,10 @@ rule relax:
     params:
         vectors="--relax-vectors" if config["relaxed"]["relax_vectors"] else "",
         device=config["device"],
+        seed=config["relaxed"]["seed"],
         track=lambda w: track("relax", loops=w.loops, init=w.init, rank=w.rank),
     shell:
         "rrt relax --source {input.source} --recursive {input.recursive} --rank {wildcards.rank}"
-        " {params.vectors} --device {params.device} --threads {threads} --out {output}"
+        " {params.vectors} --seed {params.seed} --device {params.device} --threads {threads}"
+        " --out {output}"
         " {params.track} > {log} 2>&1"

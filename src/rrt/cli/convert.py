@@ -7,7 +7,7 @@ import argparse
 from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
-from rrt.method.convert import convert, source_dtype
+from rrt.method.convert import DEFAULTS, convert, source_dtype
 from rrt.model.families import family_of
 from rrt.model.shape import check_loops
 from rrt.model.sizes import count_parameters
@@ -42,9 +42,11 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, help="source model directory (save_pretrained)")
     p.add_argument("--loops", type=int, required=True, help="B: loops of the shared block")
     p.add_argument(
-        "--init", default="stepwise", help=f"shared-layer initialisation: {', '.join(INITS)}"
+        "--init",
+        default=DEFAULTS["inits"][0],
+        help=f"shared-layer initialisation: {', '.join(INITS)} (default: %(default)s)",
     )
-    p.add_argument("--seed", type=int, default=0, help="seed of the random initialisation")
+    schema.add_setting(p, "recursive.seed")
     schema.add_setting(p, "device")
     schema.add_setting(p, "threads")
     p.add_argument("--out", required=True, help="output model directory")

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from rrt import config as schema
 from rrt.errors import UserError
 from rrt.sources import (
     CORPUS_REVISIONS,
@@ -75,12 +76,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--revision", help=f"branch, tag or commit sha (default for known corpora: {pinned})"
     )
     corpus.add_argument("--config", help="the dataset's config (subset), if it has several")
-    corpus.add_argument(
-        "--text-field", default="text", help="the column holding the text (default: %(default)s)"
-    )
-    corpus.add_argument(
-        "--split", default="train", help="the split train documents come from (default: train)"
-    )
+    schema.add_setting(corpus, "corpus_source.text_field")
+    schema.add_setting(corpus, "corpus_source.split")
     corpus.add_argument(
         "--validation-split",
         help="the split held-out documents come from (default: validation if the dataset has "

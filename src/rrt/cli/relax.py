@@ -56,9 +56,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also give each position its source layer's norms and biases (the paper ties them)",
     )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed of the Gaussian A where the residual is zero"
-    )
+    schema.add_setting(p, "relaxed.seed")
     schema.add_setting(p, "device")
     schema.add_setting(p, "threads")
     p.add_argument("--out", required=True, help="output model directory")

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedModel
 
+from rrt import config as schema
 from rrt import store
 from rrt.errors import UserError
 from rrt.model.families import family_of
@@ -62,8 +63,14 @@ def copy_outside_layers(model: RecursiveForCausalLM, source: PreTrainedModel) ->
         )
 
 
+DEFAULTS = schema.defaults("recursive")  # init: the experiment's first, stepwise; seed
+
+
 def convert(
-    source: PreTrainedModel, loops: int, init: str = "stepwise", seed: int = 0
+    source: PreTrainedModel,
+    loops: int,
+    init: str = DEFAULTS["inits"][0],
+    seed: int = DEFAULTS["seed"],
 ) -> RecursiveForCausalLM:
     """The recursive model of ``source`` with ``loops`` loops (B) and the given initialisation."""
     family_of(source.config.model_type)  # a clear error for unsupported architectures

@@ -14,6 +14,7 @@ import copy
 import torch
 from transformers import PreTrainedModel
 
+from rrt import config as schema
 from rrt.errors import UserError
 from rrt.method.convert import build_like, copy_outside_layers, source_layers
 from rrt.model.modeling import RecursiveForCausalLM
@@ -36,12 +37,15 @@ def svd_init(
     return vh[:rank], u[:, :rank] * s[:rank]
 
 
+DEFAULTS = schema.defaults("relaxed")
+
+
 def relax(
     recursive: RecursiveForCausalLM,
     source: PreTrainedModel,
     rank: int | str | dict[str, int],
-    relax_vectors: bool = False,
-    seed: int = 0,
+    relax_vectors: bool = DEFAULTS["relax_vectors"],
+    seed: int = DEFAULTS["seed"],
 ) -> RecursiveForCausalLM:
     """The relaxed model: ``recursive`` plus per-position LoRAs initialised from ``source``.
 

@@ -252,7 +252,7 @@ class LossHookTrainer(Trainer):
         *args: Any,
         loss_fn: LossFn,
         tokens_per_step: int,
-        keep_checkpoints: int = 2,
+        keep_checkpoints: int,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
