@@ -47,14 +47,14 @@ class Context:
         return list(seen.values())
 
     def evaluation(self, name: str, loop: int | None = None) -> Evaluation | None:
-        return self.results.evaluation(name, loop)
+        return self.results.evaluations.get((name, loop))
 
     def training(self, name: str) -> Training | None:
         return self.results.trainings.get(name)
 
     def ce(self, name: str) -> float | None:
         training = self.training(name)
-        return training.validation_ce if training else None
+        return training.ce if training else None
 
     def status(self, name: str, loop: int | None = None) -> str:
         """Empty for a result that is there; else 'missing: why'."""
@@ -67,7 +67,8 @@ class Context:
     def facts(self, name: Name) -> dict[str, Any]:
         """A model's numbers, named as the tables' data name them, and its status."""
         evaluation, training = self.evaluation(name.name), self.training(name.name)
-        params = evaluation.parameters if evaluation else training.parameters if training else {}
+        params = training.parameters if training else {}
+        params = evaluation.report.model.parameters if evaluation else params
         return {
             "model": name.name,
             "kind": name.kind,
@@ -77,11 +78,11 @@ class Context:
             "early_exit": name.early_exit,
             "non_embedding_params": params.get("non_embedding"),
             "lora_params": params.get("lora"),
-            "trained_tokens": training.tokens if training else None,
+            "trained_tokens": training.metrics.tokens if training else None,
             "kd_weight": training.kd_weight if training else None,
             "suite_average": evaluation.average if evaluation else None,
             "suite_average_stderr": evaluation.average_stderr if evaluation else None,
-            "held_out_ce": training.validation_ce if training else None,
+            "held_out_ce": training.ce if training else None,
             "status": self.status(name.name),
         }
 
@@ -109,12 +110,12 @@ class Context:
         uptrained on (the paper's matched budget); none for early exit (more tokens)."""
         if name.kind not in ("recursive", "relaxed") or name.early_exit:
             return None
-        tokens = getattr(self.training(name.name), "tokens", None)
+        tokens = _tokens(self.training(name.name))
         matched = (
             self.evaluation(other.name)
             for other in self.models
             if other.kind == "reduced" and other.loops == name.loops and tokens is not None
-            if getattr(self.training(other.name), "tokens", None) == tokens
+            if _tokens(self.training(other.name)) == tokens
         )
         return next(matched, None)
 
@@ -132,3 +133,7 @@ class Context:
 
 def _key(evaluation: Evaluation) -> str:
     return f"{evaluation.name}@{evaluation.exit_loop or 0}"
+
+
+def _tokens(training: Training | None) -> int | None:
+    return training.metrics.tokens if training else None

@@ -12,12 +12,6 @@ from rrt.report.stats import Paired
 DASH = "—"
 
 
-def finite(value: Any) -> float | None:
-    """A number as a float; None for anything else (missing, not finite, a bool)."""
-    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-    return float(value) if ok else None
-
-
 def pct(value: float | None) -> str:
     return DASH if value is None else f"{100 * value:.1f}"
 

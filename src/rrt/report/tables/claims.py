@@ -196,7 +196,7 @@ def _distillation(ctx: Context) -> Claim:
                 reference = weights[low].get(seed)
                 if weight == low or reference is None:
                     continue
-                mine, theirs = training.validation_ce, reference.validation_ce
+                mine, theirs = training.ce, reference.ce
                 if mine is not None and theirs is not None:
                     check = Check(
                         training.name, reference.name, ce=(mine, theirs), holds=mine < theirs

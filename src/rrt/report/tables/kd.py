@@ -44,7 +44,7 @@ def section(ctx: Context) -> Section:
         for weight, seeds in sorted(weights.items()):
             data += [
                 {"model": base, "tokens": tokens, "kd_weight": weight, "seed": seed}
-                | {"held_out_ce": t.validation_ce}
+                | {"held_out_ce": t.ce}
                 | {
                     f"{m}_loop{loop}": v
                     for loop, e in sorted(t.exits.items())
@@ -52,8 +52,8 @@ def section(ctx: Context) -> Section:
                 }
                 for seed, t in sorted(seeds.items())
             ]
-            ces = {s: t.validation_ce for s, t in seeds.items() if t.validation_ce is not None}
-            reference = {s: weights[low][s].validation_ce for s in ces if s in weights[low]}
+            ces = {s: t.ce for s, t in seeds.items() if t.ce is not None}
+            reference = {s: weights[low][s].ce for s in ces if s in weights[low]}
             diffs = [ces[s] - ref for s, ref in sorted(reference.items()) if ref is not None]
             test = stats.paired_t(diffs) if weight != low and diffs else None
             rows.append(

@@ -23,14 +23,14 @@ def training_text(ctx: Context, name: Name) -> str:
     training = ctx.training(name.name)
     if training is None:
         return fmt.DASH
-    tokens = fmt.count(training.tokens)
+    tokens = fmt.count(training.metrics.tokens)
     if name.kind == "reduced":
         return f"from scratch {tokens}"
     if name.kind == "full-size" and not name.uptrained:
         return f"pretrained {tokens}"
     if name.early_exit:
         base = ctx.training(name.name.removesuffix(".ee"))
-        return f"uptrained {fmt.count(base.tokens) if base else '?'} + early exit {tokens}"
+        return f"uptrained {fmt.count(base.metrics.tokens) if base else '?'} + early exit {tokens}"
     return f"uptrained {tokens}"
 
 

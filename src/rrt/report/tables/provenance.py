@@ -37,7 +37,8 @@ def section(results: Results) -> Section:
     )
     versions: dict[str, Counter[str]] = defaultdict(Counter)
     trained = [t.provenance for t in results.trainings.values() if t.provenance]
-    sources = [(e.git_commit, e.versions, None, None) for e in results.evaluations.values()]
+    evaluations = [e.report for e in results.evaluations.values()]
+    sources = [(e.git_commit, e.versions, None, None) for e in evaluations]
     sources += [
         (p.get("git_commit"), p.get("versions") or {}, p.get("host"), p.get("hardware"))
         for p in trained
@@ -50,8 +51,9 @@ def section(results: Results) -> Section:
             hosts[str(host)] += 1
         if machine:
             hardware[_machine(machine)] += 1
-    for e in results.evaluations.values():
-        devices[f"{e.device or '?'}, {e.dtype or '?'}, {e.threads or '?'} torch threads"] += 1
+    for e in evaluations:
+        threads = e.run.get("torch_threads") or "?"
+        devices[f"{e.model.device or '?'}, {e.model.dtype or '?'}, {threads} torch threads"] += 1
     root = f"{results.root.parent.name}/{results.root.name}"
     config = (
         f"sha256 `{record['config_sha256']}` (the resolved config is in `{root}/{RECORD}`)"
