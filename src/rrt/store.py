@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -13,10 +14,12 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
 from rrt import config as schema
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
+from rrt.model.families import supported
 
 PROVENANCE = "provenance.json"
 _LIBRARIES = ("rrt", "torch", "transformers", "tokenizers", "lm_eval", "accelerate", "numpy")
@@ -97,12 +100,22 @@ def load_config(path: str | os.PathLike[str]) -> Any:
     import rrt.model  # noqa: F401  (registers the recursive model type)
 
     path = Path(path)
-    if path.is_file():
-        try:
-            return AutoConfig.from_pretrained(str(path))
-        except (ValueError, OSError, KeyError) as err:
-            raise UserError(f"{str(path)!r} is not a model config JSON: {err}") from None
-    return AutoConfig.from_pretrained(str(model_dir(path)))
+    file = path if path.is_file() else model_dir(path) / "config.json"
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{file} is not valid JSON ({err}); it is not a model config") from None
+    if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
+        raise UserError(f"{file} names no model_type; it is not a transformers model config")
+    if data["model_type"] not in CONFIG_MAPPING:
+        raise UserError(
+            f"{file}: model_type {data['model_type']!r} is not one this transformers knows; "
+            f"rrt supports {supported()}"
+        )
+    try:
+        return AutoConfig.from_pretrained(str(path))
+    except (ValueError, OSError, KeyError, TypeError) as err:
+        raise UserError(f"{file} is not a valid {data['model_type']} config: {err}") from None
 
 
 DEVICE = schema.node("device")  # the allowed devices and the default, from the config schema
@@ -142,6 +155,13 @@ def load_model(
     if dtype == "auto":
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
     dtype = {"bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype, dtype)
+    load_config(path)  # a config that is not a model's is one line, before any weights
+    weights = [*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]
+    if not weights:
+        raise UserError(
+            f"{path} holds a config.json but no weights (model.safetensors or pytorch_model.bin); "
+            "a model folder is what save_pretrained writes"
+        )
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype)
     except SafetensorError as err:
