@@ -153,6 +153,19 @@ CORPUS_REVISIONS: dict[str, str] = {
     "DKYoon/SlimPajama-6B": "b5f90f419b7489cdba26fdbc8c022fcb5562f968",
 }
 
+
+def pinned_revision(repo: str, revision: str | None, pinned: dict[str, str]) -> str:
+    """``revision``, else the one ``pinned`` (:data:`MODEL_REVISIONS`, :data:`CORPUS_REVISIONS`)
+    holds for ``repo``: a download is of a named commit, never of whatever the hub's main is."""
+    resolved = revision or pinned.get(repo)
+    if resolved is None:
+        raise UserError(
+            f"--revision is required for {repo} (pinned revisions are known only for "
+            f"{', '.join(pinned)})"
+        )
+    return resolved
+
+
 # --- models ----------------------------------------------------------------------------------
 
 

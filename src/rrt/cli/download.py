@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from rrt import config as schema
-from rrt.errors import UserError
 from rrt.sources import (
     CORPUS_REVISIONS,
     MODEL_REVISIONS,
@@ -15,6 +14,7 @@ from rrt.sources import (
     download_corpus,
     download_model,
     download_paper_data,
+    pinned_revision,
 )
 from rrt.store import PROVENANCE
 
@@ -26,7 +26,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "(google/gemma-2b) and HF_ENDPOINT for a mirror; HF_HUB_OFFLINE must be unset."
     )
     sub = p.add_subparsers(dest="download_what", required=True, metavar="WHAT")
-    pinned = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in MODEL_REVISIONS.items())
     model = sub.add_parser(
         "model",
         help="a causal LM repo at a revision: safetensors, config and tokenizer",
@@ -36,10 +35,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
             "holding the commit. An --out that already holds it is left as it is."
         ),
     )
-    model.add_argument("--repo", required=True, help="hub model id, e.g. EleutherAI/pythia-1b")
-    model.add_argument(
-        "--revision",
-        help=f"branch, tag or commit sha (default for the paper's models: {pinned})",
+    _add_hub_repo(
+        model, "hub model id, e.g. EleutherAI/pythia-1b", MODEL_REVISIONS, "the paper's models"
     )
     model.add_argument("--out", required=True, help="output model directory")
     model.set_defaults(func=_model_cli)
@@ -58,7 +55,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
     )
     data.set_defaults(func=_paper_data_cli)
-    pinned = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in CORPUS_REVISIONS.items())
     corpus = sub.add_parser(
         "corpus",
         help="a hub text dataset (e.g. SlimPajama) streamed into a corpus folder for uptraining",
@@ -71,9 +67,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
             "read. An --out already holding this request is left as it is."
         ),
     )
-    corpus.add_argument("--repo", required=True, help="hub dataset id, e.g. DKYoon/SlimPajama-6B")
-    corpus.add_argument(
-        "--revision", help=f"branch, tag or commit sha (default for known corpora: {pinned})"
+    _add_hub_repo(
+        corpus, "hub dataset id, e.g. DKYoon/SlimPajama-6B", CORPUS_REVISIONS, "known corpora"
     )
     corpus.add_argument("--config", help="the dataset's config (subset), if it has several")
     schema.add_setting(corpus, "corpus_source.text_field")
@@ -92,13 +87,18 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     corpus.set_defaults(func=_corpus_cli)
 
 
+def _add_hub_repo(
+    p: argparse.ArgumentParser, repo_help: str, pinned: dict[str, str], known: str
+) -> None:
+    """``--repo`` and ``--revision``, whose default is the commit ``pinned`` holds for the repo
+    (:func:`rrt.sources.pinned_revision`); ``known`` names what ``pinned`` lists."""
+    p.add_argument("--repo", required=True, help=repo_help)
+    listed = ", ".join(f"{repo} @ {sha[:12]}" for repo, sha in pinned.items())
+    p.add_argument("--revision", help=f"branch, tag or commit sha (default for {known}: {listed})")
+
+
 def _model_cli(args: argparse.Namespace) -> None:
-    revision = args.revision or MODEL_REVISIONS.get(args.repo)
-    if revision is None:
-        raise UserError(
-            f"--revision is required for {args.repo} (pinned revisions are known only for "
-            f"{', '.join(MODEL_REVISIONS)})"
-        )
+    revision = pinned_revision(args.repo, args.revision, MODEL_REVISIONS)
     out = download_model(args.repo, revision, args.out)
     commit = json.loads((out / PROVENANCE).read_text())["params"]["commit"]
     print(f"{args.repo} at {revision} (commit {commit}) in {out}")
@@ -114,12 +114,7 @@ def _paper_data_cli(args: argparse.Namespace) -> None:
 
 
 def _corpus_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
-    revision = args.revision or CORPUS_REVISIONS.get(args.repo)
-    if revision is None:
-        raise UserError(
-            f"--revision is required for {args.repo} (pinned revisions are known only for "
-            f"{', '.join(CORPUS_REVISIONS)})"
-        )
+    revision = pinned_revision(args.repo, args.revision, CORPUS_REVISIONS)
     meta = download_corpus(
         args.repo,
         revision,
