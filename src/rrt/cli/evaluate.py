@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 from rrt import config as schema
@@ -23,19 +24,9 @@ def run(args: argparse.Namespace) -> dict:
     settings = schema.from_arguments(EvaluateConfig, args)
     model = store.load_model(args.model, dtype="auto", device=args.device)
     tokenizer = store.load_tokenizer(args.tokenizer or args.model)
+    # Every setting of the evaluate section is an argument of evaluate() by the same name.
     evaluation = evaluate(
-        model,
-        tokenizer,
-        settings.tasks,
-        task_dir=args.task_dir,
-        paper_data=settings.paper_data,
-        num_fewshot=settings.num_fewshot,
-        limit=settings.limit,
-        batch_size=settings.batch_size,
-        cpu_batch_size=settings.cpu_batch_size,
-        exit_loop=args.exit_loop,
-        seed=settings.seed,
-        bootstrap_iters=settings.bootstrap_iters,
+        model, tokenizer, task_dir=args.task_dir, exit_loop=args.exit_loop, **asdict(settings)
     )
     evaluation.report["model"]["dir"] = str(Path(args.model).resolve())
     samples = write_evaluation(evaluation, args.out)
