@@ -124,3 +124,24 @@ def test_the_benchmark_serves_in_the_dtype_asked_for(served):
         fp32, bf16 = rows["fp32"][name], rows["bf16"][name]
         assert bf16["flops_per_token"] == fp32["flops_per_token"]
         assert bf16["bytes_per_token"] == fp32["bytes_per_token"] / 2
+
+
+def test_a_failed_system_fails_the_benchmark_unless_errors_are_allowed(served, capsys):
+    """A KV budget too small for one request: every engine system fails. The benchmark names
+    them and writes nothing (the workflow must not take it as done); --allow-errors keeps the
+    partial result, each failed system with its error."""
+    root, data = served
+    out = root / "tiny-kv.json"
+    args = [
+        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+        "--data", str(data), "--out", str(out), "--requests", "2", "--max-new-tokens", "3",
+        "--max-prompt-tokens", "12", "--kv-cache-mb", "0.0001",
+        "--systems", "vanilla,depthwise", "--threads", "1", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("rrt benchmark: error: 1 of 2 systems failed (depthwise); depthwise: ")
+    assert "--allow-errors" in last and not out.exists()
+    assert main([*args, "--allow-errors"]) == 0
+    systems = json.loads(out.read_text())["systems"]
+    assert "error" in systems["depthwise"] and systems["vanilla"]["tokens_per_s"] > 0

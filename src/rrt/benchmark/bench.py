@@ -57,6 +57,7 @@ class BenchConfig:
     calibration_documents: int
     dtype: str
     systems: list[str]
+    allow_errors: bool
 
     def __post_init__(self) -> None:
         if self.min_prompt_tokens > self.max_prompt_tokens:
@@ -649,6 +650,13 @@ def benchmark(
         for row in systems.values():
             if "tokens_per_s" in row:
                 row["speedup_vs_vanilla"] = row["tokens_per_s"] / systems["vanilla"]["tokens_per_s"]
+    failed = {name: row["error"] for name, row in systems.items() if "error" in row}
+    if failed and not cfg.allow_errors:
+        name, error = next(iter(failed.items()))
+        raise UserError(
+            f"{len(failed)} of {len(systems)} systems failed ({', '.join(failed)}); {name}: "
+            f"{error}; nothing was written (--allow-errors writes the others' results)"
+        )
     return {
         "model": str(model_dir),
         "baseline": str(baseline_dir) if baseline_dir else None,
