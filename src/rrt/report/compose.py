@@ -7,14 +7,13 @@ from typing import Any
 
 import polars as pl
 
-from rrt.io import atomic_path, write_text
+from rrt.io import MARKER, atomic_path, write_text
 from rrt.report.compare import comparisons_frame
 from rrt.report.context import Context
-from rrt.report.document import Bullets, Figure, Section
+from rrt.report.document import Bullets, Figure, Section, render
 from rrt.report.figures import exits as exits_figure
 from rrt.report.figures import loss, size
 from rrt.report.figures import throughput as throughput_figure
-from rrt.report.render import to_html, to_markdown
 from rrt.report.results import load
 from rrt.report.tables import claims, exits, init, kd, models, provenance, rank, throughput
 
@@ -65,6 +64,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
 
 def write(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by rrt report: a rerun may replace it\n")
     with atomic_path(out / "tables") as tmp:
         tmp.mkdir()
         for name, frame in sorted(report.data.items()):
@@ -73,8 +73,8 @@ def write(report: Report, out: Path) -> None:
         tmp.mkdir()
         for name, png in sorted(report.figures.items()):
             (tmp / f"{name}.png").write_bytes(png)
-    write_text(out / "report.md", to_markdown(report.title, report.sections))
-    write_text(out / "report.html", to_html(report.title, report.sections))
+    for form in ("md", "html"):
+        write_text(out / f"report.{form}", render(report.title, report.sections, form))
 
 
 def method(alpha: float) -> Section:

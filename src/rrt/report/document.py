@@ -1,12 +1,21 @@
 """What a report is made of, independent of its format: sections of paragraphs, bullet lists,
 tables (Polars frames of display strings) and figures (PNG bytes), each section with the
-long-form data behind it (tables/NAME.csv). ``render`` writes them as Markdown and HTML."""
+long-form data behind it (tables/NAME.csv); and the document written as Markdown (figures as
+plots/ID.png beside it, report.md.j2) and as one self-contained HTML page (report.html.j2: figures
+as base64 PNGs, styles inline). Both are functions of the document alone: fixed element ids, no
+dates, so the same results give the same bytes."""
 
+import base64
+import html
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import jinja2
 import polars as pl
+from markupsafe import Markup
 
 
 @dataclass
@@ -65,3 +74,55 @@ def frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pl.DataFrame:
     return pl.DataFrame(
         [{c: row.get(c) for c in columns} for row in rows], infer_schema_length=None
     )
+
+
+# Columns of prose (wrapped) and of names (left-aligned); the others hold numbers.
+TEXT_COLUMNS = {"paper's claim", "paper", "this run", "reason", "note", "what it is", "status"}
+NAME_COLUMNS = {"model", "reference", "claim", "system", "missing result", "training (tokens)"}
+
+
+def inline(text: str | None) -> Markup:
+    """Escape, then `code` and **bold**."""
+    out = html.escape(text or "", quote=False)
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+    return Markup(re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out))
+
+
+def css(column: str, value: str | None = None) -> Markup:
+    """A cell's class: a gap, prose, a name, or none (a number)."""
+    if (value or "").startswith("missing"):
+        return Markup(' class="missing"')
+    if column in TEXT_COLUMNS:
+        return Markup(' class="text"')
+    return Markup(' class="name"' if column in NAME_COLUMNS else "")
+
+
+def row(cells: Sequence[str | None]) -> str:
+    """A Markdown table row (``|`` escaped, one line)."""
+    return "| " + " | ".join((c or "").replace("|", "\\|").replace("\n", " ") for c in cells) + " |"
+
+
+TEMPLATES = jinja2.Environment(
+    loader=jinja2.FileSystemLoader(Path(__file__).parent),
+    autoescape=jinja2.select_autoescape(["html.j2"]),
+    trim_blocks=True,
+    lstrip_blocks=True,
+    keep_trailing_newline=True,
+)
+TEMPLATES.filters |= {
+    "esc": lambda text: Markup(html.escape(text)),
+    "inline": inline,
+    "css": css,
+    "row": row,
+    "base64": lambda data: base64.b64encode(data).decode(),
+}
+TEMPLATES.tests |= {
+    "bullets": lambda b: isinstance(b, Bullets),
+    "figure": lambda b: isinstance(b, Figure),
+}
+
+
+def render(title: str, sections: list[Section], form: str) -> str:
+    """The document as ``form`` (md, html)."""
+    text = TEMPLATES.get_template(f"report.{form}.j2").render(title=title, sections=sections)
+    return text.rstrip() + "\n" if form == "md" else text
