@@ -8,7 +8,6 @@ from typing import Any
 import polars as pl
 
 from rrt.io import MARKER, atomic_path, write_text
-from rrt.report.compare import comparisons_frame
 from rrt.report.context import Context
 from rrt.report.document import Bullets, Figure, Section, render
 from rrt.report.figures import exits as exits_figure
@@ -50,7 +49,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
         method(alpha),
     ]
     data = {name: frame for s in sections for name, frame in s.data.items()}
-    data["comparisons"] = comparisons_frame(ctx.comparisons, alpha)
+    data["comparisons"] = ctx.comparisons_frame()
     figures = {b.id: b.png for s in sections for b in s.blocks if isinstance(b, Figure)}
     tested = [c for c in found if c.checks]
     metrics = {

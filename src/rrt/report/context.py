@@ -1,16 +1,65 @@
 """What the tables share, computed once from one results folder: the models in order, the gaps,
-each model's numbers, and every paired comparison made (tables/comparisons.csv)."""
+each model's numbers, and every paired comparison made (tables/comparisons.csv): two evaluations
+compared item by item (the per-sample files), task by task and on the suite average; unpaired
+stderrs only where a per-sample file is missing (and then said so)."""
 
 import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from rrt.report import fmt
-from rrt.report.compare import Comparison, compare
+import polars as pl
+
+from rrt.report import fmt, stats
+from rrt.report.document import frame
 from rrt.report.results import Evaluation, Name, Results, Training, parse_name
 from rrt.report.stats import Paired
 from rrt.report.tables.gaps import Gap, find_gaps, missing_reason
+
+UNPAIRED = "unpaired z (no per-sample file or different items)"
+COLUMNS = (
+    "model", "reference", "relation", "measure", "delta", "stderr", "p", "n", "test",
+    "significant",
+)  # fmt: skip
+Measures = dict[str, tuple[Paired, str]]  # measure (average, a task) -> the result, how tested
+
+
+def label(evaluation: Evaluation) -> str:
+    loop = evaluation.exit_loop
+    return evaluation.name if loop is None else f"{evaluation.name} (loop {loop})"
+
+
+def compare(model: Evaluation, reference: Evaluation) -> Measures:
+    """``model`` minus ``reference``: the suite average (paired where every averaged task is),
+    then each task by the best test the files allow: accuracy differences (fractions) and, for
+    perplexity tasks, the mean difference of per-document log-likelihood (nats; positive: the
+    model is better)."""
+    tasks: Measures = {}
+    correct: dict[str, tuple[list[bool], list[bool]]] = {}
+    for task, score in model.scores.items():
+        if (other := reference.scores.get(task)) is None:
+            continue
+        a, b = model.samples.get(task, {}), reference.samples.get(task, {})
+        docs = sorted(set(a) & set(b))
+        paired = bool(docs) and all(a[d].doc_hash == b[d].doc_hash for d in docs)
+        if paired and all(a[d].correct is not None and b[d].correct is not None for d in docs):
+            pair = ([bool(a[d].correct) for d in docs], [bool(b[d].correct) for d in docs])
+            tasks[task] = (stats.mcnemar(*pair), "McNemar exact, paired")
+            if score.averaged:
+                correct[task] = pair
+        elif paired and all(None not in (a[d].loglikelihood, b[d].loglikelihood) for d in docs):
+            diffs = [a[d].loglikelihood - b[d].loglikelihood for d in docs]  # type: ignore[operator]
+            tasks[task] = (stats.paired_t(diffs), "paired t on per-document log-likelihood (nats)")
+        elif result := stats.unpaired(score.value, score.stderr, other.value, other.stderr):
+            tasks[task] = (result, UNPAIRED)
+    averaged = [t for t, s in model.scores.items() if s.averaged and t in reference.scores]
+    if averaged and all(t in correct for t in averaged):
+        average = stats.suite_average({t: correct[t] for t in averaged})
+        return {"average": (average, "paired z over every item of the averaged tasks")} | tasks
+    average = stats.unpaired(
+        model.average, model.average_stderr, reference.average, reference.average_stderr
+    )
+    return ({"average": (average, UNPAIRED)} if average else {}) | tasks
 
 
 @dataclass
@@ -19,7 +68,8 @@ class Context:
 
     results: Results
     alpha: float
-    comparisons: dict[tuple[str, str, str], Comparison] = field(default_factory=dict)
+    # (model, reference, relation) -> their labels and every measure compared
+    comparisons: dict[tuple[str, str, str], tuple[str, str, Measures]] = field(default_factory=dict)
 
     @cached_property
     def gaps(self) -> list[Gap]:
@@ -62,7 +112,7 @@ class Context:
             return ""
         path = f"eval/{name}.json" if loop is None else f"eval/exits/{name}-exit{loop}.json"
         gap = next((g for g in self.gaps if g.path == path), None)
-        return f"missing: {gap.reason if gap else missing_reason(self.results, path)}"
+        return f"missing: {gap.reason if gap else missing_reason(self.results.root, path)}"
 
     def facts(self, name: Name) -> dict[str, Any]:
         """A model's numbers, named as the tables' data name them, and its status."""
@@ -127,8 +177,34 @@ class Context:
             return None
         key = (_key(model), _key(reference), relation)
         if key not in self.comparisons:
-            self.comparisons[key] = compare(model, reference)
-        return self.comparisons[key].average
+            self.comparisons[key] = (label(model), label(reference), compare(model, reference))
+        average = self.comparisons[key][2].get("average")
+        return average[0] if average else None
+
+    def versus(
+        self,
+        key: str,
+        header: str,
+        model: Evaluation | None,
+        reference: Evaluation | None,
+        relation: str,
+    ) -> dict[str, Any]:
+        """A difference of suite averages as data (delta_average_vs_KEY, p_vs_KEY) and as a cell."""
+        result = self.compare(model, reference, relation)
+        return {
+            f"delta_average_vs_{key}": result.delta if result else None,
+            f"p_vs_{key}": result.p if result else None,
+            header: fmt.delta(result, self.alpha),
+        }
+
+    def comparisons_frame(self) -> pl.DataFrame:
+        """tables/comparisons.csv: every measure of every comparison the report made."""
+        rows = [
+            (model, reference, relation, measure, r.delta, r.se, r.p, r.n, test, r.p < self.alpha)
+            for (_, _, relation), (model, reference, measures) in sorted(self.comparisons.items())
+            for measure, (r, test) in measures.items()
+        ]
+        return frame([dict(zip(COLUMNS, row, strict=True)) for row in rows], COLUMNS)
 
 
 def _key(evaluation: Evaluation) -> str:

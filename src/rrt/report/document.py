@@ -67,6 +67,21 @@ def table(
     return Table(id, caption, frame, list(notes))
 
 
+def one_table(
+    id: str,
+    title: str,
+    absent: str,
+    data: pl.DataFrame,
+    caption: str,
+    rows: list[dict[str, str]],
+    notes: Sequence[str],
+) -> Section:
+    """A section of one table and its data (tables/ID.csv), or why the experiment has none."""
+    if not rows:
+        return Section(id, title, [f"Not in this experiment: {absent}"])
+    return Section(id, title, [table(id, caption, rows, notes)], {id: data})
+
+
 def frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pl.DataFrame:
     """Long-form data: ``columns`` of each row, their types inferred from every row."""
     if not rows:

@@ -6,7 +6,6 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from rrt.report.results import Evaluation
 from rrt.report.stats import Paired
 
 DASH = "—"
@@ -20,10 +19,6 @@ def pct_pm(value: float | None, stderr: float | None) -> str:
     if value is None:
         return DASH
     return pct(value) if stderr is None else f"{100 * value:.1f} ± {100 * stderr:.1f}"
-
-
-def average(evaluation: Evaluation | None) -> str:
-    return pct_pm(evaluation.average, evaluation.average_stderr) if evaluation else DASH
 
 
 def value_pm(value: float | None, stderr: float | None, digits: int = 3) -> str:
@@ -59,15 +54,6 @@ def delta(result: Paired | None, alpha: float, scale: float = 100.0, digits: int
     star = "*" if result.p < alpha else ""
     p = "p<0.001" if result.p < 0.001 else f"p={result.p:.2g}"
     return f"{scale * result.delta:+.{digits}f}{star} ({p})"
-
-
-def versus(key: str, header: str, result: Paired | None, alpha: float) -> dict[str, Any]:
-    """A difference of suite averages as data (delta_average_vs_KEY, p_vs_KEY) and as a cell."""
-    return {
-        f"delta_average_vs_{key}": result.delta if result else None,
-        f"p_vs_{key}": result.p if result else None,
-        header: delta(result, alpha),
-    }
 
 
 SHOWN: dict[str, Callable[[dict[str, Any]], str]] = {

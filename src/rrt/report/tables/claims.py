@@ -13,8 +13,7 @@ from itertools import pairwise
 from typing import NamedTuple
 
 from rrt.report import fmt
-from rrt.report.compare import label
-from rrt.report.context import Context
+from rrt.report.context import Context, label
 from rrt.report.document import Section, frame, table
 from rrt.report.results import Name, parse_name
 from rrt.report.stats import Paired

@@ -3,7 +3,7 @@ accuracy against full depth and the held-out CE at each exit before and after po
 
 from rrt.report import fmt
 from rrt.report.context import Context
-from rrt.report.document import Section, frame, table
+from rrt.report.document import Section, frame, one_table
 from rrt.report.results import Name
 
 DATA = ["model", "exit_loop", "measure", "metric", "value", "stderr"]
@@ -16,15 +16,8 @@ def models(ctx: Context) -> list[Name]:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("exits", "Early exit: every loop's exit (paper sec. 3.7)")
-    if not (names := models(ctx)):
-        section.blocks.append(
-            "Not in this experiment: no model is post-trained for early exit "
-            "(config early_exit.models)."
-        )
-        return section
     rows, data = [], []
-    for name in names:
+    for name in models(ctx):
         full, after = ctx.evaluation(name.name), ctx.training(name.name)
         before = ctx.training(name.name.removesuffix(".ee"))
         for loop in range(1, (name.loops or 1) + 1):
@@ -38,7 +31,9 @@ def section(ctx: Context) -> Section:
                 | ctx.task_cells(evaluation, averaged=True)
                 | ctx.task_cells(evaluation, averaged=False)
                 | {
-                    "average": fmt.average(evaluation),
+                    "average": fmt.pct_pm(evaluation.average, evaluation.average_stderr)
+                    if evaluation
+                    else fmt.DASH,
                     "Δ avg vs full depth": fmt.delta(result, ctx.alpha),
                     CE: f"{fmt.number(ce_before.get('ce'))} → {fmt.number(ce_after.get('ce'))}",
                     ACC: f"{fmt.pct(ce_before.get('acc'))} → {fmt.pct(ce_after.get('acc'))}",
@@ -53,13 +48,18 @@ def section(ctx: Context) -> Section:
             for stage, values in (("before", ce_before), ("after", ce_after)):
                 measures += [(f"held-out {m} ({stage})", m, v, None) for m, v in values.items()]
             data += [dict(zip(DATA, (name.name, loop, *m), strict=True)) for m in measures]
-    section.data["exits"] = frame(data, DATA)
     notes = [
         "The last loop is the model at full depth. Held-out CE (nats per token) and next-token "
         "accuracy at each loop's exit come from the uptrained model before early-exit "
         "post-training and from the post-trained model after it.",
         f"Δ: against the same model at full depth (paired test; * p < {ctx.alpha:g}).",
     ]
-    caption = "Each early-exit model with every token leaving after loop b"
-    section.blocks.append(table("exits", caption, rows, notes))
-    return section
+    return one_table(
+        "exits",
+        "Early exit: every loop's exit (paper sec. 3.7)",
+        "no model is post-trained for early exit (config early_exit.models).",
+        frame(data, DATA),
+        "Each early-exit model with every token leaving after loop b",
+        rows,
+        notes,
+    )

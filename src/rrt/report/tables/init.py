@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from rrt.report import fmt
 from rrt.report.context import Context
-from rrt.report.document import Section, frame, table
+from rrt.report.document import Section, frame, one_table
 from rrt.report.results import Name
 
 HEADERS = ["model", "kind", "B", "rank", "init", "average", "held-out CE", "Δ avg vs stepwise"]
@@ -26,33 +26,34 @@ def groups(ctx: Context) -> dict[tuple[str, int, str | None], list[Name]]:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("init", "Initialisation of the shared layers (paper app. F)")
-    if not (found := groups(ctx)):
-        section.blocks.append(
-            "Not in this experiment: it makes no two models that differ only in their "
-            "initialisation (config recursive.inits / relaxed.inits)."
-        )
-        return section
     rows = []
-    for _, names in sorted(found.items(), key=lambda kv: str(kv[0])):
+    for _, names in sorted(groups(ctx).items(), key=lambda kv: str(kv[0])):
         stepwise = next((n.name for n in names if n.init == "stepwise"), None)
         reference = ctx.evaluation(stepwise) if stepwise else None
         ce_ref = ctx.ce(stepwise) if stepwise else None
         for name in names:
             row = ctx.facts(name)
             if name.init != "stepwise":
-                result = ctx.compare(ctx.evaluation(name.name), reference, "vs stepwise")
-                row |= fmt.versus("stepwise", "Δ avg vs stepwise", result, ctx.alpha)
+                evaluation = ctx.evaluation(name.name)
+                row |= ctx.versus(
+                    "stepwise", "Δ avg vs stepwise", evaluation, reference, "vs stepwise"
+                )
                 if row["held_out_ce"] is not None and ce_ref is not None:
                     row["Δ CE vs stepwise"] = f"{row['held_out_ce'] - ce_ref:+.4f}"
             rows.append(row)
-    section.data["init"] = frame(rows, DATA)
     notes = [
         "Paper (Gemma 2B, recursive, 15 B tokens): stepwise 51.7, average 46.7, lower 47.1, "
         "random 37.6; average is best once LoRA is added.",
         "Δ: against the stepwise model of the same kind, loops and rank (paired test; "
         f"* p < {ctx.alpha:g}). Lower CE is better.",
     ]
-    rows = [fmt.cells(r, HEADERS) for r in rows]
-    section.blocks.append(table("init", "Initialisation ablation", rows, notes))
-    return section
+    return one_table(
+        "init",
+        "Initialisation of the shared layers (paper app. F)",
+        "it makes no two models that differ only in their initialisation (config "
+        "recursive.inits / relaxed.inits).",
+        frame(rows, DATA),
+        "Initialisation ablation",
+        [fmt.cells(r, HEADERS) for r in rows],
+        notes,
+    )

@@ -8,7 +8,7 @@ import polars as pl
 
 from rrt.report import fmt, stats
 from rrt.report.context import Context
-from rrt.report.document import Section, table
+from rrt.report.document import Section, one_table
 from rrt.report.results import Training, parse_name
 
 
@@ -31,15 +31,8 @@ def _mean_sd(values: list[float]) -> str:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("kd", "Distillation (paper app. E, I)")
-    if not (found := groups(ctx)):
-        section.blocks.append(
-            "Not in this experiment: it sweeps no distillation weights (config sweep.kd_weights "
-            "with two or more values; config/experiments/uptrain-ablation.yaml has one)."
-        )
-        return section
     rows, data = [], []
-    for (base, tokens), weights in sorted(found.items()):
+    for (base, tokens), weights in sorted(groups(ctx).items()):
         low = min(weights)
         for weight, seeds in sorted(weights.items()):
             data += [
@@ -56,28 +49,31 @@ def section(ctx: Context) -> Section:
             reference = {s: weights[low][s].ce for s in ces if s in weights[low]}
             diffs = [ces[s] - ref for s, ref in sorted(reference.items()) if ref is not None]
             test = stats.paired_t(diffs) if weight != low and diffs else None
+            tested = {
+                f"Δ CE vs w={low:g} per seed": ", ".join(f"{d:+.4f}" for d in diffs),
+                "better on": f"{sum(d < 0 for d in diffs)} of {len(diffs)} seeds",
+            }
             rows.append(
-                {
-                    "model": base,
-                    "tokens": fmt.count(tokens),
-                    "KD w": f"{weight:g}",
+                {"model": base, "tokens": fmt.count(tokens), "KD w": f"{weight:g}"}
+                | {
                     "seeds": str(len(seeds)),
                     "held-out CE (mean ± sd)": _mean_sd(list(ces.values())),
-                    f"Δ CE vs w={low:g} per seed": ", ".join(f"{d:+.4f}" for d in diffs)
-                    if test
-                    else fmt.DASH,
-                    "better on": f"{sum(d < 0 for d in diffs)} of {len(diffs)} seeds"
-                    if test
-                    else fmt.DASH,
-                    "paired t over seeds": fmt.delta(test, ctx.alpha, scale=1.0, digits=4),
                 }
+                | {k: v if test else fmt.DASH for k, v in tested.items()}
+                | {"paired t over seeds": fmt.delta(test, ctx.alpha, scale=1.0, digits=4)}
             )
-    section.data["kd"] = pl.DataFrame(data, infer_schema_length=None)
     note = (
         "Each swept model is uptrained once per seed of the data order from the same weights; "
         "the seeds pair the runs. Swept models are not evaluated with lm-eval: held-out CE (nats "
         "per token) is their measure."
     )
-    caption = "Uptraining with and without distillation (held-out CE, lower is better)"
-    section.blocks.append(table("kd", caption, rows, [note]))
-    return section
+    return one_table(
+        "kd",
+        "Distillation (paper app. E, I)",
+        "it sweeps no distillation weights (config sweep.kd_weights with two or more values; "
+        "config/experiments/uptrain-ablation.yaml has one).",
+        pl.DataFrame(data, infer_schema_length=None),
+        "Uptraining with and without distillation (held-out CE, lower is better)",
+        rows,
+        [note],
+    )

@@ -40,12 +40,10 @@ def section(ctx: Context) -> Section:
     for name in ctx.models:
         evaluation, reduced = ctx.evaluation(name.name), ctx.matched_reduced(name)
         mine = full is not None and full.name == name.name
-        vs_full = None if mine else ctx.compare(evaluation, full, "vs full-size")
-        vs_reduced = ctx.compare(evaluation, reduced, "vs reduced, matched tokens")
         rows.append(
             ctx.facts(name)
-            | fmt.versus("full_size", FULL, vs_full, ctx.alpha)
-            | fmt.versus("reduced", REDUCED, vs_reduced, ctx.alpha)
+            | ctx.versus("full_size", FULL, evaluation, None if mine else full, "vs full-size")
+            | ctx.versus("reduced", REDUCED, evaluation, reduced, "vs reduced, matched tokens")
             | ctx.task_cells(evaluation, averaged=False)
             | ctx.task_cells(evaluation, averaged=True)
             | {

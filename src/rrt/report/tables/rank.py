@@ -5,7 +5,7 @@ from collections import defaultdict
 
 from rrt.report import fmt
 from rrt.report.context import Context
-from rrt.report.document import Section, frame, table
+from rrt.report.document import Section, frame, one_table
 from rrt.report.results import Name
 
 HEADERS = ["model", "B", "init", "rank", "non-emb. params", "LoRA params", "average"]
@@ -39,23 +39,18 @@ def recursive_of(ctx: Context, loops: int, init: str) -> Name | None:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("rank", "LoRA rank (paper sec. 2.3, app. I)")
-    if not (found := groups(ctx)):
-        section.blocks.append("Not in this experiment: it relaxes no model (relaxed.ranks).")
-        return section
     rows = []
-    for (loops, init), names in sorted(found.items()):
+    for (loops, init), names in sorted(groups(ctx).items()):
         recursive = recursive_of(ctx, loops, init)
         base = ctx.evaluation(recursive.name) if recursive else None
         for name in ([recursive] if recursive else []) + names:
             row = ctx.facts(name) | {"rank": name.rank or "0"}
             if name is not recursive:
-                result = ctx.compare(ctx.evaluation(name.name), base, "vs rank 0")
-                row |= fmt.versus("rank0", "Δ avg vs rank 0", result, ctx.alpha)
+                evaluation = ctx.evaluation(name.name)
+                row |= ctx.versus("rank0", "Δ avg vs rank 0", evaluation, base, "vs rank 0")
             rows.append(row)
-    section.data["rank"] = frame(rows, DATA)
     shown = [fmt.cells(r, HEADERS) for r in rows]
-    if full := ctx.full_size():
+    if rows and (full := ctx.full_size()):
         reference = ctx.facts(Name(full.name, "full-size")) | {"lora_params": None}
         shown.append(fmt.cells(reference, HEADERS) | {"model": f"{full.name} (reference)"})
     notes = [
@@ -65,6 +60,12 @@ def section(ctx: Context) -> Section:
         "Δ: against the recursive model of the same loops and init (paired test; "
         f"* p < {ctx.alpha:g}).",
     ]
-    caption = "Rank sweep: the recursive model (rank 0) and its relaxations"
-    section.blocks.append(table("rank", caption, shown, notes))
-    return section
+    return one_table(
+        "rank",
+        "LoRA rank (paper sec. 2.3, app. I)",
+        "it relaxes no model (relaxed.ranks).",
+        frame(rows, DATA),
+        "Rank sweep: the recursive model (rank 0) and its relaxations",
+        shown,
+        notes,
+    )
