@@ -111,8 +111,7 @@ class Context:
         if self.evaluation(name, loop) is not None:
             return ""
         path = f"eval/{name}.json" if loop is None else f"eval/exits/{name}-exit{loop}.json"
-        gap = next((g for g in self.gaps if g.path == path), None)
-        return f"missing: {gap.reason if gap else missing_reason(self.results.root, path)}"
+        return f"missing: {missing_reason(self.results.root, path)}"  # a gap's reason, if one
 
     def facts(self, name: Name) -> dict[str, Any]:
         """A model's numbers, named as the tables' data name them, and its status."""

@@ -2,8 +2,8 @@
 failed job's last log line, or the missing result it waits for). A gap, never an error."""
 
 import re
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import polars as pl
 
@@ -13,8 +13,7 @@ from rrt.report.results import Results, parse_name
 LOG_RULES = {"reduced": "reduced", "recursive": "convert", "relaxed": "relax"}
 
 
-@dataclass(frozen=True)
-class Gap:
+class Gap(NamedTuple):
     path: str
     reason: str
 
@@ -33,52 +32,39 @@ def find_gaps(results: Results) -> list[Gap]:
     return [Gap(p, missing_reason(results.root, p)) for p in missing]
 
 
-def job_log(relative: str) -> str | None:
-    """The log of the job that makes ``relative`` (the workflow's naming of logs)."""
+def job(relative: str) -> tuple[str | None, str | None]:
+    """The log of the job that makes ``relative`` (the workflow's naming of logs), and the model
+    it is made from."""
     parts = relative.split("/")
-    if parts[0] in ("eval", "benchmarks"):
-        rule = "evaluate" if parts[0] == "eval" else "benchmark"
-        return f"logs/{rule}/{parts[-1].removesuffix('.json')}.log"
-    if parts[0] != "models":
-        return None
-    name = parse_name(parts[1])
-    base = parts[1].split(".", 1)[0]
+    folder, stem = parts[0], parts[-1].removesuffix(".json")
+    if folder == "benchmarks":
+        return f"logs/benchmark/{stem}.log", None
+    if folder == "eval":  # an exit's evaluation (eval/exits/) is made from the model
+        model = re.sub(r"-exit\d+$", "", stem) if len(parts) == 3 else stem
+        return f"logs/evaluate/{stem}.log", f"models/{model}"
+    if folder != "models":
+        return None, None
+    model, name = parts[1], parse_name(parts[1])
+    base = model.split(".", 1)[0]
     if name.early_exit:
-        return f"logs/early_exit/{base}.log"
+        return f"logs/early_exit/{base}.log", "models/" + model.removesuffix(".ee")
     if name.uptrained:
-        return f"logs/uptrain/{base}{parts[1].split('.up', 1)[1]}.log"
+        before, variant = model.split(".up", 1)
+        return f"logs/uptrain/{base}{variant}.log", f"models/{before}"
     if name.kind == "full-size":
-        return "logs/pretrain/source.log"
+        return "logs/pretrain/source.log", None
     rule = LOG_RULES.get(name.kind)
-    return f"logs/{rule}/{base.split('-', 1)[1]}.log" if rule else None
-
-
-def made_from(relative: str) -> str | None:
-    """The model that ``relative`` (an evaluation or a model) is made from."""
-    parts = relative.split("/")
-    if parts[0] == "eval":
-        stem = parts[-1].removesuffix(".json")
-        return "models/" + (re.sub(r"-exit\d+$", "", stem) if len(parts) == 3 else stem)
-    if parts[0] != "models":
-        return None
-    name = parse_name(parts[1])
-    if name.early_exit:
-        return "models/" + parts[1].removesuffix(".ee")
-    if name.uptrained:
-        return "models/" + parts[1].split(".up", 1)[0]
-    if name.kind == "relaxed":
-        return f"models/recursive-B{name.loops}-{name.init}"
-    return None
+    log = f"logs/{rule}/{base.split('-', 1)[1]}.log" if rule else None
+    return log, f"models/recursive-B{name.loops}-{name.init}" if name.kind == "relaxed" else None
 
 
 def missing_reason(root: Path, relative: str) -> str:
     """Why ``relative`` is missing: the failed job's last log line, or what it waits for."""
     if (root / (relative + ".work")).is_dir():
         return f"training interrupted or still running ({relative}.work holds its checkpoints)"
-    log = job_log(relative)
+    log, source = job(relative)
     if log is not None and (root / log).is_file():
         return f"its job failed: {log} ends with: {_last_line(root / log)}"
-    source = made_from(relative)
     if source is not None and not (root / source).exists():
         return f"not run: {source} is missing ({missing_reason(root, source)})"
     return "not run yet (no result and no job log)"

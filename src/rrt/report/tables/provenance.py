@@ -19,8 +19,9 @@ def _machine(info: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _counted(counter: Counter[str], what: str) -> str:
+def _counted(values: list[str], what: str) -> str:
     """The one value, or each value with how many ``what`` have it."""
+    counter = Counter(values)
     if len(counter) == 1:
         return next(iter(counter))
     return "; ".join(f"{k} ({n} {what})" for k, n in sorted(counter.items()))
@@ -29,31 +30,19 @@ def _counted(counter: Counter[str], what: str) -> str:
 def section(results: Results) -> Section:
     record = results.record or {}
     workflow = record.get("workflow") or {}
-    commits, hosts, hardware, devices = (
-        Counter[str](),
-        Counter[str](),
-        Counter[str](),
-        Counter[str](),
-    )
-    versions: dict[str, Counter[str]] = defaultdict(Counter)
-    trained = [t.provenance for t in results.trainings.values() if t.provenance]
     evaluations = [e.report for e in results.evaluations.values()]
-    sources = [(e.git_commit, e.versions, None, None) for e in evaluations]
-    sources += [
-        (p.get("git_commit"), p.get("versions") or {}, p.get("host"), p.get("hardware"))
-        for p in trained
-    ]
-    for commit, libraries, host, machine in sources:
-        commits[str(commit or "not recorded")] += 1
+    trained = [t.provenance for t in results.trainings.values() if t.provenance]
+    files = [(e.git_commit, e.versions) for e in evaluations]
+    files += [(p.get("git_commit"), p.get("versions") or {}) for p in trained]
+    versions: dict[str, list[str]] = defaultdict(list)
+    for _, libraries in files:
         for library, version in libraries.items():
-            versions[library][str(version)] += 1
-        if host:
-            hosts[str(host)] += 1
-        if machine:
-            hardware[_machine(machine)] += 1
-    for e in evaluations:
-        threads = e.run.get("torch_threads") or "?"
-        devices[f"{e.model.device or '?'}, {e.model.dtype or '?'}, {threads} torch threads"] += 1
+            versions[library].append(str(version))
+    devices = [
+        f"{e.model.device or '?'}, {e.model.dtype or '?'}, "
+        f"{e.run.get('torch_threads') or '?'} torch threads"
+        for e in evaluations
+    ]
     root = f"{results.root.parent.name}/{results.root.name}"
     config = (
         f"sha256 `{record['config_sha256']}` (the resolved config is in `{root}/{RECORD}`)"
@@ -62,11 +51,14 @@ def section(results: Results) -> Section:
     )
     machine = _machine(workflow["hardware"]) if workflow.get("hardware") else "not recorded"
     libraries = "; ".join(f"{lib} {_counted(v, 'files')}" for lib, v in sorted(versions.items()))
+    hardware = [_machine(p["hardware"]) for p in trained if p.get("hardware")]
+    hosts = [str(p["host"]) for p in trained if p.get("host")]
     built = ", ".join(f"{lib} {metadata.version(lib)}" for lib in ("polars", "matplotlib"))
     items = [
         f"Experiment: **{results.experiment}**, results read from `{root}/` only.",
         f"Config: {config}",
-        f"Git commit of the results: {_counted(commits, 'result files')}",
+        f"Git commit of the results: "
+        f"{_counted([str(c or 'not recorded') for c, _ in files], 'result files')}",
         f"Git commit of the workflow run: {workflow.get('git_commit') or 'not recorded'}",
         f"Library versions: {libraries}",
         f"Hardware of the workflow run: {machine}",
