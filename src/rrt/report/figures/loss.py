@@ -13,39 +13,40 @@ from rrt.report.results import Name, parse_name
 
 SERIES = ("loss", "ce", "kd", "learning_rate", "grad_norm")
 SCHEMA = {"model": pl.String, "step": pl.Int64, "tokens": pl.Int64, "series": pl.String}
+SCHEMA |= {"value": pl.Float64}
 PANELS = (
     ("uptraining", "Uptraining (recursive, relaxed, full-size)"),
     ("scratch", "From scratch (source, reduced-size)"),
     ("early exit", "Early-exit post-training"),
 )
+CAPTION = (
+    "The cross-entropy part of the training loss against tokens seen (thin: every step; thick: "
+    "trailing mean over a twentieth of the run), from each model's steps.jsonl. The y range "
+    "leaves out the first tenth of training."
+)
 
 
 def section(ctx: Context) -> Section:
-    section = Section("training", "Training curves")
     rows = []
     for name, training in sorted(ctx.results.trainings.items()):
+        per_step = training.metrics.config.get("tokens_per_step")
         for step in training.steps:
             tokens = step.get("tokens")
-            if not isinstance(tokens, int) and training.tokens_per_step:
-                tokens = step["step"] * training.tokens_per_step
+            if not isinstance(tokens, int) and per_step:
+                tokens = step["step"] * per_step
             for key, value in step.items():
                 wanted = key in SERIES or key.startswith(("ce_loop", "sd_loop"))
                 if wanted and isinstance(value, int | float) and math.isfinite(value):
                     rows.append((name, step["step"], tokens, key, float(value)))
-    curves = pl.DataFrame(rows, schema=SCHEMA | {"value": pl.Float64}, orient="row")
-    section.data["loss"] = curves
-    if (image := plot(curves)) is None:
-        section.blocks.append("No step logs (steps.jsonl) in the results.")
-        return section
-    caption = (
-        "The cross-entropy part of the training loss against tokens seen (thin: every step; "
-        "thick: trailing mean over a twentieth of the run), from each model's steps.jsonl. The y "
-        "range leaves out the first tenth of training."
-    )
+    curves = pl.DataFrame(rows, schema=SCHEMA, orient="row")
+    caption = CAPTION
     if swept := sum(parse_name(n).sweep is not None for n in ctx.results.trainings):
         caption += f" The {swept} swept models' curves are in tables/loss.csv only."
-    section.blocks.append(Figure("loss", caption, image))
-    return section
+    image = plot(curves)
+    blocks = [
+        Figure("loss", caption, image) if image else "No step logs (steps.jsonl) in the results."
+    ]
+    return Section("training", "Training curves", blocks, {"loss": curves})
 
 
 def panel(name: Name) -> str | None:
@@ -82,9 +83,8 @@ def plot(curves: pl.DataFrame) -> bytes | None:
                 x = [t / unit_scale for t in part["tokens"].to_list()]
                 y = part["value"].to_list()
                 ax.plot(x, y, color=color, alpha=0.18, linewidth=0.8)
-                label = model if s == "ce" else f"{model}: exit after loop 1"
-                if key == "early exit" and s == "ce":
-                    label = f"{model}: full depth"
+                label = f"{model}: full depth" if key == "early exit" else model
+                label = label if s == "ce" else f"{model}: exit after loop 1"
                 ax.plot(
                     x, _smooth(y), color=color, linewidth=1.6, label=label,
                     linestyle="--" if s == "ce_loop1" else "-",

@@ -15,13 +15,18 @@ COLUMNS = (
     "model", "kind", "non_embedding_params", "suite_average", "suite_average_stderr",
     "perplexity", "perplexity_measure",
 )  # fmt: skip
-STYLE = {
-    "full-size": {"color": "#222222", "marker": "s", "label": "full-size"},
-    "reduced": {"color": "#8c8c8c", "marker": "v", "label": "reduced-size (from scratch)"},
-    "recursive": {"color": "#1f77b4", "marker": "o", "label": "recursive"},
-    "relaxed": {"color": "#ff7f0e", "marker": "D", "label": "relaxed (LoRA)"},
-    "early exit": {"color": "#2ca02c", "marker": "*", "label": "relaxed/recursive + early exit"},
-    "other": {"color": "#9467bd", "marker": "X", "label": "other"},
+STYLE = {  # colour, marker, legend label of each group
+    "full-size": ("#222222", "s", "full-size"),
+    "reduced": ("#8c8c8c", "v", "reduced-size (from scratch)"),
+    "recursive": ("#1f77b4", "o", "recursive"),
+    "relaxed": ("#ff7f0e", "D", "relaxed (LoRA)"),
+    "early exit": ("#2ca02c", "*", "relaxed/recursive + early exit"),
+    "other": ("#9467bd", "X", "other"),
+}
+LEGEND = [label for _, _, label in STYLE.values()]
+TITLES = {
+    "suite_average": "Accuracy against size (higher is better)",
+    "perplexity": "Perplexity against size (lower is better)",
 }
 CAPTION = (
     "Suite average (error bars: stderr) and perplexity against non-embedding parameters, every "
@@ -32,20 +37,17 @@ CAPTION = (
 
 def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
     """The word perplexity task where the suite has one, else exp(held-out CE) per token."""
-    tasks = [(t, m) for t, m, averaged in ctx.tasks if not averaged and "perplexity" in m]
-    if tasks:
-        task, metric = tasks[0]
-        scores = {
-            n: e.scores.get(task)
-            for (n, loop), e in ctx.results.evaluations.items()
-            if loop is None
-        }
-        values = {n: s.value for n, s in scores.items() if s is not None and s.value is not None}
-        return values, f"{metric.replace('_', ' ')} ({task})"
+    for task, metric, averaged in ctx.tasks:
+        if not averaged and "perplexity" in metric:
+            full_depth = (e for (_, loop), e in ctx.results.evaluations.items() if loop is None)
+            scores = {e.name: e.scores.get(task) for e in full_depth}
+            values = {
+                n: s.value for n, s in scores.items() if s is not None and s.value is not None
+            }
+            return values, f"{metric.replace('_', ' ')} ({task})"
     ces = {n.name: ctx.ce(n.name) for n in ctx.models}
-    return {
-        n: math.exp(ce) for n, ce in ces.items() if ce is not None
-    }, "held-out token perplexity (exp CE)"
+    exp = {n: math.exp(ce) for n, ce in ces.items() if ce is not None}
+    return exp, "held-out token perplexity (exp CE)"
 
 
 def section(ctx: Context) -> Section:
@@ -60,10 +62,6 @@ def section(ctx: Context) -> Section:
     else:
         section.blocks.append(Figure("size", CAPTION, image))
     return section
-
-
-def group(name: Name) -> str:
-    return "early exit" if name.early_exit else name.kind
 
 
 def short_label(name: Name, several_loops: bool) -> str:
@@ -100,31 +98,29 @@ def plot(points: pl.DataFrame, perplexity_label: str) -> bytes | None:
         for row, name in zip(points.iter_rows(named=True), names, strict=True):
             if row[column] is None:
                 continue
-            style = STYLE[group(name)]
-            x = row["non_embedding_params"] / unit_scale
-            y = row[column] * factor
+            color, marker, legend = STYLE[group := "early exit" if name.early_exit else name.kind]
+            x, y = row["non_embedding_params"] / unit_scale, row[column] * factor
             err = row["suite_average_stderr"] if column == "suite_average" else None
             ax.errorbar(
-                x, y, yerr=None if err is None else err * factor, fmt=style["marker"],
-                color=style["color"], markersize=9 if style["marker"] == "*" else 6,
-                capsize=2, label=None if group(name) in drawn else style["label"], zorder=3,
+                x, y, yerr=None if err is None else err * factor, fmt=marker, color=color,
+                markersize=9 if marker == "*" else 6, capsize=2,
+                label=None if group in drawn else legend, zorder=3,
             )  # fmt: skip
-            drawn.add(group(name))
+            drawn.add(group)
             labels.append((x, y, short_label(name, several)))
         ax.set_xlabel(f"non-embedding parameters ({unit})" if unit else "non-embedding parameters")
         ax.set_ylabel(ylabel)
+        ax.set_title(TITLES[column])
         _pad_limits(ax, labels)
         placements.append((ax, labels))
-    axes[0].set_title("Accuracy against size (higher is better)")
-    if len(axes) > 1:
-        axes[1].set_title("Perplexity against size (lower is better)")
-    handles, texts = axes[0].get_legend_handles_labels()
-    groups = [next(k for k, v in STYLE.items() if v["label"] == text) for text in texts]
-    order = sorted(range(len(texts)), key=lambda i: list(STYLE).index(groups[i]))
+    handles = zip(*axes[0].get_legend_handles_labels(), strict=True)
+    pairs = sorted(handles, key=lambda pair: LEGEND.index(pair[1]))  # in the order of STYLE
     figure.legend(
-        [handles[i] for i in order], [texts[i] for i in order], loc="outside lower center",
-        ncols=min(5, len(order)), frameon=False,
-    )  # fmt: skip
+        *zip(*pairs, strict=True),
+        loc="outside lower center",
+        ncols=min(5, len(pairs)),
+        frameon=False,
+    )
     figure.draw_without_rendering()  # the final layout, so label spacing is in real pixels
     for ax, labels in placements:
         _place_labels(ax, labels)
@@ -157,16 +153,14 @@ def _place_labels(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
             (box.x0, box.width, ax.transData.transform((x, y))[1], box.height, x, y, text)
         )
     columns: list[list[tuple]] = []
-    anchors: list[float] = []
-    for item in sorted(measured):
-        if columns and item[0] < anchors[-1] + max(i[1] for i in columns[-1]):
+    for item in sorted(measured):  # left to right: a label that overlaps a column joins it
+        if columns and item[0] < columns[-1][-1][0] + max(i[1] for i in columns[-1]):
             columns[-1].append(item)
-            anchors[-1] = max(anchors[-1], item[0])
         else:
             columns.append([item])
-            anchors.append(item[0])
     frame = ax.get_window_extent(renderer)
-    for column, anchor in zip(columns, anchors, strict=True):
+    for column in columns:
+        anchor = column[-1][0]  # the rightmost left edge
         column.sort(key=lambda item: (item[2], item[6]))
         spread = _spread(column, frame.y0, frame.y1)
         for y, (x0, _, py, _, x, y0, text) in zip(spread, column, strict=True):
