@@ -42,6 +42,7 @@ from huggingface_hub import constants as hub_constants
 from rrt import sources as download
 from rrt.errors import UserError
 from rrt.evaluation.evaluate import load_suites, load_tasks, write_paper_overrides
+from rrt.io import MARKER
 from rrt.sources import (
     CORPUS_REVISIONS,
     MODEL_REVISIONS,
@@ -299,7 +300,8 @@ def test_paper_data_is_written_per_split_and_read_by_the_shipped_task_definition
     assert recorded["arc_easy"]["commit"] == arc.revision
     assert recorded["arc_easy"]["config"] == "ARC-Easy"
     assert recorded["arc_easy"]["splits"]["test"]["rows"] == 3
-    assert not [p for p in data.rglob("*") if p.name.startswith(".")], "temporary files left"
+    hidden = [p for p in data.rglob("*") if p.name.startswith(".") and p.name != MARKER]
+    assert not hidden, "temporary files left"
     # Again, here in offline mode: what is complete is not fetched again.
     stamp = (data / "arc_easy" / "test.jsonl").stat().st_mtime_ns
     again = download.download_paper_data(data, ["arc_easy", "lambada_openai"])
@@ -526,7 +528,8 @@ def test_corpus_is_streamed_at_its_commit_into_splits_that_training_reads(
     assert meta["splits"]["train"]["duplicates_skipped"] == 2
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["step"] == "download corpus" and prov["params"]["commit"] == commit
-    assert not [p for p in streamed["out"].iterdir() if p.name.startswith(".")], "temp left"
+    hidden = [p for p in streamed["out"].iterdir() if p.name.startswith(".") and p.name != MARKER]
+    assert not hidden, "temp left"
     fetched = [p for p in streamed["requests"] if "tiny-pajama/resolve/" in p]
     assert fetched and all(f"/resolve/{commit}/" in p for p in fetched)
     assert not any("test-00000" in p for p in fetched), "read a split it did not need"

@@ -67,6 +67,15 @@ class Contract:
         return cls(**values)
 
     @classmethod
+    def owns(cls, path: str | Path) -> bool:
+        """Whether ``path`` holds a file of this contract (an output its command may replace)."""
+        try:
+            cls.read(path)
+        except ContractError:
+            return False
+        return True
+
+    @classmethod
     def read(cls: type[C], path: str | Path, where: str | None = None) -> C:
         where = where or str(path)
         try:

@@ -35,7 +35,7 @@ from huggingface_hub import errors as hub_errors
 
 from rrt import config as schema
 from rrt.errors import UserError
-from rrt.io import atomic_path, write_json
+from rrt.io import MARKER, atomic_path, write_json
 from rrt.store import PROVENANCE, provenance
 
 # --- what is pinned --------------------------------------------------------------------------
@@ -295,6 +295,7 @@ def download_paper_data(
             continue
         recorded[name] = _download_task(api, name, source, splits, out / name)
         write_json(record_path, provenance("download paper-data", {"tasks": recorded}))
+        (out / MARKER).write_text("written by rrt: a rerun of its command may replace it\n")
     return recorded
 
 

@@ -211,7 +211,8 @@ def test_missing_model_directory_and_bad_values_are_one_line_errors(
     assert main([*argv, "--out", str(tmp_path / "r.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no model directory at" in err and "nope" in err
-    argv[2] = str(tmp_path)
+    argv[2] = str(tmp_path / "m")  # a folder that is not a model: the values fail first
+    (tmp_path / "m").mkdir()
     assert main([*argv, "--out", str(tmp_path / "r.json"), "--batch-size", "0"]) == 2
     assert "evaluate.batch_size: 0 is less than the minimum of 1" in capsys.readouterr().err
     assert main([*argv, "--out", str(tmp_path / "r.json"), "--threads", "-1"]) == 2

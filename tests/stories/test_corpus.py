@@ -13,6 +13,7 @@ import pytest
 from _embedded import CORPUS
 
 from rrt.cli import main
+from rrt.io import MARKER
 from rrt.stories.corpus import (
     GOODS,
     NUMBERS,
@@ -38,7 +39,7 @@ def test_same_seed_gives_byte_identical_corpus_and_another_seed_does_not(tmp_pat
     write_corpus(tmp_path / "b", SMALL)
     write_corpus(tmp_path / "c", replace(SMALL, seed=1))
     a, b, c = (_files(tmp_path / n) for n in "abc")
-    assert set(a) == {"train.jsonl", "validation.jsonl", "test.jsonl", "meta.json"}
+    assert set(a) == {"train.jsonl", "validation.jsonl", "test.jsonl", "meta.json", MARKER}
     assert a == b
     assert a["train.jsonl"] != c["train.jsonl"]
 

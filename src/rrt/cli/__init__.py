@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from contextlib import suppress
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any
 
 from rrt import tracking
 from rrt.errors import UserError
+from rrt.io import check_output, overwriting, writer_lock
 
 # name -> (its module, one line for `rrt --help`), in the order help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -85,6 +88,8 @@ def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         if full is None or name in full:
             importlib.import_module(module).add_cli(p)
+            if any("--out" in action.option_strings for action in p._actions):
+                add_overwrite(p)
             tracking.add_arguments(p)
     return parser
 
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     run = None
     try:
         run = _job_run(args)
-        metrics = args.func(args)
+        with _output(args):
+            metrics = args.func(args)
         if run is not None:
             out = getattr(args, "out", None)
             run.finish(metrics or {}, Path(out) if out is not None else None)
@@ -116,6 +122,33 @@ def main(argv: list[str] | None = None) -> int:
         _end(run, "FAILED")
         raise
     return 0
+
+
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """``--overwrite``, for a command with an ``--out``."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace --out even if rrt did not write it (an input is never replaced)",
+    )
+
+
+@contextmanager
+def _output(args: argparse.Namespace) -> Iterator[None]:
+    """Before the command's work: its --out is checked (never an input, never someone else's
+    files unless --overwrite; rrt.io.check_output) and held by this one writer until it ends."""
+    out = getattr(args, "out", None)
+    if out is None:
+        yield
+        return
+    module = importlib.import_module(COMMANDS[args.command][0])
+    inputs = [getattr(args, name, None) for name in getattr(module, "INPUTS", ())]
+    overwrite = getattr(args, "overwrite", False)
+    check_output(out, inputs, overwrite, getattr(module, "OWNED", None))
+    # data-parallel training runs this command once per process: the first (rank 0) holds it
+    lock = writer_lock(out) if os.environ.get("RANK", "0") == "0" else nullcontext()
+    with lock, overwriting(out) if overwrite else nullcontext():
+        yield
 
 
 def _job_run(args: argparse.Namespace) -> tracking.JobRun | None:

@@ -10,6 +10,17 @@ from rrt.io import write_json
 from rrt.stories import baseline as library
 from rrt.stories.baseline import run_baselines
 
+INPUTS = ("corpus", "tasks")  # the --out never is, holds or lies inside one
+
+
+def OWNED(path: Path) -> bool:  # noqa: N802  (the module attribute rrt.cli reads)
+    """An --out file rrt may replace: an earlier baseline report."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(report, dict) and {"chance", "unigram", "bigram"} <= set(report)
+
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__

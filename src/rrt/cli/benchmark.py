@@ -9,6 +9,9 @@ from rrt import config as schema
 from rrt.benchmark.bench import BenchConfig, benchmark
 from rrt.contracts import BenchmarkResult
 
+INPUTS = ("model", "baseline", "data")  # the --out never is, holds or lies inside one
+OWNED = BenchmarkResult.owns  # an --out file rrt may replace: an earlier benchmark result
+
 
 def run(args: argparse.Namespace) -> dict[str, float]:
     from rrt.io import write_json

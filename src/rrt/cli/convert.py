@@ -13,6 +13,8 @@ from rrt.model.shape import check_loops
 from rrt.model.sizes import count_parameters
 from rrt.names import INITS
 
+INPUTS = ("source",)  # the --out never is, holds or lies inside one
+
 
 def _convert_cli(args: argparse.Namespace) -> dict:
     schema.set_threads(args.threads)

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from rrt import config as schema
+from rrt.cli import add_overwrite
 from rrt.sources import (
     CORPUS_REVISIONS,
     MODEL_REVISIONS,
@@ -38,6 +39,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     _add_hub_repo(
         model, "hub model id, e.g. EleutherAI/pythia-1b", MODEL_REVISIONS, "the paper's models"
     )
+    add_overwrite(model)
     model.add_argument("--out", required=True, help="output model directory")
     model.set_defaults(func=_model_cli)
     data = sub.add_parser(
@@ -49,6 +51,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
             "DIR/provenance.json."
         ),
     )
+    add_overwrite(data)
     data.add_argument("--out", required=True, help="output directory DIR")
     data.add_argument(
         "--tasks",
@@ -83,6 +86,7 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     corpus.add_argument("--validation-documents", type=int, required=True)
     corpus.add_argument("--test-documents", type=int, required=True)
+    add_overwrite(corpus)
     corpus.add_argument("--out", required=True, help="output corpus folder")
     corpus.set_defaults(func=_corpus_cli)
 

@@ -9,9 +9,14 @@ from pathlib import Path
 
 from rrt import config as schema
 from rrt import store
+from rrt.contracts import EvaluationReport
 from rrt.errors import UserError
 from rrt.evaluation.evaluate import EvaluateConfig, evaluate, write_evaluation
 from rrt.evaluation.suites import load_suites
+
+# the --out never is, holds or lies inside one of these
+INPUTS = ("model", "tokenizer", "task_dir", "paper_data")
+OWNED = EvaluationReport.owns  # an --out file rrt may replace: an earlier evaluation report
 
 
 def run(args: argparse.Namespace) -> dict:

@@ -14,6 +14,8 @@ from rrt.training.trainer import (
     TrainConfig,
 )
 
+INPUTS = ("corpus", "tokenizer", "teacher", "like")  # the --out never is, holds or lies inside one
+
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__

@@ -11,6 +11,8 @@ from rrt.method.relax import relax
 from rrt.model.shape import full_ranks, parse_rank
 from rrt.model.sizes import count_parameters
 
+INPUTS = ("source", "recursive")  # the --out never is, holds or lies inside one
+
 
 def _relax_cli(args: argparse.Namespace) -> dict:
     schema.set_threads(args.threads)

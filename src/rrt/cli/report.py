@@ -10,6 +10,8 @@ from rrt import config as schema
 from rrt import report as library
 from rrt.report import ReportConfig, build
 
+INPUTS = ("results",)  # the --out never is, holds or lies inside one
+
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
     settings = schema.from_arguments(ReportConfig, args)

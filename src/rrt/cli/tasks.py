@@ -28,6 +28,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_run)
 
 
+INPUTS = ("corpus", "tokenizer")  # the --out never is, holds or lies inside one
+
+
 def _run(args: argparse.Namespace) -> dict:
     config = schema.from_arguments(TasksConfig, args)
     info = write_tasks(args.corpus, args.out, config, args.tokenizer)

@@ -9,6 +9,8 @@ from rrt import config as schema
 from rrt.stories import tokenizer as library
 from rrt.stories.tokenizer import TokenizerConfig, build_tokenizer
 
+INPUTS = ("corpus",)  # the --out never is, holds or lies inside one
+
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__

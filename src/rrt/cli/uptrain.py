@@ -15,6 +15,8 @@ from rrt.training.trainer import (
 )
 from rrt.training.uptrain import uptrain
 
+INPUTS = ("model", "corpus", "teacher", "tokenizer")  # the --out never is, holds or lies inside one
+
 
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__
