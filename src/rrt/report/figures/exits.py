@@ -19,23 +19,12 @@ CAPTION = (
 
 
 def add(section: Section, ctx: Context) -> None:
-    """The figure of the section's exits table, where it has one."""
+    """The figure of the section's table (tables/exits.csv: model, exit_loop, measure, value,
+    stderr), with each model before post-training and the full-size model, where it has one."""
     if (data := section.data.get("exits")) is None or data.is_empty():
         return
     full = ctx.full_size()
-    reference = (full.name, full.average) if full and full.average is not None else None
     before = [ctx.evaluation(n.name.removesuffix(".ee")) for n in models(ctx)]
-    before = [(e.name, e.average, e.average_stderr) for e in before if e and e.average is not None]
-    section.blocks.append(Figure("exits", CAPTION, plot(data, reference, before)))
-
-
-def plot(
-    data: pl.DataFrame,
-    reference: tuple[str, float] | None,
-    before: list[tuple[str, float, float | None]],
-) -> bytes:
-    """``data``: tables/exits.csv (model, exit_loop, measure, value, stderr); ``reference``: the
-    full-size model's suite average; ``before``: each model's before post-training."""
     average = data.filter(pl.col("measure") == "average")
     held_out = data.filter(pl.col("measure").str.starts_with("held-out acc"))
     panels = [p for p in (average, held_out) if not p.is_empty()]
@@ -52,16 +41,16 @@ def plot(
                 yerr=[(s or 0) * 100 for s in rows["stderr"].to_list()], marker="o",
                 color=COLORS[i % len(COLORS)], capsize=3, label=f"{model} (after post-training)",
             )  # fmt: skip
-        for i, (model, value, stderr) in enumerate(before):
+        for i, e in enumerate(e for e in before if e and e.average is not None):
             ax.errorbar(
-                [max(loops) + 0.04], [value * 100], yerr=[(stderr or 0) * 100], marker="o",
-                markerfacecolor="white", color=COLORS[i % len(COLORS)], capsize=3, linestyle="",
-                label=f"{model} (before post-training)",
+                [max(loops) + 0.04], [e.average * 100], yerr=[(e.average_stderr or 0) * 100],
+                marker="o", markerfacecolor="white", color=COLORS[i % len(COLORS)], capsize=3,
+                linestyle="", label=f"{e.name} (before post-training)",
             )  # fmt: skip
-        if reference is not None:
+        if full and full.average is not None:
             ax.axhline(
-                reference[1] * 100, color="#222222", linestyle="--", linewidth=1,
-                label=f"{reference[0]} (full-size)",
+                full.average * 100, color="#222222", linestyle="--", linewidth=1,
+                label=f"{full.name} (full-size)",
             )  # fmt: skip
         _axes(ax, loops, "suite average accuracy (%)", "Few-shot accuracy at each exit")
     if not held_out.is_empty():
@@ -79,7 +68,7 @@ def plot(
                     label=f"{model.removesuffix('.ee')}: {stage} post-training",
                 )  # fmt: skip
         _axes(ax, loops, "held-out next-token accuracy (%)", "Next-token accuracy at each exit")
-    return png(figure)
+    section.blocks.append(Figure("exits", CAPTION, png(figure)))
 
 
 def _axes(ax: Axes, loops: list[int], ylabel: str, title: str) -> None:
