@@ -64,7 +64,8 @@ def finite(value: Any) -> float | None:
 
 
 class Score(NamedTuple):
-    """A task's headline: the metric the suite uses, its value and stderr, items, averaged."""
+    """A task's headline (a row of tables/scores.csv): the metric the suite uses, its value and
+    stderr, how many items, whether the suite averages it."""
 
     task: str
     metric: str

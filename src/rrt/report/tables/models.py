@@ -66,11 +66,7 @@ def section(ctx: Context) -> Section:
         f"items; * marks p < {ctx.alpha:g}.",
     ]
     evaluations = sorted(ctx.results.evaluations.values(), key=lambda e: (e.name, e.exit_loop or 0))
-    scores = [
-        (e.name, e.exit_loop, s.task, s.metric, s.value, s.stderr, s.n, s.averaged)
-        for e in evaluations
-        for s in e.scores.values()
-    ]
+    scores = [(e.name, e.exit_loop, *score) for e in evaluations for score in e.scores.values()]
     section = Section("models", "Models", data={"models": frame(rows, DATA)})
     section.data["scores"] = frame([dict(zip(SCORES, s, strict=True)) for s in scores], SCORES)
     section.blocks.append(
