@@ -9,6 +9,7 @@ from typing import Any
 from rrt.report.stats import Paired
 
 DASH = "—"
+UNITS = (("B", 1e9), ("M", 1e6), ("K", 1e3))
 
 
 def pct(value: float | None) -> str:
@@ -36,7 +37,7 @@ def count(value: float | None) -> str:
     """1,410,176 -> 1.41 M; 262,144 -> 262 K."""
     if value is None:
         return DASH
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+    for unit, scale in UNITS:
         if abs(value) >= scale:
             scaled = value / scale
             return f"{scaled:.3g} {unit}" if scaled < 100 else f"{scaled:.0f} {unit}"

@@ -12,6 +12,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from rrt.report.fmt import UNITS
+
 DPI = 110
 RC = {
     "font.size": 9,
@@ -49,4 +51,4 @@ def palette(n: int) -> list[str]:
 def scale(values: Iterable[float]) -> tuple[float, str]:
     """The unit (K, M, B) of the largest value."""
     top = max(values, default=1.0)
-    return next(((s, u) for u, s in (("B", 1e9), ("M", 1e6), ("K", 1e3)) if top >= s), (1.0, ""))
+    return next(((s, u) for u, s in UNITS if top >= s), (1.0, ""))
