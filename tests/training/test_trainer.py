@@ -35,8 +35,8 @@ def data(tmp_path_factory):
     return {
         "corpus": corpus_dir,
         "tokenizer": tok_dir,
-        "train": token_file(corpus_dir, tok_dir, "train"),
-        "validation": token_file(corpus_dir, tok_dir, "validation"),
+        "train": token_file(corpus_dir, tok_dir, "train", root / "cache"),
+        "validation": token_file(corpus_dir, tok_dir, "validation", root / "cache"),
     }
 
 
@@ -96,7 +96,7 @@ def test_a_vocabulary_over_65535_tokens_gets_uint32_token_files(data, tmp_path):
     tok.add_tokens([f"<extra{i}>" for i in range(70_000)])
     tok.save_pretrained(tmp_path / "big")
     corpus_dir = shutil.copytree(data["corpus"], tmp_path / "corpus")
-    tokens = np.load(token_file(corpus_dir, tmp_path / "big", "validation"))
+    tokens = np.load(token_file(corpus_dir, tmp_path / "big", "validation", tmp_path / "cache"))
     small = np.load(data["validation"])
     assert tokens.dtype == np.uint32 and np.array_equal(tokens, small)
 
@@ -109,8 +109,23 @@ def test_token_file_is_cached_and_starts_every_document_with_the_separator(data)
     meta = json.loads((data["corpus"] / "meta.json").read_text())
     assert docs == meta["splits"]["train"]["documents"]
     mtime = data["train"].stat().st_mtime_ns
-    assert token_file(data["corpus"], data["tokenizer"], "train") == data["train"]
+    cache = data["train"].parent
+    assert token_file(data["corpus"], data["tokenizer"], "train", cache) == data["train"]
     assert data["train"].stat().st_mtime_ns == mtime  # written once
+    assert not list(data["corpus"].glob("*.npy")), "the cache went into the input corpus"
+
+
+def test_a_split_edited_in_place_is_tokenized_again(data, tmp_path):
+    """The cache keys on the split file's content, not on what meta.json recorded."""
+    import shutil
+
+    corpus_dir = shutil.copytree(data["corpus"], tmp_path / "corpus")
+    cache = tmp_path / "cache"
+    before = token_file(corpus_dir, data["tokenizer"], "validation", cache)
+    lines = (corpus_dir / "validation.jsonl").read_text().splitlines()
+    (corpus_dir / "validation.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    after = token_file(corpus_dir, data["tokenizer"], "validation", cache)
+    assert after != before and len(np.load(after)) < len(np.load(before))
 
 
 def test_packed_blocks_visit_every_block_once_per_pass_in_a_seeded_order(data):
@@ -213,12 +228,22 @@ def test_only_the_newest_checkpoints_are_kept(data, tmp_path, monkeypatch):
 
 def test_resuming_with_other_settings_is_refused(data, tmp_path):
     work = work_dir(tmp_path / "m")
-    work.mkdir(parents=True)
+    (work / "checkpoint-3").mkdir(parents=True)  # something to resume from
     (work / "run.json").write_text(
         json.dumps({"config": asdict(replace(RECIPE, lr=1.0)), "run": {}})
     )
     with pytest.raises(UserError, match="config.lr"):
         _run(data, tmp_path / "m")
+
+
+def test_a_failed_run_without_a_checkpoint_does_not_block_a_corrected_rerun(data, tmp_path):
+    work = work_dir(tmp_path / "m")
+    work.mkdir(parents=True)  # a run that failed before its first checkpoint
+    (work / "run.json").write_text(
+        json.dumps({"config": asdict(replace(RECIPE, lr=1.0)), "run": {}})
+    )
+    metrics, _ = _run(data, tmp_path / "m")
+    assert metrics["config"]["lr"] == RECIPE.lr and not work.exists()
 
 
 def test_a_rank_variable_without_a_world_size_still_trains_and_saves(data, tmp_path, monkeypatch):

@@ -32,6 +32,7 @@ from rrt.training.data import read_meta
 from rrt.training.objective import UptrainLoss, load_teacher, uptrain_loss
 from rrt.training.trainer import (
     TrainConfig,
+    cache_dir,
     causal_lm_loss,
     resolve_precision,
     token_file,
@@ -104,9 +105,7 @@ def pretrain(
         loss.check(has_teacher=True)
         if loss.early_exit:
             raise UserError("--early-exit is for recursive models, not for pretraining")
-    train_tokens = token_file(corpus, tokenizer_dir, "train")
-    validation_tokens = token_file(corpus, tokenizer_dir, "validation")
-    set_seed(recipe.seed)
+    set_seed(recipe.seed)  # the model and teacher first: a bad shape fails before tokenizing
     if like is not None:
         model = AutoModelForCausalLM.from_config(shallower(store.load_config(like), shape.layers))
     else:
@@ -115,6 +114,8 @@ def pretrain(
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, model.config.vocab_size)
         loss_fn = uptrain_loss(loss, teacher, resolve_precision(recipe.precision))
+    train_tokens = token_file(corpus, tokenizer_dir, "train", cache_dir(out))
+    validation_tokens = token_file(corpus, tokenizer_dir, "validation", cache_dir(out))
     run_info = {
         "model": asdict(shape) if like is None else {"like": str(like), "layers": shape.layers},
         "architecture": type(model).__name__,

@@ -21,6 +21,7 @@ scheduler and RNG states. What this module adds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -143,21 +144,29 @@ class TrainPlan:
 # --------------------------------------------------------------------------------------------
 # Data: a token file per corpus split and tokenizer, cut into fixed-length blocks
 # --------------------------------------------------------------------------------------------
-def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Path:
-    """The split's tokens as one array (.npy, memory-mapped when read), written once and cached
-    in the corpus folder: uint16 where the vocabulary fits, else uint32 (Gemma's 256k).
+def cache_dir(out: str | Path) -> Path:
+    """Where a training to ``out`` keeps what it derives from its inputs (token files): beside
+    the output, shared by the outputs of one folder, never inside an input."""
+    return Path(out).parent / ".rrt-cache"
+
+
+def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str, cache: Path) -> Path:
+    """The split's tokens as one array (.npy, memory-mapped when read), written once into
+    ``cache``: uint16 where the vocabulary fits, else uint32 (Gemma's 256k).
 
     Every document is preceded by the tokenizer's BOS (else EOS) token, the separator that
-    lm-eval also puts before a document. The file name carries a hash of the split's content
-    and of the tokenizer, so a changed corpus or tokenizer never reuses a stale file. Tokens are
-    streamed to disk as they come, so a split larger than memory (the paper's billions of
-    tokens) tokenizes in constant memory.
+    lm-eval also puts before a document. The file name carries a hash of the split file's
+    content as it is now (not as meta.json recorded it) and of the tokenizer, so a corpus edited
+    in place or another tokenizer never reuses a stale file. Tokens are streamed to disk as they
+    come, so a split larger than memory (the paper's billions of tokens) tokenizes in constant
+    memory.
     """
     from transformers import AutoTokenizer
 
     meta = read_meta(corpus)
-    key = f"{meta['splits'][split]['sha256']}:{store.tokenizer_fingerprint(tokenizer_dir)}"
-    path = Path(corpus) / f"tokens-{split}-{_short_hash(key)}.npy"
+    content = _file_sha256(Path(corpus) / f"{split}.jsonl")
+    key = f"{content}:{store.tokenizer_fingerprint(tokenizer_dir)}"
+    path = cache / f"tokens-{split}-{_short_hash(key)}.npy"
     if path.is_file():
         return path
     tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
@@ -194,9 +203,15 @@ def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str) -> Pat
 
 
 def _short_hash(text: str) -> str:
-    import hashlib
-
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class PackedBlocks(torch.utils.data.Dataset):
@@ -531,7 +546,11 @@ def train(
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(config.precision)
-    identity = {"config": asdict(config), "run": {**(run_info or {}), "precision": precision}}
+    data = {"train_tokens": Path(train_tokens).name}  # named by the content they come from
+    if validation_tokens is not None:
+        data["validation_tokens"] = Path(validation_tokens).name
+    run = {**(run_info or {}), **data, "precision": precision}
+    identity = {"config": asdict(config), "run": run}
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar at every checkpoint
     torch.manual_seed(config.seed)
@@ -668,9 +687,10 @@ def _metrics(
 
 
 def _check_same_run(path: Path, identity: dict[str, Any]) -> None:
-    """Refuse to resume a run with different settings: its checkpoints would not fit."""
+    """Refuse to resume a run with different settings or data: its checkpoints would not fit.
+    A work folder without a checkpoint holds nothing to resume, so it takes the new settings."""
     identity = json.loads(json.dumps(identity))  # as it reads back from JSON
-    if path.is_file():
+    if path.is_file() and _checkpoints(path.parent):
         previous = json.loads(path.read_text())
         if previous != identity:
             changed = sorted(

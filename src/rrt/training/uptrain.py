@@ -24,6 +24,7 @@ from rrt.training.objective import UptrainLoss, exit_metrics, load_teacher, uptr
 from rrt.training.trainer import (
     PackedBlocks,
     TrainConfig,
+    cache_dir,
     evaluate_loss,
     resolve_precision,
     token_file,
@@ -67,8 +68,8 @@ def uptrain(
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, model.config.get_text_config().vocab_size)
     model.train()
-    train_tokens = token_file(corpus, tokenizer_dir, "train")
-    validation_tokens = token_file(corpus, tokenizer_dir, "validation")
+    train_tokens = token_file(corpus, tokenizer_dir, "train", cache_dir(out))
+    validation_tokens = token_file(corpus, tokenizer_dir, "validation", cache_dir(out))
 
     def final_metrics(trained: nn.Module) -> dict[str, Any]:
         if recipe.eval_tokens <= 0:
