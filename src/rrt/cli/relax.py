@@ -7,7 +7,7 @@ import argparse
 from rrt import config as schema
 from rrt import store
 from rrt.method.convert import source_dtype
-from rrt.method.relax import relax
+from rrt.method.relax import check_source, relax
 from rrt.model.shape import full_ranks, parse_rank
 from rrt.model.sizes import count_parameters
 
@@ -16,7 +16,8 @@ INPUTS = ("source", "recursive")  # the --out never is, holds or lies inside one
 
 def _relax_cli(args: argparse.Namespace) -> dict:
     schema.set_threads(args.threads)
-    parse_rank(args.rank)  # fail on a bad rank before loading anything
+    parse_rank(args.rank)  # fail on a bad rank or model before loading any weights
+    check_source(store.load_config(args.source), store.load_config(args.recursive))
     recursive = store.load_model(args.recursive, device=args.device)
     ranks = full_ranks(parse_rank(args.rank), recursive)
     source = store.load_model(args.source, device=args.device)

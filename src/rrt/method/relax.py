@@ -10,6 +10,7 @@ source layers) A is Gaussian and B zero.
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 from transformers import PreTrainedModel
@@ -17,7 +18,7 @@ from transformers import PreTrainedModel
 from rrt import config as schema
 from rrt.errors import UserError
 from rrt.method.convert import build_like, copy_outside_layers, source_layers
-from rrt.model.modeling import RecursiveForCausalLM
+from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
 from rrt.model.shape import full_ranks, parse_rank
 
 
@@ -38,6 +39,31 @@ def svd_init(
 
 
 DEFAULTS = schema.defaults("relaxed")
+# What a source must share with the model its recursive model was converted from.
+SHAPE = (
+    "model_type", "num_hidden_layers", "hidden_size", "intermediate_size",
+    "num_attention_heads", "num_key_value_heads", "vocab_size",
+)  # fmt: skip
+
+
+def check_source(source: Any, recursive: Any) -> None:
+    """One line, from the configs alone (before any weights load): ``recursive`` must be a
+    recursive model's config and ``source`` the shape of the model it was converted from."""
+    if getattr(recursive, "model_type", None) != RecursiveConfig.model_type:
+        raise UserError(
+            f"--recursive is a {getattr(recursive, 'model_type', '?')} model, not a recursive one "
+            "(rrt convert makes one)"
+        )
+    text = recursive.text_config
+    differ = [
+        f"{key} {getattr(source, key, None)} (recursive: {getattr(text, key, None)})"
+        for key in SHAPE
+        if getattr(source, key, None) != getattr(text, key, None)
+    ]
+    if differ:
+        raise UserError(
+            "--source is not the model the recursive one was converted from: " + ", ".join(differ)
+        )
 
 
 def relax(
@@ -57,16 +83,7 @@ def relax(
             f"relax needs a recursive model (rrt convert), got {type(recursive).__name__}"
         )
     ranks = full_ranks(parse_rank(rank), recursive)
-    text = recursive.config.text_config
-    if (source.config.model_type, source.config.num_hidden_layers) != (
-        text.model_type,
-        text.num_hidden_layers,
-    ):
-        raise UserError(
-            f"source ({source.config.model_type}, {source.config.num_hidden_layers} layers) is not "
-            "the model the recursive one was converted from "
-            f"({text.model_type}, {text.num_hidden_layers} layers)"
-        )
+    check_source(source.config, recursive.config)
     config = copy.deepcopy(recursive.config)
     config.lora_rank, config.relax_vectors = ranks, relax_vectors
     model = build_like(config, recursive)

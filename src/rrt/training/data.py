@@ -24,13 +24,32 @@ def read_meta(corpus: str | Path) -> dict:
         raise UserError(
             f"{corpus} is not a corpus folder (no meta.json); write one with `rrt corpus`"
         )
-    return json.loads(path.read_text())
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UserError(f"{path} is not valid JSON ({err})") from None
+    splits = meta.get("splits") if isinstance(meta, dict) else None
+    if not isinstance(splits, dict) or not set(SPLITS) <= set(splits):
+        raise UserError(f"{path} does not list the splits {', '.join(SPLITS)}")
+    return meta
 
 
 def read_texts(corpus: str | Path, split: str) -> Iterator[str]:
-    """The documents of one split, in file order."""
+    """The documents of one split, in file order; a line that is not a JSON object with a
+    ``text`` string is one line naming the file and the line."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
-    with open(Path(corpus) / f"{split}.jsonl", encoding="utf-8") as f:
-        for line in f:
-            yield json.loads(line)["text"]
+    path = Path(corpus) / f"{split}.jsonl"
+    if not path.is_file():
+        raise UserError(f"{corpus} has no {split}.jsonl (a corpus folder has {', '.join(SPLITS)})")
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                text = json.loads(raw.decode("utf-8")).get("text")
+            except UnicodeDecodeError:
+                raise UserError(f"{path}: line {number} is not UTF-8") from None
+            except (json.JSONDecodeError, AttributeError):
+                raise UserError(f"{path}: line {number} is not a JSON object") from None
+            if not isinstance(text, str):
+                raise UserError(f'{path}: line {number} has no "text" string')
+            yield text

@@ -64,9 +64,20 @@ def uptrain(
         raise UserError(
             f"--early-exit needs a recursive model; {model_dir} is {type(model).__name__}"
         )
+    text = model.config.get_text_config()
+    if len(tokenizer) > text.vocab_size:
+        raise UserError(
+            f"the tokenizer in {tokenizer_dir} has {len(tokenizer):,} tokens, more than the "
+            f"model's vocabulary of {text.vocab_size:,}: use the model's own tokenizer"
+        )
+    context = getattr(text, "max_position_embeddings", None)
+    if context is not None and recipe.seq_len > context:
+        raise UserError(
+            f"--seq-len {recipe.seq_len} is beyond the model's context of {context} positions"
+        )
     teacher = None
     if teacher_dir is not None and loss.kd_weight > 0:
-        teacher = load_teacher(teacher_dir, model.config.get_text_config().vocab_size)
+        teacher = load_teacher(teacher_dir, text.vocab_size)
     model.train()
     train_tokens = token_file(corpus, tokenizer_dir, "train", cache_dir(out))
     validation_tokens = token_file(corpus, tokenizer_dir, "validation", cache_dir(out))
