@@ -63,7 +63,11 @@ class Contract:
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise ContractError(f"{where}: no {key!r} (not {cls.WHAT})")
                 continue
-            values[f.name] = _check(data[key], hints[f.name], f"{where}: {key}", cls.WHAT, strict)
+            value = _check(data[key], hints[f.name], f"{where}: {key}", cls.WHAT, strict)
+            low = f.metadata.get("min")
+            if low is not None and value is not None and value < low:
+                raise ContractError(f"{where}: {key} is {value!r}, below {low} ({cls.WHAT})")
+            values[f.name] = value
         return cls(**values)
 
     @classmethod
@@ -131,6 +135,9 @@ def _wrong(value: Any, where: str, what: str) -> ContractError:
     return ContractError(f"{where} is {shown}, of the wrong type ({what})")
 
 
+COUNT = {"min": 0}  # a field's metadata: a count or a measure, never negative
+
+
 # --- training: metrics.json --------------------------------------------------------------------
 
 
@@ -140,12 +147,12 @@ class TrainingMetrics(Contract):
 
     WHAT: ClassVar[str] = "an rrt training metrics.json"
 
-    steps: int
-    tokens: int
-    train_seconds: float
-    tokens_per_second: float | None
-    processes: int
-    peak_memory_mb: float | None
+    steps: int = dataclasses.field(metadata=COUNT)
+    tokens: int = dataclasses.field(metadata=COUNT)
+    train_seconds: float = dataclasses.field(metadata=COUNT)
+    tokens_per_second: float | None = dataclasses.field(metadata=COUNT)
+    processes: int = dataclasses.field(metadata={"min": 1})
+    peak_memory_mb: float | None = dataclasses.field(metadata=COUNT)
     config: dict[str, Any]  # the train recipe (TrainConfig)
     run: dict[str, Any]  # what the run was: model, data, loss, parameters
     wall_seconds_this_run: float | None = None
@@ -241,9 +248,9 @@ class ServedSystem(Contract):
 
     WHAT: ClassVar[str] = "an rrt benchmark result"
 
-    tokens_per_s: float | None = None
-    seconds: float | None = None
-    output_tokens: int | None = None
+    tokens_per_s: float | None = dataclasses.field(default=None, metadata=COUNT)
+    seconds: float | None = dataclasses.field(default=None, metadata=COUNT)
+    output_tokens: int | None = dataclasses.field(default=None, metadata=COUNT)
     latency_p50_s: float | None = None
     latency_p90_s: float | None = None
     latency_p99_s: float | None = None

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rrt import tracking
 from rrt.errors import UserError
@@ -76,10 +76,17 @@ COMMANDS: dict[str, tuple[str, str]] = {
 TRACKS_ITSELF = {"pretrain", "uptrain"}
 
 
+class _Parser(argparse.ArgumentParser):
+    """A bad option is one line (not argparse's usage block), pointing at --help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
     """The parser, with the full options of the commands in ``full`` (all when None); the others
     are listed with their one-line help, their modules not imported."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rrt",
         description="Relaxed Recursive Transformers: convert, relax, uptrain, evaluate, benchmark.",
     )

@@ -213,6 +213,13 @@ def load(root: str | Path) -> Results:
     root = Path(root)
     if not root.is_dir():
         raise UserError(f"--results {root}: no such folder")
+    if not any((root / part).exists() for part in (RECORD, "eval", "models", "benchmarks")):
+        inside = sorted(p.name for p in root.iterdir() if p.is_dir() and (p / RECORD).is_file())
+        hint = f"; its experiments: {', '.join(inside)}" if inside else ""
+        raise UserError(
+            f"--results {root} holds no results (no {RECORD}, eval/, models/ or benchmarks/): "
+            f"give an experiment's folder, results/<experiment>{hint}"
+        )
     record = read_json(root / RECORD, root) if (root / RECORD).is_file() else None
     evaluations = {}
     for path in sorted((root / "eval").glob("*.json")) + sorted(

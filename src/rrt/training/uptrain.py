@@ -56,6 +56,7 @@ def uptrain(
     """Uptrain the model in ``model_dir`` on ``corpus``; resumes a killed run by itself."""
     loss.check(has_teacher=teacher_dir is not None)
     recipe.plan()  # fail on a bad budget before loading anything
+    store.model_dir(model_dir)  # a missing model is named as one, not as a missing tokenizer
     tokenizer_dir = Path(tokenizer_dir or model_dir)
     tokenizer = store.load_tokenizer(tokenizer_dir)
     set_seed(recipe.seed)
