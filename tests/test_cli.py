@@ -145,3 +145,19 @@ def test_a_truncated_weights_file_is_one_line_naming_it(source_dir, tmp_path, ca
     )
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{weights} is not a readable safetensors file" in err
+
+
+def test_ctrl_c_while_rrt_still_imports_is_one_line_and_exit_130():
+    """torch and transformers take seconds to import; a Ctrl-C then is no traceback."""
+    import shutil
+    import signal
+    import time
+
+    rrt = shutil.which("rrt", path=str(Path(sys.executable).parent))
+    proc = subprocess.Popen([rrt, "convert", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    time.sleep(0.5)  # well inside the imports (seconds on any machine)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and out == ""
+    assert err == "rrt: interrupted while starting; nothing was written\n"
