@@ -534,3 +534,11 @@ def test_loop_spans_run_each_loop_on_its_slice_of_tokens_sorted_by_loop():
         LoopSpans.of([1, 0])
     with pytest.raises(ValueError, match="loop ids must be in 0..2"):
         linear(x, LoopSpans(((3, 0, 6),)))
+
+
+def test_a_rank_above_full_is_recorded_as_the_rank_the_linears_hold():
+    source = source_model("llama")
+    asked = relax(convert(source, loops=2), source, rank=10_000)
+    full = relax(convert(source, loops=2), source, rank="full")
+    assert asked.config.lora_rank == full.config.lora_rank
+    assert all(r < 10_000 for r in asked.config.lora_rank.values())

@@ -67,10 +67,13 @@ def parse_rank(value: int | str | dict[str, int | str]) -> dict[str, int | str]:
 
 def full_ranks(ranks: dict[str, int | str], model: RecursiveForCausalLM) -> dict[str, int]:
     """``full`` replaced by the largest min(in, out) among the kind's linears, the rank at which
-    every linear of that kind reproduces its source exactly (eq. 5)."""
+    every linear of that kind reproduces its source exactly (eq. 5); a rank above it is that
+    rank too, so what is recorded is what the linears hold (each caps it at its own min)."""
     widest = {kind: 0 for kind in LORA_KINDS}
     for name in model.family.linears:
         linear = model.looped_layers[0].get_submodule(name)
         kind = model.family.kind(name)
         widest[kind] = max(widest[kind], min(linear.in_features, linear.out_features))
-    return {kind: widest[kind] if r == FULL else int(r) for kind, r in ranks.items()}
+    return {
+        kind: widest[kind] if r == FULL else min(int(r), widest[kind]) for kind, r in ranks.items()
+    }
