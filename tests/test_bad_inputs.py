@@ -512,3 +512,12 @@ def test_a_bad_experiment_config_stops_the_workflow_with_one_line(values, messag
         schema.check_experiment(dict(values))
     text = str(stop.value.code)
     assert text.startswith("rrt: bad configuration: ") and "\n" not in text and message in text
+
+
+def test_a_value_a_pattern_refuses_is_told_in_words_not_as_a_regular_expression():
+    with pytest.raises(SystemExit) as stop:
+        schema.check_experiment({"experiment": "my run!"})
+    assert str(stop.value.code) == (
+        "rrt: bad configuration: experiment: 'my run!' is not allowed; allowed: letters, digits, "
+        "'.', '_' and '-', starting with a letter or a digit"
+    )

@@ -126,6 +126,8 @@ def _one_line(error: Any, root: str) -> str:
     if error.validator == "enum":
         allowed = ", ".join(map(str, error.validator_value))
         return f"{key}: {error.instance!r} is not allowed; choose one of {allowed}"
+    if error.validator == "pattern" and "x-allowed" in spec:  # said in words, not as a regex
+        return f"{key}: {error.instance!r} is not allowed; allowed: {spec['x-allowed']}"
     if error.validator in ("oneOf", "anyOf"):
         hint = _deref(spec).get("description") or "see config.schema.yaml"
         return f"{key}: {error.instance!r} is not allowed ({hint})"
