@@ -271,3 +271,24 @@ def test_suites_file_holds_the_paper_metric_choice() -> None:
     }
     embedded = {t.name: t.in_average for t in suites["embedded"].tasks}
     assert embedded == {**dict.fromkeys(EMBEDDED_TASKS, True), "embedded_perplexity": False}
+
+
+def test_a_copied_task_folder_reads_its_own_data(task_dir: Path, tmp_path: Path) -> None:
+    """The task YAMLs hold absolute data paths: evaluating a copy must not read the original."""
+    import shutil
+
+    import yaml
+
+    from rrt.evaluation.evaluate import own_data
+
+    copy = shutil.copytree(task_dir, tmp_path / "copy")
+    local = own_data(copy, tmp_path / "local")
+    read = []
+    for path in sorted(local.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        files = (spec.get("dataset_kwargs") or {}).get("data_files") or {}
+        read += [Path(f) for f in files.values()]
+    assert read and all(f.is_relative_to(copy) and f.is_file() for f in read), read
+    assert sorted(p.name for p in local.glob("*.yaml")) == sorted(
+        p.name for p in copy.glob("*.yaml")
+    )

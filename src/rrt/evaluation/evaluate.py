@@ -16,6 +16,7 @@ import difflib
 import json
 import math
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -70,6 +71,39 @@ class Evaluation:
 
     report: dict[str, Any]
     samples: list[dict[str, Any]] = field(default_factory=list)
+
+
+def own_data(task_dir: str | os.PathLike[str], into: Path) -> Path:
+    """``task_dir``'s task YAMLs, written into ``into``, each reading the data files that lie
+    in ``task_dir`` itself: the YAMLs hold absolute paths (lm-eval resolves relative ones
+    against the working directory), so a copied task folder would read the original's data."""
+    task_dir = Path(task_dir).resolve()
+    into.mkdir(parents=True)
+    for path in sorted(task_dir.glob("*.yaml")):
+        spec = yaml.safe_load(path.read_text())
+        files = (
+            (spec.get("dataset_kwargs") or {}).get("data_files") if isinstance(spec, dict) else None
+        )
+        if isinstance(files, dict):
+            for split, value in files.items():
+                if isinstance(value, str):
+                    files[split] = str(_here(Path(value), task_dir))
+            (into / path.name).write_text(yaml.safe_dump(spec, sort_keys=False))
+        else:
+            shutil.copyfile(path, into / path.name)
+    return into
+
+
+def _here(path: Path, folder: Path) -> Path:
+    """``path``, or the file at the same place under ``folder`` (``data/x.jsonl`` of a copied
+    folder) when ``path`` lies outside it."""
+    if not path.is_absolute() or path.is_relative_to(folder):
+        return path
+    for k in range(1, len(path.parts)):
+        candidate = folder.joinpath(*path.parts[-k:])
+        if candidate.is_file():
+            return candidate
+    return path
 
 
 def expand_tasks(names: Sequence[str], suites: dict[str, Suite]) -> list[str]:
@@ -283,14 +317,14 @@ def evaluate(
         batch_size, cpu_batch_size, bootstrap_iters, seed,
     )  # fmt: skip
     include_paths = []
-    if task_dir is not None:
-        if not Path(task_dir).is_dir():
-            raise UserError(f"--task-dir {task_dir} is not a directory")
-        include_paths.append(Path(task_dir).resolve())
+    if task_dir is not None and not Path(task_dir).is_dir():
+        raise UserError(f"--task-dir {task_dir} is not a directory")
     seeds = dict.fromkeys(DEFAULT_SEEDS, seed) if seed is not None else dict(DEFAULT_SEEDS)
     check_exit_loop(model, exit_loop)
 
     with tempfile.TemporaryDirectory(prefix="rrt-paper-tasks-") as overrides:
+        if task_dir is not None:
+            include_paths.append(own_data(task_dir, Path(overrides) / "local"))
         if paper_data is not None and write_paper_overrides(paper_data, names, overrides, suites):
             include_paths.append(Path(overrides))
         task_objs = load_tasks(names, include_paths, suites)
