@@ -189,6 +189,20 @@ def load_tokenizer(path: str | os.PathLike[str], required: bool = True) -> Any |
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def model_fingerprint(path: str | os.PathLike[str]) -> str:
+    """A short hash of a model folder's config and its weight files' names, sizes and
+    modification times: a resumed training checks that its model and teacher are the ones it
+    started with, without reading gigabytes of weights."""
+    import hashlib
+
+    path = Path(path)
+    parts = [(path / "config.json").read_text()]
+    for weights in sorted([*path.glob("*.safetensors"), *path.glob("pytorch_model*.bin")]):
+        stat = weights.stat()
+        parts.append(f"{weights.name}:{stat.st_size}:{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
+
+
 def tokenizer_fingerprint(path: str | os.PathLike[str]) -> str:
     """A short hash of a tokenizer's vocabulary and merges: token caches key on it."""
     import hashlib

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -228,6 +229,16 @@ def test_killed_uptraining_resumes_to_the_same_final_loss(workspace, tmp_path):
     assert process.returncode == -signal.SIGKILL
     assert not out.exists(), "the run finished before it could be killed"
     assert list(work.glob("checkpoint-*"))
+
+    # Resuming with another corpus (its train split edited) is refused, naming what changed.
+    other = shutil.copytree(workspace["corpus"], tmp_path / "other-corpus")
+    lines = (other / "train.jsonl").read_text().splitlines()
+    (other / "train.jsonl").write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    command = _uptrain_command(workspace, out)
+    command[command.index("--corpus") + 1] = str(other)
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "run.train_tokens" in refused.stderr.splitlines()[-1]
+    assert list(work.glob("checkpoint-*")), "the refusal lost the checkpoints"
 
     result = subprocess.run(
         _uptrain_command(workspace, out), env=env, capture_output=True, text=True

@@ -123,6 +123,7 @@ def pretrain(
         "corpus_sha256": {s: meta["splits"][s]["sha256"] for s in ("train", "validation")},
         "tokenizer": tokenizer_fingerprint(tokenizer_dir),
         "teacher": str(teacher_dir) if teacher_dir is not None else None,
+        "teacher_files": store.model_fingerprint(teacher_dir) if teacher_dir is not None else None,
         "loss": asdict(loss) if teacher_dir is not None else None,
     }
     return train(

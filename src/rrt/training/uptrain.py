@@ -93,7 +93,9 @@ def uptrain(
 
     run_info = {
         "model": str(model_dir),
+        "model_files": store.model_fingerprint(model_dir),
         "teacher": str(teacher_dir) if teacher else None,
+        "teacher_files": store.model_fingerprint(teacher_dir) if teacher else None,
         "loss": asdict(loss),
         "parameters": count_parameters(model),
         "tokenizer": store.tokenizer_fingerprint(tokenizer_dir),
