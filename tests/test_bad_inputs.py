@@ -506,10 +506,15 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize(("values", "message"), [c[1:] for c in BAD_CONFIGS],
                          ids=[c[0] for c in BAD_CONFIGS])  # fmt: skip
-def test_a_bad_experiment_config_stops_the_workflow_with_one_line(values, message):
+def test_a_bad_experiment_config_stops_the_workflow_with_one_line(values, message, tmp_path):
     """What the Snakefile runs before any job (rrt.config.check_experiment)."""
+    for name, config in (("gpt2", '{"model_type": "gpt2", "n_layer": 4}'), ("malformed", "{")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(config)
+    values = json.loads(json.dumps(values).replace("{gpt2}", str(tmp_path / "gpt2")).replace(
+        "{malformed}", str(tmp_path / "malformed")))  # fmt: skip
     with pytest.raises(SystemExit) as stop:
-        schema.check_experiment(dict(values))
+        schema.check_experiment(values)
     text = str(stop.value.code)
     assert text.startswith("rrt: bad configuration: ") and "\n" not in text and message in text
 

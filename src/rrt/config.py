@@ -29,6 +29,7 @@ import yaml
 
 from rrt.errors import UserError
 from rrt.evaluation.suites import load_suites, task_names
+from rrt.model.families import FAMILIES, supported
 from rrt.model.shape import check_loops
 
 SCHEMA_FILE = Path(__file__).with_name("config.schema.yaml")
@@ -333,7 +334,18 @@ def source_layers(values: dict[str, Any]) -> int:
         config_file = Path(source["path"]) / "config.json"
         if not config_file.is_file():
             raise ConfigError(f"source.path: {source['path']} holds no model (no config.json)")
-        return int(json.loads(config_file.read_text())["num_hidden_layers"])
+        try:
+            data = json.loads(config_file.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ConfigError(f"source.path: {config_file} is not valid JSON ({err})") from None
+        model_type = data.get("model_type") if isinstance(data, dict) else None
+        if model_type not in FAMILIES:
+            raise ConfigError(
+                f"source.path: {config_file} is a {model_type!r} model; supported: {supported()}"
+            )
+        if not isinstance(data.get("num_hidden_layers"), int):
+            raise ConfigError(f"source.path: {config_file} names no num_hidden_layers")
+        return data["num_hidden_layers"]
     missing = [key for key in ("repo", "revision", "layers") if not source[key]]
     if missing:
         raise ConfigError(

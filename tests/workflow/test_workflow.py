@@ -92,6 +92,32 @@ def test_the_default_experiment_builds_what_the_papers_story_needs(tmp_path):
     assert jobs["benchmark"] == 1 and jobs["report"] == 1  # the early-exit model is served
 
 
+def test_a_local_source_plans_every_baseline_from_the_users_folder(tmp_path):
+    """source: {kind: local, path: DIR}: the full-size model is uptrained from DIR itself (the
+    workflow makes no models/source), the reduced baseline is --like DIR."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    source = tmp_path / "my-model"
+    config = LlamaConfig(
+        num_hidden_layers=4,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        vocab_size=300,
+    )
+    LlamaForCausalLM(config).save_pretrained(source)  # fmt: skip
+    experiment = tmp_path / "local.yaml"
+    experiment.write_text(f"experiment: local\nsource: {{kind: local, path: {source}}}\n")
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(experiment))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["uptrain"] == 2 and jobs["reduced"] == 1 and "pretrain_source" not in jobs
+    commands = result.stdout
+    assert f"rrt uptrain --model {source} " in commands  # the full-size baseline
+    assert f"--like {source}" in commands and "models/source " not in commands
+
+
 def test_an_uptraining_sweep_passes_each_combination_to_its_run(tmp_path):
     ablation = REPO / "config" / "experiments" / "uptrain-ablation.yaml"
     result = snakemake(tmp_path, "-n", "-p", "--configfile", str(ablation))

@@ -8,7 +8,7 @@ rule uptrain:
     CE alone, every smaller model distilled from the source; a sweep variant overrides the
     budget, the distillation weight and the seed."""
     input:
-        model=model("{base}"),
+        model=lambda w: model(w.base),  # a local source is the user's folder, not models/source
         teacher=model("source"),
         corpus=corpus(),
         tokenizer=tokenizer(),
