@@ -11,7 +11,6 @@ moved into a fresh model built from the same config and saved as the workflow's 
 
 from __future__ import annotations
 
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -20,14 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from rrt.errors import UserError
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from rrt.io import sha256_of
 
 
 def read_header(path: str | Path) -> dict[str, Any]:

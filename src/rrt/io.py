@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import fcntl
+import hashlib
 import json
 import os
 import shutil
@@ -158,6 +159,15 @@ def atomic_path(final: str | os.PathLike[str], overwrite: bool = False) -> Itera
         os.replace(target, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def sha256_of(path: str | os.PathLike[str]) -> str:
+    """The sha256 of a file's content, read in 1 MiB chunks (files of any size)."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:

@@ -35,8 +35,8 @@ from huggingface_hub import errors as hub_errors
 
 from rrt import config as schema
 from rrt.errors import UserError
-from rrt.file_sources import read_header, sha256_of
-from rrt.io import MARKER, atomic_path, write_json
+from rrt.file_sources import read_header
+from rrt.io import MARKER, atomic_path, sha256_of, write_json
 from rrt.store import PROVENANCE, provenance, save_model
 
 # --- what is pinned --------------------------------------------------------------------------

@@ -53,7 +53,7 @@ from rrt import store
 from rrt.config import defaults, section, validate
 from rrt.contracts import TrainingMetrics
 from rrt.errors import UserError
-from rrt.io import atomic_path, write_json
+from rrt.io import atomic_path, sha256_of, write_json
 from rrt.memory import PeakMemory
 from rrt.tracking import RUN_ID_FILE, JobRun, Tracking
 from rrt.training.data import read_meta, read_texts
@@ -164,7 +164,7 @@ def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str, cache:
     from transformers import AutoTokenizer
 
     meta = read_meta(corpus)
-    content = _file_sha256(Path(corpus) / f"{split}.jsonl")
+    content = sha256_of(Path(corpus) / f"{split}.jsonl")
     key = f"{content}:{store.tokenizer_fingerprint(tokenizer_dir)}"
     path = cache / f"tokens-{split}-{_short_hash(key)}.npy"
     if path.is_file():
@@ -204,14 +204,6 @@ def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str, cache:
 
 def _short_hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class PackedBlocks(torch.utils.data.Dataset):
