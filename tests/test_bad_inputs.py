@@ -475,6 +475,34 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
         "{tmp}/cut.gguf is not a readable GGUF file",
         _file("cut.gguf", "GGUF"),
     ),
+    (
+        "download: text files that are not there",
+        ["download", "text", "--files", "{tmp}/nope.txt", "--validation-documents", "1",
+         "--test-documents", "1", "--out", "{tmp}/c"],
+        "corpus path {tmp}/nope.txt does not exist",
+        NONE,
+    ),
+    (
+        "download: too few text files for the held-out documents",
+        ["download", "text", "--files", "{tmp}/docs", "--validation-documents", "1",
+         "--test-documents", "1", "--out", "{tmp}/c"],
+        "1 documents cannot give 1 test, 1 validation and at least one train document",
+        _folder("docs", {"a.txt": "One document."}),
+    ),
+    (
+        "download: a text file that is not UTF-8",
+        ["download", "text", "--files", "{tmp}/latin.txt", "--validation-documents", "1",
+         "--test-documents", "1", "--out", "{tmp}/c"],
+        "corpus file {tmp}/latin.txt is not UTF-8 text",
+        lambda tmp: (tmp / "latin.txt").write_bytes(b"caf\xe9"),
+    ),
+    (
+        "download: a package requirement that is not pinned",
+        ["download", "text", "--requirement", "Django>=5", "--sha256", "0" * 64, "--include",
+         "*.txt", "--validation-documents", "1", "--test-documents", "1", "--out", "{tmp}/c"],
+        "requirement 'Django>=5' is not pinned; write it as NAME==VERSION",
+        NONE,
+    ),
     ("rrt: unknown command", ["convrt"], "invalid choice: 'convrt'", NONE),
 ]
 
@@ -522,6 +550,15 @@ BAD_CONFIGS = [
      "allowed: 64 lowercase hexadecimal digits"),
     ("gguf source that is not there", {"source": {"kind": "gguf", "path":
      "/nowhere/model.gguf"}}, "source.path: GGUF file /nowhere/model.gguf does not exist"),
+    ("files corpus without paths", {"corpus_source": {"kind": "files"}},
+     "corpus_source: a files corpus needs corpus_source.paths"),
+    ("files corpus of a path not there", {"corpus_source": {"kind": "files", "paths":
+     ["/nowhere/notes.txt"]}}, "corpus_source.paths: /nowhere/notes.txt does not exist"),
+    ("pip corpus not pinned", {"corpus_source": {"kind": "pip", "requirement": "Django",
+     "sha256": "0" * 64, "include": ["*.txt"]}}, "corpus_source.requirement: requirement "
+     "'Django' is not pinned"),
+    ("pip corpus without patterns", {"corpus_source": {"kind": "pip", "requirement":
+     "Django==5.1.4", "sha256": "0" * 64}}, "a pip corpus needs corpus_source.include"),
     ("early exit of a model not made", {"early_exit": {"models": [
         {"loops": 2, "init": "lower", "rank": 0}]}}, "early_exit.models: "),
 ]  # fmt: skip

@@ -71,6 +71,12 @@ def properties(path: str) -> dict[str, dict[str, Any]]:
     return {name: _deref(spec) for name, spec in node(path).get("properties", {}).items()}
 
 
+def command_settings(path: str) -> dict[str, dict[str, Any]]:
+    """The settings of the section at ``path`` that a command takes: all but those marked
+    ``x-workflow`` (what only the workflow reads, such as evaluate.at_init)."""
+    return {name: spec for name, spec in properties(path).items() if not spec.get("x-workflow")}
+
+
 def defaults(path: str) -> dict[str, Any]:
     """Every default of the section at ``path``, nested sections included."""
     return resolve_defaults({}, path)
@@ -147,7 +153,7 @@ def section(path: str) -> Callable[[type], type]:
     the section's settings, their defaults are the schema's, and a new instance is validated."""
 
     def wrap(cls: type) -> type:
-        settings = properties(path)
+        settings = command_settings(path)
         fields = list(cls.__dict__.get("__annotations__", {}))
         if set(fields) != set(settings):
             raise TypeError(
@@ -177,8 +183,9 @@ def section(path: str) -> Callable[[type], type]:
 
 def from_values(cls: type, values: dict[str, Any]) -> Any:
     """An instance of a :func:`section` dataclass from a config mapping (unknown keys refused)."""
-    validate(values, getattr(cls, SECTION))
-    return cls(**values)
+    path = getattr(cls, SECTION)
+    validate(values, path)
+    return cls(**{k: v for k, v in values.items() if k in command_settings(path)})
 
 
 # --- command-line options ----------------------------------------------------------------------
@@ -417,10 +424,25 @@ def check(values: dict[str, Any]) -> None:
             "embedded source; allowed here: uptrain"
         )
     corpus = values["corpus_source"]
-    needs = {"local": ("path",), "hub": ("repo", "revision")}.get(corpus["kind"], ())
+    needs = {
+        "local": ("path",),
+        "hub": ("repo", "revision"),
+        "files": ("paths",),
+        "pip": ("requirement", "sha256", "include"),
+    }.get(corpus["kind"], ())
     missing = [f"corpus_source.{key}" for key in needs if not corpus[key]]
     if missing:
         raise ConfigError(f"corpus_source: a {corpus['kind']} corpus needs {', '.join(missing)}")
+    if corpus["kind"] == "pip":
+        from rrt.text_files import parse_requirement
+
+        try:
+            parse_requirement(corpus["requirement"])
+        except UserError as err:
+            raise ConfigError(f"corpus_source.requirement: {err}") from None
+    for path in corpus["paths"] if corpus["kind"] == "files" else []:
+        if not Path(path).expanduser().exists():
+            raise ConfigError(f"corpus_source.paths: {path} does not exist")
     check_tasks(values["evaluate"]["tasks"])
     embedded_tasks = {"embedded", *(t.name for t in load_suites()["embedded"].tasks)}
     asked = set(values["evaluate"]["tasks"])

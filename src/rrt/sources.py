@@ -38,6 +38,7 @@ from rrt.errors import UserError
 from rrt.file_sources import read_header
 from rrt.io import MARKER, atomic_path, sha256_of, write_json
 from rrt.store import PROVENANCE, provenance, save_model
+from rrt.training.data import write_split
 
 # --- what is pinned --------------------------------------------------------------------------
 
@@ -524,11 +525,11 @@ def download_corpus(
         tmp.mkdir()
         splits = {}
         for name, documents in (("test", test_documents), ("validation", validation_documents)):
-            splits[name] = _write_split(
+            splits[name] = write_split(
                 what, tmp, name, held_out, held_out_from, seen, documents=documents
             )
         with _word_bar(f"{repo} train", train_tokens) as bar:
-            splits["train"] = _write_split(
+            splits["train"] = write_split(
                 what, tmp, "train", train, f"split {split}", seen, words=train_tokens, bar=bar
             )
         meta = {
@@ -619,55 +620,6 @@ def _documents(what: str, stream: Any, split: str, field: str) -> Iterator[str]:
                 )
             if text and not text.isspace():
                 yield text
-
-
-def _write_split(
-    what: str,
-    folder: Path,
-    name: str,
-    texts: Iterator[str],
-    source: str,
-    seen: set[bytes],
-    *,
-    documents: int | None = None,
-    words: int | None = None,
-    bar: Any = None,
-) -> dict[str, Any]:
-    """Write ``folder/<name>.jsonl``, one ``{"text": ...}`` line per text, until ``documents``
-    documents (a held-out split, whose texts join ``seen``) or ``words`` words; texts already
-    in ``seen`` are skipped. Return the split's entry of meta.json."""
-    digest = hashlib.sha256()
-    count = total = size = skipped = 0
-    with open(folder / f"{name}.jsonl", "wb") as f:
-        while (documents is None or count < documents) and (words is None or total < words):
-            text = next(texts, None)
-            if text is None:
-                wanted = f"{documents} documents" if documents is not None else f"{words} words"
-                raise UserError(
-                    f"cannot download {what}: {source} ran out after {count} documents "
-                    f"({total} words) for {name}, which asks for {wanted}; ask for less"
-                )
-            text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
-            key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
-            if key in seen:
-                skipped += 1
-                continue
-            if documents is not None:
-                seen.add(key)
-            line = (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
-            f.write(line)
-            digest.update(line)
-            n = len(text.split())
-            count, total, size = count + 1, total + n, size + len(line)
-            if bar is not None:
-                bar.update(n)
-    return {
-        "documents": count,
-        "word_tokens": total,
-        "sha256": digest.hexdigest(),
-        "bytes": size,
-        "duplicates_skipped": skipped,
-    }
 
 
 @contextmanager

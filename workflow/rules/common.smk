@@ -2,6 +2,7 @@
 configurations an experiment expands to, and the MLflow parent run."""
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -149,7 +150,12 @@ def evaluation_inputs(wildcards):
 
 
 def evaluation_options():
-    options = {k: v for k, v in config["evaluate"].items() if k != "paper_data"}
+    commands = schema.command_settings("evaluate")
+    options = {
+        k: v
+        for k, v in config["evaluate"].items()
+        if k in commands and k != "paper_data"
+    }
     flags = as_flags({**options, "device": config["device"]})
     if needs_embedded_tasks():
         flags += f" --task-dir {data('tasks')}"
@@ -189,6 +195,31 @@ def hub_corpus():
             "validation_documents": sizes["validation_documents"],
             "test_documents": sizes["test_documents"],
         }
+    )
+
+
+def text_corpus():
+    """The text files (a user's, or a pinned package's) and the held-out sizes, as options of
+    rrt download text."""
+    c, sizes = config["corpus_source"], config["corpus"]
+    if c["kind"] == "files":
+        source = "--files " + " ".join(shlex.quote(p) for p in c["paths"])
+    else:
+        patterns = {
+            key: " ".join(shlex.quote(p) for p in c[key])
+            for key in ("include", "exclude")
+        }
+        source = (
+            f"--requirement {shlex.quote(c['requirement'])} --sha256 {c['sha256']}"
+            f" --include {patterns['include']}"
+            + (f" --exclude {patterns['exclude']}" if c["exclude"] else "")
+        )
+    return (
+        source
+        + " "
+        + as_flags(
+            {k: sizes[k] for k in ("validation_documents", "test_documents", "seed")}
+        )
     )
 
 

