@@ -43,8 +43,11 @@ def early_exit(config: dict[str, Any]) -> list[tuple[str, int]]:
 
 
 def evaluated(config: dict[str, Any]) -> list[str]:
-    """Every model evaluated at full depth: the source, the baselines, every uptrained model."""
+    """Every model evaluated at full depth: the source, the baselines, every uptrained model,
+    and with ``evaluate.at_init`` every recursive and relaxed model before its uptraining."""
     out = [names.source().name, *reduced(config)]
+    if config["evaluate"]["at_init"]:
+        out += recursive(config) + relaxed(config)
     if config["baselines"]["full_size"]:
         out.append(names.uptrained(names.source()).name)
     out += [names.uptrained(names.parse(n)).name for n in recursive(config) + relaxed(config)]

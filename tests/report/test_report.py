@@ -13,7 +13,16 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from _report_fixtures import BENCHMARK, MISSING, MODELS, SWEEP, TASKS, make_results
+from _report_fixtures import (
+    BENCHMARK,
+    MISSING,
+    MODELS,
+    PPL,
+    SWEEP,
+    TASKS,
+    make_results,
+    write_evaluation,
+)
 
 from rrt.cli import main
 from rrt.report import ReportConfig, build, stats
@@ -135,6 +144,31 @@ def test_the_ablation_kd_and_exit_tables_come_from_their_models(report: Path):
     after = exits.filter(pl.col("measure") == "held-out ce (after)").sort("exit_loop")
     assert after["value"].to_list() == [pytest.approx(1.15), pytest.approx(1.07)]
     assert set(exits.filter(pl.col("measure") == "average")["exit_loop"]) == {1, 2}
+
+
+def test_models_evaluated_at_init_are_compared_with_their_uptrained_selves(
+    results: Path, tmp_path: Path
+):
+    """evaluate.at_init: a table of each model before and after uptraining, read from both
+    evaluations; without such evaluations the section says why it is empty."""
+    empty = next(s for s in compose(results, 0.05).sections if s.id == "uptraining")
+    assert "evaluate.at_init" in empty.blocks[0]
+    copy = tmp_path / "toy"
+    shutil.copytree(results, copy)
+    before = {"recursive-B2-stepwise": 0.30, "relaxed-B2-average-r8": 0.35}
+    for name, skill in before.items():
+        write_evaluation(copy, name, skill, MODELS[f"{name}.up"][2:4])
+    table = compose(copy, 0.05).data["uptraining"]
+    assert table["model"].to_list() == list(before)
+    for name in before:
+        row = table.filter(pl.col("model") == name).row(0, named=True)
+        init = read_evaluation(copy / "eval" / f"{name}.json", copy)
+        after = read_evaluation(copy / "eval" / f"{name}.up.json", copy)
+        assert row["perplexity_task"] == PPL
+        assert row["perplexity_init"] == pytest.approx(init.scores[PPL].value)
+        assert row["perplexity_uptrained"] == pytest.approx(after.scores[PPL].value)
+        assert row["average_init"] == pytest.approx(init.average)
+        assert row["perplexity_init"] > row["perplexity_uptrained"]  # less skill, higher ppl
 
 
 def test_the_claims_are_computed_from_the_numbers(results: Path, tmp_path: Path):

@@ -15,6 +15,7 @@ from rrt.report.figures import loss, size
 from rrt.report.figures import throughput as throughput_figure
 from rrt.report.results import load
 from rrt.report.tables import claims, exits, init, kd, models, provenance, rank, throughput
+from rrt.report.tables import uptraining as before_after
 
 
 @dataclass
@@ -41,6 +42,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
         size.section(ctx),
         init.section(ctx),
         rank.section(ctx),
+        before_after.section(ctx),
         kd.section(ctx),
         exit_section,
         loss.section(ctx),
