@@ -15,8 +15,9 @@ help, which :mod:`rrt.stories.baseline` checks with a unigram and a bigram model
 | embedded_qa | ARC / OpenBookQA | multiple_choice (4) | acc_norm |
 | embedded_perplexity | held-out perplexity | loglikelihood_rolling | word_perplexity |
 
-The YAMLs are templates shipped in ``rrt/task_templates``; generation fills in the absolute path
-of each JSONL, because lm-eval resolves a relative ``data_files`` against the working directory.
+The YAMLs are templates shipped in ``rrt/stories/task_templates``; generation fills in the
+absolute path of each JSONL (:func:`write_task_folder`, which :mod:`rrt.evaluation.text_tasks`
+shares), because lm-eval resolves a relative ``data_files`` against the working directory.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from functools import partial
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,7 @@ CHANCE = {  # accuracy of a uniform guess; the cloze is open-vocabulary
     "embedded_qa": 0.25,
     "embedded_perplexity": None,
 }
+TEMPLATES = resources.files("rrt.stories") / "task_templates"
 
 
 @section("tasks")
@@ -102,9 +105,10 @@ def _distractors(
     return chosen
 
 
-def _choice_item(
+def choice_item(
     context: str, right: str, wrong: list[str], rng: random.Random, **extra: Any
 ) -> Item:
+    """The right choice among the wrong ones in a random order, and where it went (``gold``)."""
     choices = [right, *wrong]
     rng.shuffle(choices)
     return {"context": context, "choices": choices, "gold": choices.index(right), **extra}
@@ -164,7 +168,7 @@ def choice2_item(story: Story, rng: random.Random) -> Item | None:
         context = _join(before, text[: slot.start].rstrip(" "))
         rest = text[slot.end :]
         right, other = " " + slot.answer + rest, " " + wrong[0] + rest
-        return _choice_item(context, right, [other], rng, kind=slot.kind)
+        return choice_item(context, right, [other], rng, kind=slot.kind)
 
     return _from_slots(story, rng, make)
 
@@ -178,7 +182,7 @@ def continuation_item(story: Story, rng: random.Random) -> Item | None:
             return None
         head, tail = " " + text[: slot.start], text[slot.end :]
         endings = [head + w + tail for w in wrong]
-        return _choice_item(before, head + slot.answer + tail, endings, rng, kind=slot.kind)
+        return choice_item(before, head + slot.answer + tail, endings, rng, kind=slot.kind)
 
     return _from_slots(story, rng, make)
 
@@ -191,7 +195,7 @@ def qa_item(story: Story, rng: random.Random) -> Item | None:
         if wrong is None:
             return None
         context = f"{story.body}\n\n{question_prompt(q)}"
-        return _choice_item(context, " " + q.answer, [" " + w for w in wrong], rng, kind=q.kind)
+        return choice_item(context, " " + q.answer, [" " + w for w in wrong], rng, kind=q.kind)
 
     return _by_kind([(q.kind, partial(make, q)) for q in story.questions], rng)
 
@@ -207,37 +211,65 @@ BUILDERS: dict[str, Callable[[Story, random.Random], Item | None]] = {
 # --------------------------------------------------------------------------------------------
 # Generation
 # --------------------------------------------------------------------------------------------
-def _length_filter(tokenizer_dir: str | Path | None, max_tokens: int) -> Callable[[Item], bool]:
-    """Keep items whose context plus longest answer fits the model's context (lm-eval would cut)."""
+def token_counter(tokenizer_dir: str | Path | None) -> Callable[[str], int] | None:
+    """How many tokens a text takes under the tokenizer, one more for the BOS lm-eval may put
+    before it; None without a tokenizer."""
     if tokenizer_dir is None:
-        return lambda item: True
+        return None
     from rrt.store import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
+    # verbose=False: a text longer than the model's context is counted, not warned about
+    return lambda text: (
+        len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]) + 1
+    )
+
+
+def _length_filter(tokenizer_dir: str | Path | None, max_tokens: int) -> Callable[[Item], bool]:
+    """Keep items whose context plus longest answer fits the model's context (lm-eval would cut)."""
+    count = token_counter(tokenizer_dir)
+    if count is None:
+        return lambda item: True
 
     def fits(item: Item) -> bool:
         endings = item.get("choices") or [item.get("target", "")]
         text = item.get("context", item.get("text", "")) + max(endings, key=len)
-        return len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 <= max_tokens
+        return count(text) <= max_tokens
 
     return fits
+
+
+def draw_items(
+    builders: dict[str, Callable[[Any, random.Random], Item | None]],
+    documents: list[Any],
+    wanted: int,
+    stream: str,
+    key: str,
+    keep: Callable[[Item], bool] = lambda item: True,
+) -> dict[str, list[Item]]:
+    """Up to ``wanted`` items of each task, one a document at most, in document order, each
+    recording its document's index under ``key``. Each task draws from its own seeded stream
+    ``{stream}:{task}``, so one task never shifts another's items."""
+    items: dict[str, list[Item]] = {}
+    for task, build in builders.items():
+        rng = random.Random(f"{stream}:{task}")
+        chosen: list[Item] = []
+        for index, document in enumerate(documents):
+            if len(chosen) == wanted:
+                break
+            item = build(document, rng)
+            if item is not None and keep(item):
+                chosen.append({**item, key: index})
+        items[task] = chosen
+    return items
 
 
 def build_items(
     stories: list[Story], texts: list[str], config: TasksConfig, fits: Callable[[Item], bool]
 ) -> dict[str, list[Item]]:
     """Every task's items, each task from its own seeded stream (one task never shifts another)."""
-    items: dict[str, list[Item]] = {}
-    for task, build in BUILDERS.items():
-        rng = random.Random(f"rrt-tasks:{config.seed}:{task}")
-        chosen: list[Item] = []
-        for index, story in enumerate(stories):
-            if len(chosen) == config.items:
-                break
-            item = build(story, rng)
-            if item is not None and fits(item):
-                chosen.append({**item, "story": index})
-        items[task] = chosen
+    stream = f"rrt-tasks:{config.seed}"
+    items = draw_items(BUILDERS, stories, config.items, stream, "story", fits)
     docs = [{"text": t, "story": i} for i, t in enumerate(texts)]
     items["embedded_perplexity"] = [d for d in docs if fits(d)][: config.perplexity_documents]
     return items
@@ -263,34 +295,42 @@ def write_tasks(
     for task, rows in items.items():
         if not rows:
             raise UserError(f"no items for {task}: the test split has too few stories")
+    corpus_info = {"config": meta["config"], "test_sha256": meta["splits"]["test"]["sha256"]}
+    return write_task_folder(out, GROUP, items, TEMPLATES, config, corpus_info, tokenizer_dir)
+
+
+def write_task_folder(
+    out: str | Path,
+    group: str,
+    items: dict[str, list[Item]],
+    templates: Traversable,
+    config: TasksConfig,
+    corpus: dict[str, Any],
+    tokenizer_dir: str | Path | None,
+) -> dict[str, Any]:
+    """Write each task's JSONL and YAML (its template from ``templates``, reading the JSONL by
+    absolute path), the group's YAML and meta.json into ``out``, atomically as a whole; return
+    the meta: the group, each task's item count, the settings, the corpus and the tokenizer."""
     final = Path(out).resolve()
+    info = {
+        "group": group,
+        "tasks": {t: len(rows) for t, rows in items.items()},
+        "config": asdict(config),
+        "corpus": corpus,
+        "tokenizer": str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None,
+    }
     with atomic_path(final) as tmp:
         tmp.mkdir()
         for task, rows in items.items():
             with open(tmp / f"{task}.jsonl", "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            spec = _template(task)
+            spec = yaml.safe_load((templates / f"{task}.yaml").read_text())
             spec["dataset_kwargs"]["data_files"]["test"] = str(final / f"{task}.jsonl")
             (tmp / f"{task}.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        (tmp / f"{GROUP}.yaml").write_text(_template_text(GROUP))
-        info = {
-            "group": GROUP,
-            "tasks": {t: len(rows) for t, rows in items.items()},
-            "config": asdict(config),
-            "corpus": {"config": meta["config"], "test_sha256": meta["splits"]["test"]["sha256"]},
-            "tokenizer": str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None,
-        }
+        (tmp / f"{group}.yaml").write_text((templates / f"{group}.yaml").read_text())
         (tmp / "meta.json").write_text(json.dumps(info, indent=2) + "\n")
     return info
-
-
-def _template_text(name: str) -> str:
-    return (resources.files("rrt.stories") / "task_templates" / f"{name}.yaml").read_text()
-
-
-def _template(name: str) -> dict[str, Any]:
-    return yaml.safe_load(_template_text(name))
 
 
 def task_manager(tasks_dir: str | Path) -> Any:
