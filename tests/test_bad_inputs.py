@@ -555,8 +555,8 @@ BAD_CONFIGS = [
     ("files corpus of a path not there", {"corpus_source": {"kind": "files", "paths":
      ["/nowhere/notes.txt"]}}, "corpus_source.paths: /nowhere/notes.txt does not exist"),
     ("pip corpus not pinned", {"corpus_source": {"kind": "pip", "requirement": "Django",
-     "sha256": "0" * 64, "include": ["*.txt"]}}, "corpus_source.requirement: requirement "
-     "'Django' is not pinned"),
+     "sha256": "0" * 64, "include": ["*.txt"]}}, "corpus_source.requirement: 'Django' is not "
+     "allowed; allowed: a package pinned as NAME==VERSION"),
     ("pip corpus without patterns", {"corpus_source": {"kind": "pip", "requirement":
      "Django==5.1.4", "sha256": "0" * 64}}, "a pip corpus needs corpus_source.include"),
     ("early exit of a model not made", {"early_exit": {"models": [

@@ -433,13 +433,6 @@ def check(values: dict[str, Any]) -> None:
     missing = [f"corpus_source.{key}" for key in needs if not corpus[key]]
     if missing:
         raise ConfigError(f"corpus_source: a {corpus['kind']} corpus needs {', '.join(missing)}")
-    if corpus["kind"] == "pip":
-        from rrt.text_files import parse_requirement
-
-        try:
-            parse_requirement(corpus["requirement"])
-        except UserError as err:
-            raise ConfigError(f"corpus_source.requirement: {err}") from None
     for path in corpus["paths"] if corpus["kind"] == "files" else []:
         if not Path(path).expanduser().exists():
             raise ConfigError(f"corpus_source.paths: {path} does not exist")
@@ -450,7 +443,8 @@ def check(values: dict[str, Any]) -> None:
         raise ConfigError(
             "evaluate.tasks: the embedded tasks are cut from the generated corpus's stories; "
             "with corpus_source.kind "
-            f"{corpus['kind']!r} evaluate the paper suite or lm-eval tasks instead"
+            f"{corpus['kind']!r} evaluate the text suite (cut from any corpus), the paper suite "
+            "or lm-eval tasks instead"
         )
 
 

@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from rrt import config as schema
 from rrt.errors import UserError
 from rrt.io import atomic_path, sha256_of, write_json
 from rrt.store import PROVENANCE, provenance
@@ -38,7 +39,7 @@ from rrt.training.data import write_split
 GENERATOR = "rrt download text"
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".text")  # what a folder given as a path contributes
 INDEX = "https://pypi.org/simple"
-_PINNED = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([A-Za-z0-9._+!-]+)\s*$")
+_PINNED = re.compile(schema.node("corpus_source.requirement")["pattern"])
 
 Document = tuple[str, str]  # (name, text)
 
@@ -113,13 +114,13 @@ def _decode(data: bytes, name: str) -> str:
 # --------------------------------------------------------------------------------------------
 def parse_requirement(requirement: str) -> tuple[str, str]:
     """``name==version`` as (name, version); anything looser is one line."""
-    match = _PINNED.match(requirement or "")
-    if match is None:
+    if _PINNED.match(requirement or "") is None:
         raise UserError(
             f"requirement {requirement!r} is not pinned; write it as NAME==VERSION, e.g. "
             "Django==5.1.4"
         )
-    return match.group(1), match.group(2)
+    name, version = requirement.split("==")
+    return name, version
 
 
 def fetch_archive(requirement: str, sha256: str, into: Path, index: str | None = None) -> Path:

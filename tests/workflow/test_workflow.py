@@ -118,6 +118,36 @@ def test_a_local_source_plans_every_baseline_from_the_users_folder(tmp_path):
     assert f"--like {source}" in commands and "models/source " not in commands
 
 
+def test_a_users_text_files_become_the_corpus_and_its_tasks(tmp_path):
+    """corpus_source: {kind: files}: the files are imported (a local job), the text suite's
+    tasks are cut from their test documents, and with evaluate.at_init every recursive and
+    relaxed model is evaluated before its uptraining too."""
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    for i in range(5):
+        (notes / f"{i}.txt").write_text(f"Note {i}. It says something true about topic {i}.")
+    experiment = tmp_path / "files.yaml"
+    experiment.write_text(
+        "experiment: files\n"
+        f"corpus_source: {{kind: files, paths: [{notes}]}}\n"
+        "corpus: {validation_documents: 1, test_documents: 2}\n"
+        "recursive: {loops: [2], inits: [stepwise]}\n"
+        "relaxed: {loops: [2], inits: [average], ranks: [4]}\n"
+        "early_exit: {models: []}\n"
+        "evaluate: {tasks: [text], at_init: true}\n"
+    )
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", str(experiment))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    jobs = planned_jobs(result)
+    assert jobs["import_corpus"] == 1 and jobs["text_tasks"] == 1 and "tasks" not in jobs
+    # source, source.up, reduced, and two models both before and after uptraining
+    assert jobs["evaluate"] == 3 + 2 * 2
+    assert f"rrt download text --files {notes} " in result.stdout
+    assert "--validation-documents 1 --test-documents 2 --seed 0" in result.stdout
+    assert "rrt tasks --suite text" in result.stdout
+    assert "--task-dir results/files/data/text-tasks" in result.stdout
+
+
 def test_an_uptraining_sweep_passes_each_combination_to_its_run(tmp_path):
     ablation = REPO / "config" / "experiments" / "uptrain-ablation.yaml"
     result = snakemake(tmp_path, "-n", "-p", "--configfile", str(ablation))

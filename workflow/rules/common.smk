@@ -132,6 +132,10 @@ def needs_embedded_tasks():
     return bool(asked_tasks() & suite_tasks("embedded"))
 
 
+def needs_text_tasks():
+    return bool(asked_tasks() & suite_tasks("text"))
+
+
 def paper_data():
     """Local data of the paper suite: the config's folder, or one `rrt download` fills."""
     if not asked_tasks() & suite_tasks("paper"):
@@ -144,6 +148,8 @@ def evaluation_inputs(wildcards):
     inputs = {"model": model(wildcards.name)}
     if needs_embedded_tasks():
         inputs["tasks"] = data("tasks")
+    if needs_text_tasks():
+        inputs["text_tasks"] = data("text-tasks")
     if paper_data():
         inputs["paper"] = paper_data()
     return inputs
@@ -159,6 +165,8 @@ def evaluation_options():
     flags = as_flags({**options, "device": config["device"]})
     if needs_embedded_tasks():
         flags += f" --task-dir {data('tasks')}"
+    if needs_text_tasks():
+        flags += f" --task-dir {data('text-tasks')}"
     if paper_data():
         flags += f" --paper-data {paper_data()}"
     return flags

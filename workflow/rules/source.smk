@@ -104,6 +104,27 @@ rule tasks:
         " {params.options} {params.track} > {log} 2>&1"
 
 
+rule text_tasks:
+    """Few-shot tasks cut from any corpus's test documents (rrt tasks --suite text)."""
+    input:
+        corpus=corpus(),
+        tokenizer=tokenizer(),
+    output:
+        directory(data("text-tasks")),
+    log:
+        log("tasks", "text-tasks"),
+    conda:
+        "../../envs/rrt.yaml"
+    resources:
+        **job_resources(),
+    params:
+        options=as_flags(config["tasks"]),
+        track=track("text_tasks"),
+    shell:
+        "rrt tasks --suite text --corpus {input.corpus} --tokenizer {input.tokenizer}"
+        " --out {output} {params.options} {params.track} > {log} 2>&1"
+
+
 rule download_paper_data:
     output:
         directory(data("paper")),

@@ -61,7 +61,12 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="save_pretrained model directory")
     p.add_argument("--tokenizer", help="tokenizer directory (default: the model directory)")
     p.add_argument("--out", required=True, type=Path, help="report JSON; samples go beside it")
-    p.add_argument("--task-dir", type=Path, help="directory of lm-eval task YAMLs (rrt tasks)")
+    p.add_argument(
+        "--task-dir",
+        type=Path,
+        action="append",
+        help="directory of lm-eval task YAMLs (rrt tasks); repeat it for several",
+    )
     p.add_argument("--exit-loop", type=int, help="recursive models: exit every token after loop b")
     schema.add_setting(p, "device")
     schema.add_setting(p, "threads")

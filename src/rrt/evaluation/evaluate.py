@@ -288,7 +288,7 @@ def evaluate(
     tokenizer: PreTrainedTokenizerBase,
     tasks: Sequence[str],
     *,
-    task_dir: str | os.PathLike[str] | None = None,
+    task_dir: str | os.PathLike[str] | Sequence[str | os.PathLike[str]] | None = None,
     paper_data: str | os.PathLike[str] | None = None,
     num_fewshot: int | None = EvaluateConfig.num_fewshot,
     limit: int | None = EvaluateConfig.limit,
@@ -302,7 +302,8 @@ def evaluate(
 ) -> Evaluation:
     """Evaluate ``model`` on task or suite names with ``lm_eval.simple_evaluate``.
 
-    ``task_dir`` is an lm-eval include path (the embedded tasks); ``paper_data`` points the
+    ``task_dir`` is one or more lm-eval include paths (``rrt tasks``: the embedded or text
+    tasks); ``paper_data`` points the
     paper's own task definitions at local JSONL (see :func:`write_paper_overrides`).
     """
     import lm_eval
@@ -317,14 +318,17 @@ def evaluate(
         batch_size, cpu_batch_size, bootstrap_iters, seed,
     )  # fmt: skip
     include_paths = []
-    if task_dir is not None and not Path(task_dir).is_dir():
-        raise UserError(f"--task-dir {task_dir} is not a directory")
+    single = task_dir is None or isinstance(task_dir, str | os.PathLike)
+    task_dirs = ([task_dir] if task_dir is not None else []) if single else list(task_dir)
+    for folder in task_dirs:
+        if not Path(folder).is_dir():
+            raise UserError(f"--task-dir {folder} is not a directory")
     seeds = dict.fromkeys(DEFAULT_SEEDS, seed) if seed is not None else dict(DEFAULT_SEEDS)
     check_exit_loop(model, exit_loop)
 
     with tempfile.TemporaryDirectory(prefix="rrt-paper-tasks-") as overrides:
-        if task_dir is not None:
-            include_paths.append(own_data(task_dir, Path(overrides) / "local"))
+        for i, folder in enumerate(task_dirs):
+            include_paths.append(own_data(folder, Path(overrides) / f"local{i}"))
         if paper_data is not None and write_paper_overrides(paper_data, names, overrides, suites):
             include_paths.append(Path(overrides))
         task_objs = load_tasks(names, include_paths, suites)
@@ -373,7 +377,7 @@ def evaluate(
         },
         "run": {
             "requested": list(tasks),
-            "task_dir": str(task_dir) if task_dir is not None else None,
+            "task_dir": ", ".join(map(str, task_dirs)) or None,
             "paper_data": str(paper_data) if paper_data is not None else None,
             "num_fewshot": num_fewshot,
             "limit": limit,
