@@ -161,3 +161,18 @@ def test_ctrl_c_while_rrt_still_imports_is_one_line_and_exit_130():
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and out == ""
     assert err == "rrt: interrupted while starting; nothing was written\n"
+
+
+def test_every_command_line_ends_with_the_tracking_options_the_workflow_appends():
+    """The workflow appends --mlflow-tag to every command, subcommands (rrt download pip)
+    included: each leaf parser takes it, and --overwrite where it has an --out."""
+    from rrt.cli import _leaves, build_parser
+
+    root = build_parser()
+    commands = [a for a in root._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    leaves = [leaf for p in commands.choices.values() for leaf in _leaves(p)]
+    assert any(leaf.prog == "rrt download pip" for leaf in leaves)
+    for leaf in leaves:
+        options = {o for action in leaf._actions for o in action.option_strings}
+        assert "--mlflow-tag" in options, leaf.prog
+        assert ("--out" in options) == ("--overwrite" in options), leaf.prog

@@ -141,12 +141,14 @@ def test_a_package_archive_is_found_by_its_hash_and_checked(index, tmp_path: Pat
         fetch_archive("other==1.0", digest, tmp_path, index=url)
 
 
-def test_rrt_download_text_writes_a_package_s_docs_as_a_corpus(index, tmp_path, monkeypatch):
+def test_rrt_download_text_writes_a_package_s_docs_as_a_corpus(
+    index, tmp_path, monkeypatch, capsys
+):
     url, digest = index
     monkeypatch.setenv("RRT_PACKAGE_INDEX", url)
     argv = ["download", "text", "--requirement", "pkg==1.0", "--sha256", digest, "--include",
             "pkg-1.0/docs/*", "--validation-documents", "2", "--test-documents", "2",
-            "--out", str(tmp_path / "c")]  # fmt: skip
+            "--out", str(tmp_path / "c"), "--mlflow-tag", "rule=import_corpus"]  # fmt: skip
     assert main(argv) == 0
     meta = read_meta(tmp_path / "c")
     assert meta["request"]["archive"] == "pkg-1.0.tar.gz"
@@ -154,5 +156,7 @@ def test_rrt_download_text_writes_a_package_s_docs_as_a_corpus(index, tmp_path, 
     assert main(argv) == 0  # its own output: a rerun replaces it
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    assert main([*argv[:-1], str(tmp_path / "mine")]) == 2  # the user's folder: refused
+    mine = [str(tmp_path / "mine") if a == str(tmp_path / "c") else a for a in argv]
+    assert main(mine) == 2  # the user's folder: refused
+    assert "a folder of files rrt did not write" in capsys.readouterr().err
     assert (tmp_path / "mine" / "notes.txt").read_text() == "mine"

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+import yaml
 from _report_fixtures import (
     BENCHMARK,
     MISSING,
@@ -359,20 +360,36 @@ def test_rrt_report_takes_its_options_from_the_schema():
 
 
 @pytest.mark.slow
-def test_the_smoke_workflow_ends_with_the_report_and_snakemakes_own(tmp_path: Path):
+def test_a_local_source_runs_end_to_end_to_the_report_and_snakemakes_own(tmp_path: Path):
+    """The smoke experiment from a user's own model folder (source: {kind: local}): every
+    default baseline (the full-size model uptrained from the folder itself, the reduced-size
+    model --like it), the report with no gaps, and the folder left as it was."""
     from test_workflow import SMOKE, snakemake
 
-    result = snakemake(tmp_path, "--cores", "2", "--configfile", str(SMOKE))
+    made = snakemake(tmp_path / "make", "results/smoke/models/source", "--cores", "2",
+                     "--configfile", str(SMOKE))  # fmt: skip
+    assert made.returncode == 0, made.stderr[-3000:]
+    mine = shutil.copytree(tmp_path / "make" / "results" / "smoke" / "models" / "source",
+                           tmp_path / "my-model")  # fmt: skip
+    before = {p.name: p.read_bytes() for p in mine.iterdir() if p.is_file()}
+    config = yaml.safe_load(SMOKE.read_text())
+    config |= {"experiment": "local", "source": {"kind": "local", "path": str(mine)}}
+    (tmp_path / "local.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(tmp_path, "--cores", "2", "--configfile", str(tmp_path / "local.yaml"))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    out = tmp_path / "reports" / "smoke"
+    assert {p.name: p.read_bytes() for p in mine.iterdir() if p.is_file()} == before
+    assert not (tmp_path / "results" / "local" / "models" / "source").exists()
+    out = tmp_path / "reports" / "local"
     html = (out / "report.html").read_text()
-    assert "rrt report: smoke" in html and (out / "plots" / "size.png").is_file()
-    record = json.loads((tmp_path / "results" / "smoke" / "experiment.json").read_text())
-    assert record["config"]["experiment"] == "smoke"
+    assert "rrt report: local" in html and (out / "plots" / "size.png").is_file()
+    record = json.loads((tmp_path / "results" / "local" / "experiment.json").read_text())
+    assert record["config"]["source"]["path"] == str(mine)
     assert record["config_sha256"] in html
     models = pl.read_csv(out / "tables" / "models.csv")
+    assert {"source", "source.up", "reduced-B2-uptrain"} <= set(models["model"])
     assert models["status"].fill_null("").to_list() == [""] * models.height  # no gaps
-    zipped = snakemake(tmp_path, "--configfile", str(SMOKE), "--report", "snakemake-report.zip")
+    zipped = snakemake(tmp_path, "--configfile", str(tmp_path / "local.yaml"), "--report",
+                       "snakemake-report.zip")  # fmt: skip
     assert zipped.returncode == 0, zipped.stderr[-3000:]
     assert (tmp_path / "snakemake-report.zip").stat().st_size > 10_000
     assert TASKS  # the smoke suite is the embedded one, like the fixture's

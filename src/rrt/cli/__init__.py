@@ -95,10 +95,17 @@ def build_parser(full: list[str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=summary, description=summary)
         if full is None or name in full:
             importlib.import_module(module).add_cli(p)
-            if any("--out" in action.option_strings for action in p._actions):
-                add_overwrite(p)
-            tracking.add_arguments(p)
+            for leaf in _leaves(p):  # what a command line ends with: its options go there
+                if any("--out" in action.option_strings for action in leaf._actions):
+                    add_overwrite(leaf)
+                tracking.add_arguments(leaf)
     return parser
+
+
+def _leaves(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """``p``, or the parsers of its subcommands (rrt download model, ...), recursively."""
+    subs = [a for a in p._actions if isinstance(a, argparse._SubParsersAction)]
+    return [leaf for s in subs for c in s.choices.values() for leaf in _leaves(c)] or [p]
 
 
 def main(argv: list[str] | None = None) -> int:

