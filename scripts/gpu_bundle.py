@@ -94,9 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     commit = subprocess.check_output(["git", "-C", root, "rev-parse", "HEAD"], text=True).strip()
     kit = args.out if args.out.is_absolute() else root / args.out
     if kit.resolve().parent == root.resolve():  # keep it out of git's view, as .device/ is
-        exclude = root / ".git" / "info" / "exclude"
+        git_path = ["git", "-C", root, "rev-parse", "--git-path", "info/exclude"]
+        exclude = root / subprocess.check_output(git_path, text=True).strip()
+        exclude.parent.mkdir(parents=True, exist_ok=True)
         line = f"/{kit.name}/"
-        if line not in exclude.read_text().splitlines():
+        if not exclude.is_file() or line not in exclude.read_text().splitlines():
             with open(exclude, "a") as f:
                 f.write(line + "\n")
     shutil.rmtree(kit, ignore_errors=True)
