@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,3 +118,42 @@ def test_a_second_writer_of_one_output_stops_at_once_naming_the_first(tmp_path):
         assert not (tmp_path / ".model.lock").exists()
     finally:
         first.kill()
+
+
+def _gone(pid: int) -> bool:
+    """Whether process ``pid`` has ended (exited, or a zombie left for its new parent)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_torchrun_worker_dies_with_its_launcher(tmp_path: Path):
+    """A worker (TORCHELASTIC_RUN_ID set) asks the kernel to kill it with its launcher, so a
+    killed job leaves no worker running beside its rerun."""
+    ready = tmp_path / "ready"
+    worker = (
+        "import time; from rrt.io import die_with_launcher; die_with_launcher(); "
+        f"open({str(ready)!r}, 'w').write('x'); time.sleep(120)"
+    )
+    launcher = (
+        "import subprocess, sys, time; "
+        f"p = subprocess.Popen([sys.executable, '-c', {worker!r}]); "
+        "print(p.pid, flush=True); time.sleep(120)"
+    )
+    env = {**os.environ, "TORCHELASTIC_RUN_ID": "test"}
+    process = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, env=env)
+    pid = int(process.stdout.readline())  # type: ignore[union-attr]
+    deadline = time.monotonic() + 60
+    while not ready.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert ready.exists(), "the worker never started"
+    process.kill()
+    process.wait()
+    while not _gone(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not _gone(pid):
+        os.kill(pid, 9)
+        pytest.fail("the worker outlived its launcher")

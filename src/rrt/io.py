@@ -180,3 +180,16 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text``, atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def die_with_launcher() -> None:
+    """torchrun starts each worker in a session of its own, so a SIGKILL of the job's process
+    group (Snakemake and the launcher) would leave the workers running beside the rerun; on
+    Linux a worker can ask the kernel to kill it with its launcher (PR_SET_PDEATHSIG). Called as
+    a command starts (rrt.cli.main), before models load, and again by the trainer."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 from rrt import tracking
 from rrt.errors import UserError
-from rrt.io import check_output, overwriting, writer_lock
+from rrt.io import check_output, die_with_launcher, overwriting, writer_lock
 
 # name -> (its module, one line for `rrt --help`), in the order help lists them.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -109,6 +109,7 @@ def _leaves(p: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    die_with_launcher()  # a torchrun worker: before the seconds of loading that follow
     argv = sys.argv[1:] if argv is None else argv
     command = next((word for word in argv if word in COMMANDS), None)
     args = build_parser([command] if command else []).parse_args(argv)

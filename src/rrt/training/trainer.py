@@ -53,7 +53,7 @@ from rrt import store
 from rrt.config import defaults, section, validate
 from rrt.contracts import TrainingMetrics
 from rrt.errors import UserError
-from rrt.io import atomic_path, sha256_of, write_json
+from rrt.io import atomic_path, die_with_launcher, sha256_of, write_json
 from rrt.memory import PeakMemory
 from rrt.tracking import RUN_ID_FILE, JobRun, Tracking
 from rrt.training.data import read_meta, read_texts
@@ -533,7 +533,7 @@ def train(
     writes ``out`` (the others return an empty dict).
     """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))  # set by torchrun; checked below
-    _die_with_launcher()
+    die_with_launcher()
     plan = config.plan(world_size)
     out, work = Path(out), work_dir(out)
     work.mkdir(parents=True, exist_ok=True)
@@ -646,18 +646,6 @@ def train(
         raise
     shutil.rmtree(work, ignore_errors=True)
     return metrics
-
-
-def _die_with_launcher() -> None:
-    """torchrun starts each worker in a session of its own, so a SIGKILL of the job's process
-    group (Snakemake and the launcher) would leave the workers training beside the rerun; on
-    Linux a worker can ask the kernel to kill it with its launcher (PR_SET_PDEATHSIG)."""
-    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
 
 
 def _metrics(
