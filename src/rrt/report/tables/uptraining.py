@@ -48,8 +48,8 @@ def section(ctx: Context) -> Section:
     shown = [
         {
             "model": r["model"], "B": str(r["loops"]), "init": r["init"], "rank": str(r["rank"]),
-            "perplexity at init": fmt.number(r["perplexity_init"], 2),
-            "perplexity uptrained": fmt.number(r["perplexity_uptrained"], 2),
+            "perplexity at init": fmt.value_pm(r["perplexity_init"], None, 2),
+            "perplexity uptrained": fmt.value_pm(r["perplexity_uptrained"], None, 2),
             "average at init": fmt.pct(r["average_init"]),
             "average uptrained": fmt.pct(r["average_uptrained"]), "status": r["status"],
         }
@@ -58,7 +58,7 @@ def section(ctx: Context) -> Section:
     source = ctx.evaluation("source")
     notes = [
         f"Perplexity: {task[0]} ({task[1]}); lower is better." if task else "No perplexity task.",
-        f"The source: perplexity {fmt.number(score(source, task), 2)}, "
+        f"The source: perplexity {fmt.value_pm(score(source, task), None, 2)}, "
         f"average {fmt.pct(source.average)}."
         if source and rows
         else "",
