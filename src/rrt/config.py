@@ -185,7 +185,8 @@ def from_values(cls: type, values: dict[str, Any]) -> Any:
     """An instance of a :func:`section` dataclass from a config mapping (unknown keys refused)."""
     path = getattr(cls, SECTION)
     validate(values, path)
-    return cls(**{k: v for k, v in values.items() if k in command_settings(path)})
+    settings = command_settings(path)
+    return cls(**{k: v for k, v in values.items() if k in settings})
 
 
 # --- command-line options ----------------------------------------------------------------------

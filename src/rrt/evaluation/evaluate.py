@@ -303,8 +303,8 @@ def evaluate(
     """Evaluate ``model`` on task or suite names with ``lm_eval.simple_evaluate``.
 
     ``task_dir`` is one or more lm-eval include paths (``rrt tasks``: the embedded or text
-    tasks); ``paper_data`` points the
-    paper's own task definitions at local JSONL (see :func:`write_paper_overrides`).
+    tasks); ``paper_data`` points the paper's own task definitions at local JSONL (see
+    :func:`write_paper_overrides`).
     """
     import lm_eval
     import torch
@@ -318,8 +318,7 @@ def evaluate(
         batch_size, cpu_batch_size, bootstrap_iters, seed,
     )  # fmt: skip
     include_paths = []
-    single = task_dir is None or isinstance(task_dir, str | os.PathLike)
-    task_dirs = ([task_dir] if task_dir is not None else []) if single else list(task_dir)
+    task_dirs = [task_dir] if isinstance(task_dir, str | os.PathLike) else list(task_dir or [])
     for folder in task_dirs:
         if not Path(folder).is_dir():
             raise UserError(f"--task-dir {folder} is not a directory")

@@ -96,6 +96,14 @@ class Context:
                 seen.setdefault(s.task, (s.task, s.metric, s.averaged))
         return list(seen.values())
 
+    @cached_property
+    def perplexity_task(self) -> tuple[str, str] | None:
+        """The first task the suite does not average whose headline is a perplexity, and its
+        metric; None where the suite has none."""
+        return next(
+            ((t, m) for t, m, averaged in self.tasks if not averaged and "perplexity" in m), None
+        )
+
     def evaluation(self, name: str, loop: int | None = None) -> Evaluation | None:
         return self.results.evaluations.get((name, loop))
 

@@ -37,14 +37,12 @@ CAPTION = (
 
 def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
     """The word perplexity task where the suite has one, else exp(held-out CE) per token."""
-    for task, metric, averaged in ctx.tasks:
-        if not averaged and "perplexity" in metric:
-            full_depth = (e for (_, loop), e in ctx.results.evaluations.items() if loop is None)
-            scores = {e.name: e.scores.get(task) for e in full_depth}
-            values = {
-                n: s.value for n, s in scores.items() if s is not None and s.value is not None
-            }
-            return values, f"{metric.replace('_', ' ')} ({task})"
+    if ctx.perplexity_task is not None:
+        task, metric = ctx.perplexity_task
+        full_depth = (e for (_, loop), e in ctx.results.evaluations.items() if loop is None)
+        scores = {e.name: e.scores.get(task) for e in full_depth}
+        values = {n: s.value for n, s in scores.items() if s is not None and s.value is not None}
+        return values, f"{metric.replace('_', ' ')} ({task})"
     ces = {n.name: ctx.ce(n.name) for n in ctx.models}
     exp = {n: math.exp(ce) for n, ce in ces.items() if ce is not None}
     return exp, "held-out token perplexity (exp CE)"

@@ -3,10 +3,11 @@ initialisation and once uptrained, on held-out perplexity and the suite average.
 claim under test: the SVD initialisation of the LoRAs pays off after uptraining (app. F, I),
 though on a real model no relaxation is close to the source before it."""
 
+from rrt import names
 from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import Section, frame, one_table
-from rrt.report.results import Evaluation, Name, parse_name
+from rrt.report.results import Evaluation
 
 HEADERS = ["model", "B", "init", "rank", "perplexity at init", "perplexity uptrained"]
 HEADERS += ["average at init", "average uptrained", "status"]
@@ -16,25 +17,19 @@ DATA = (
 )  # fmt: skip
 
 
-def perplexity_task(ctx: Context) -> tuple[str, str] | None:
-    """The first task the suite does not average (a perplexity), and its metric."""
-    return next(((t, m) for t, m, averaged in ctx.tasks if not averaged), None)
-
-
 def score(evaluation: Evaluation | None, task: tuple[str, str] | None) -> float | None:
     found = evaluation.scores.get(task[0]) if evaluation and task else None
     return found.value if found else None
 
 
 def section(ctx: Context) -> Section:
-    task = perplexity_task(ctx)
+    task = ctx.perplexity_task
     rows = []
     for name in ctx.models:
         if name.kind not in ("recursive", "relaxed") or name.uptrained:
             continue
-        uptrained: Name = parse_name(f"{name.name}.up")
+        uptrained = names.uptrained(name)
         before, after = ctx.evaluation(name.name), ctx.evaluation(uptrained.name)
-
         rows.append(
             {
                 "model": name.name, "loops": name.loops, "init": name.init,
