@@ -24,9 +24,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 from packaging.requirements import Requirement
+
+from rrt.errors import UserError
+from rrt.io import atomic_path, check_output, overwriting
 
 # What the checks import (rrt.config needs jsonschema); each with its own requirements.
 ROOTS = ("transformers", "tokenizers", "safetensors", "accelerate", "huggingface_hub",
@@ -89,10 +93,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=Path(".gpu-kit"), help="the kit's folder")
     p.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --out even if rrt did not write it"
+    )
     args = p.parse_args(argv)
     root = Path(subprocess.check_output(["git", "rev-parse", "--show-toplevel"], text=True).strip())
     commit = subprocess.check_output(["git", "-C", root, "rev-parse", "HEAD"], text=True).strip()
     kit = args.out if args.out.is_absolute() else root / args.out
+    try:  # an --out of someone else's files is refused before any work, never deleted
+        check_output(kit, overwrite=args.overwrite)
+    except UserError as err:
+        print(f"gpu_bundle: error: {err}", file=sys.stderr)
+        return 2
     if kit.resolve().parent == root.resolve():  # keep it out of git's view, as .device/ is
         git_path = ["git", "-C", root, "rev-parse", "--git-path", "info/exclude"]
         exclude = root / subprocess.check_output(git_path, text=True).strip()
@@ -101,7 +113,19 @@ def main(argv: list[str] | None = None) -> int:
         if not exclude.is_file() or line not in exclude.read_text().splitlines():
             with open(exclude, "a") as f:
                 f.write(line + "\n")
-    shutil.rmtree(kit, ignore_errors=True)
+    with overwriting(kit) if args.overwrite else nullcontext(), atomic_path(kit) as tmp_kit:
+        _build(tmp_kit, root, commit, args.python_version, kit.name)
+    size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
+    count = len(list((kit / "wheels").glob("*.whl")))
+    print(f"{kit}: {count} wheels, {size / 2**20:.1f} MiB (commit {commit[:10]})")
+    if size > LIMIT_MIB * 2**20:
+        print(f"the kit is over {LIMIT_MIB} MiB: a lent machine carries no more", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _build(kit: Path, root: Path, commit: str, python_version: str, name: str) -> None:
+    """The kit's files in ``kit`` (a fresh folder that becomes the kit, named ``name``)."""
     wheels = kit / "wheels"
     wheels.mkdir(parents=True)
     pip = [sys.executable, "-m", "pip", "-q"]
@@ -113,22 +137,15 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", wheels, tmp],
                        check=True)  # fmt: skip
         shutil.copy(Path(tmp) / "scripts" / "gpu_check.py", kit / "gpu_check.py")
-    specs = [f"{name}=={version}" for name, version in requirements(args.python_version).items()]
+    specs = [f"{dist}=={version}" for dist, version in requirements(python_version).items()]
     platforms = [flag for platform in PLATFORMS for flag in ("--platform", platform)]
     subprocess.run(
         [*pip, "download", "--no-deps", "--only-binary=:all:", "--implementation", "cp",
-         "--python-version", args.python_version, *platforms, "-d", wheels, *specs],
+         "--python-version", python_version, *platforms, "-d", wheels, *specs],
         check=True,
     )  # fmt: skip
-    (kit / "run.sh").write_text(RUN_SH.format(kit=kit.name, commit=commit))
+    (kit / "run.sh").write_text(RUN_SH.format(kit=name, commit=commit))
     (kit / "COMMIT").write_text(commit + "\n")
-    size = sum(f.stat().st_size for f in kit.rglob("*") if f.is_file())
-    count = len(list(wheels.glob("*.whl")))
-    print(f"{kit}: {count} wheels, {size / 2**20:.1f} MiB (commit {commit[:10]})")
-    if size > LIMIT_MIB * 2**20:
-        print(f"the kit is over {LIMIT_MIB} MiB: a lent machine carries no more", file=sys.stderr)
-        return 1
-    return 0
 
 
 if __name__ == "__main__":

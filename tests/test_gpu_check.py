@@ -103,3 +103,17 @@ def test_the_cpu_kit_records_every_check_a_failure_and_an_overrun_and_judges_no_
     for name in results:
         assert f"| {name} |" in markdown
     assert "not applicable (cpu)" in markdown and "injected failure" in markdown
+
+
+def test_the_bundle_never_deletes_a_folder_it_did_not_write(tmp_path: Path, capsys):
+    """scripts/gpu_bundle.py --out follows every command's rule: someone else's folder is
+    refused before any work and left as it is."""
+    spec = importlib.util.spec_from_file_location("gpu_bundle", SCRIPT.with_name("gpu_bundle.py"))
+    bundle = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bundle)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    assert bundle.main(["--out", str(mine)]) == 2
+    assert "a folder of files rrt did not write" in capsys.readouterr().err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]
