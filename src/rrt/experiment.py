@@ -2,14 +2,17 @@
 
 The Snakefile stays declarative (paths and rules); what needs logic lives here, where tests reach
 it without Snakemake: the models an experiment config makes (named by :mod:`rrt.names`), the
-stale locks a killed run leaves, the PATH its jobs find ``rrt`` on, and its MLflow parent run.
+stale locks a killed run leaves, the PATH its jobs find ``rrt`` on, conda where it is asked for,
+and its MLflow parent run.
 Light: the Snakefile imports it.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -108,12 +111,29 @@ def clear_stale_locks(owner: Path, locks: Path) -> None:
         owner.unlink()
 
 
-def find_rrt_first() -> None:
-    """Jobs call ``rrt`` from the environment that runs Snakemake (``.venv/bin/snakemake`` needs
-    no activated venv); with ``--sdm conda`` the rule's environment still comes first."""
+def find_rrt_first(src: Path) -> None:
+    """Jobs run ``python -m rrt`` with the Python that runs Snakemake (``.venv/bin/snakemake``
+    needs no activated venv); with ``--sdm conda`` the rule's environment comes first on PATH,
+    and rrt is imported from the workflow's own ``src`` in either (conda environments hold rrt's
+    dependencies, not rrt)."""
     os.environ["PATH"] = os.pathsep.join(
         [str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)]
     )
+    src_dir = str(src.resolve())
+    paths = os.environ.get("PYTHONPATH", "").split(os.pathsep)
+    paths = [p for p in paths if p not in ("", src_dir)]
+    os.environ["PYTHONPATH"] = os.pathsep.join([src_dir, *paths])
+
+
+def check_conda(methods: Iterable[Any]) -> None:
+    """Snakemake's ``--sdm conda`` where no ``conda`` is on PATH: one line saying what to install,
+    before any job (Snakemake itself would stop at the first job with a paragraph)."""
+    if "conda" in {str(m).lower() for m in methods} and shutil.which("conda") is None:
+        raise SystemExit(
+            "rrt: --sdm conda needs the `conda` command on PATH and there is none: install "
+            "Miniforge (https://conda-forge.org/download) and activate its base environment, "
+            "or leave out --sdm conda to run every rule in this environment (scripts/setup.sh)"
+        )
 
 
 def tracking_uri(config: dict[str, Any], results: str | Path) -> str:

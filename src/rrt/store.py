@@ -10,16 +10,19 @@ import sys
 from contextlib import suppress
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
-from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+from typing import TYPE_CHECKING, Any
 
 from rrt import config as schema
 from rrt.errors import UserError
 from rrt.io import atomic_path, write_json
 from rrt.model.families import supported
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel
+
+# torch and transformers are imported where a model or tokenizer is loaded: provenance and the
+# folder checks here also serve commands whose environment has neither (the report, the data).
 
 PROVENANCE = "provenance.json"
 _LIBRARIES = ("rrt", "torch", "transformers", "tokenizers", "lm_eval", "accelerate", "numpy")
@@ -80,6 +83,11 @@ def hardware() -> dict[str, Any]:
     info: dict[str, Any] = {"cpu": cpu, "cores": os.cpu_count()}
     with suppress(ValueError, OSError, AttributeError):
         info["memory_gb"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30)
+    try:
+        import torch
+    except ImportError:  # an environment without torch (the report's) uses no GPU
+        return info
+
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
     return info
@@ -97,7 +105,10 @@ def model_dir(path: str | os.PathLike[str]) -> Path:
 
 def load_config(path: str | os.PathLike[str]) -> Any:
     """A config from a model directory or a config JSON file (no weights needed)."""
-    import rrt.model  # noqa: F401  (registers the recursive model type)
+    from transformers import AutoConfig
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    import rrt.model.modeling  # noqa: F401  (registers the recursive model type)
 
     path = Path(path)
     file = path if path.is_file() else model_dir(path) / "config.json"
@@ -124,6 +135,8 @@ DEVICES = tuple(DEVICE["enum"])
 
 def resolve_device(device: str | None) -> str:
     """``cpu`` or ``cuda``; ``auto`` (or None) is the GPU when torch sees one."""
+    import torch
+
     device = device or "auto"
     if device not in DEVICES:
         raise UserError(f"device {device!r} is not one of {', '.join(DEVICES)}")
@@ -136,7 +149,7 @@ def resolve_device(device: str | None) -> str:
 
 def load_model(
     path: str | os.PathLike[str],
-    dtype: torch.dtype | str = torch.float32,
+    dtype: torch.dtype | str = "fp32",
     device: str | None = DEVICE["default"],
 ) -> PreTrainedModel:
     """Load any model the workflow makes (source, recursive, relaxed) in ``dtype`` on ``device``.
@@ -146,9 +159,11 @@ def load_model(
     the others, as the configuration does. A truncated or corrupt
     weights file is one line naming the file.
     """
+    import torch
     from safetensors import SafetensorError
+    from transformers import AutoModelForCausalLM
 
-    import rrt.model  # noqa: F401  (registers the recursive model type)
+    import rrt.model.modeling  # noqa: F401  (registers the recursive model type)
 
     path = model_dir(path)
     device = resolve_device(device)
@@ -186,6 +201,8 @@ def load_tokenizer(path: str | os.PathLike[str], required: bool = True) -> Any |
         raise UserError(
             f"{path} holds no tokenizer (tokenizer.json); make one with `rrt tokenizer`"
         )
+    from transformers import AutoTokenizer
+
     return AutoTokenizer.from_pretrained(str(path))
 
 

@@ -211,12 +211,7 @@ def test_a_bad_config_fails_before_any_job_with_one_line(case, tmp_path):
 # --- the smoke config, end to end --------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("smoke")
-    result = snakemake(workdir, "--cores", "2", "--configfile", str(SMOKE))
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return workdir
+# The smoke run itself is the `smoke` fixture (conftest.py), which test_envs.py reads too.
 
 
 def _results(workdir: Path) -> Path:
@@ -392,14 +387,3 @@ run.finish({"done": 1}, None)
     assert len(runs) == 16 and {r.info.status for r in runs} == {"FINISHED"}
     assert all(r.data.tags["mlflow.parentRunId"] == parent for r in runs)
     assert all(len(client.get_metric_history(r.info.run_id, "loss")) == 20 for r in runs)
-
-
-def test_the_conda_environment_pins_the_versions_pyproject_installs():
-    import tomllib
-
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    env = yaml.safe_load((REPO / "envs" / "rrt.yaml").read_text())
-    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
-    pinned = [spec for spec in pip if "==" in spec]
-    assert sorted(pinned) == sorted(project["dependencies"])
-    assert all("==" in spec for spec in project["dependencies"])

@@ -17,7 +17,7 @@ rule benchmark:
     log:
         log("benchmark", "{name}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/serve.yaml"
     threads: every_core()
     resources:
         **job_resources(gpu=True),
@@ -26,7 +26,7 @@ rule benchmark:
         torch_threads=config["resources"]["threads"],
         track=lambda w: track("benchmark", name=w.name),
     shell:
-        "OMP_WAIT_POLICY=PASSIVE rrt benchmark --model {input.model} --baseline {input.baseline}"
+        "OMP_WAIT_POLICY=PASSIVE python -m rrt benchmark --model {input.model} --baseline {input.baseline}"
         " --data {input.corpus}"
         " --out {output} {params.options} --threads {params.torch_threads}"
         " {params.track} > {log} 2>&1"

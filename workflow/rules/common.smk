@@ -20,7 +20,8 @@ OWNER = Path(
 )  # the Snakemake process that holds the locks
 if workflow.is_main_process:
     experiment.clear_stale_locks(OWNER, Path(".snakemake", "locks"))
-experiment.find_rrt_first()
+experiment.find_rrt_first(Path(workflow.basedir, "src"))
+experiment.check_conda(workflow.deployment_settings.deployment_method)
 
 RESULTS = f"{config['results']}/{config['experiment']}"
 EMBEDDED = config["source"]["kind"] == "embedded"

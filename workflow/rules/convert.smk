@@ -9,7 +9,7 @@ rule convert:
     log:
         log("convert", "B{loops}-{init}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -18,7 +18,7 @@ rule convert:
         seed=config["recursive"]["seed"],
         track=lambda w: track("convert", loops=w.loops, init=w.init),
     shell:
-        "rrt convert --source {input} --loops {wildcards.loops} --init {wildcards.init}"
+        "python -m rrt convert --source {input} --loops {wildcards.loops} --init {wildcards.init}"
         " --seed {params.seed} --device {params.device} --threads {threads} --out {output}"
         " {params.track}"
         " > {log} 2>&1"

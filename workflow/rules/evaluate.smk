@@ -10,7 +10,7 @@ rule evaluate:
     log:
         log("evaluate", "{name}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/eval.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -18,7 +18,7 @@ rule evaluate:
         options=evaluation_options(),
         track=lambda w: track("evaluate", name=w.name),
     shell:
-        "rrt evaluate --model {input.model} --out {output} {params.options}"
+        "python -m rrt evaluate --model {input.model} --out {output} {params.options}"
         " --threads {threads} {params.track} > {log} 2>&1"
 
 
@@ -30,7 +30,7 @@ rule evaluate_exit:
     log:
         log("evaluate", "{name}-exit{exit}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/eval.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -38,5 +38,5 @@ rule evaluate_exit:
         options=evaluation_options(),
         track=lambda w: track("evaluate_exit", name=w.name, exit=w.exit),
     shell:
-        "rrt evaluate --model {input.model} --exit-loop {wildcards.exit} --out {output}"
+        "python -m rrt evaluate --model {input.model} --exit-loop {wildcards.exit} --out {output}"
         " {params.options} --threads {threads} {params.track} > {log} 2>&1"

@@ -11,7 +11,7 @@ rule relax:
     log:
         log("relax", "B{loops}-{init}-r{rank}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -21,7 +21,7 @@ rule relax:
         seed=config["relaxed"]["seed"],
         track=lambda w: track("relax", loops=w.loops, init=w.init, rank=w.rank),
     shell:
-        "rrt relax --source {input.source} --recursive {input.recursive} --rank {wildcards.rank}"
+        "python -m rrt relax --source {input.source} --recursive {input.recursive} --rank {wildcards.rank}"
         " {params.vectors} --seed {params.seed} --device {params.device} --threads {threads}"
         " --out {output}"
         " {params.track} > {log} 2>&1"

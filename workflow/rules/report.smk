@@ -30,12 +30,12 @@ rule report:
     log:
         log("report", "report"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/report.yaml"
     params:
         results=lambda w, input: os.path.commonpath([*input.evaluations, *input.models]),
         out=lambda w, output: os.path.dirname(output.html),
         options=as_flags(config["report"]),
         track=track("report"),
     shell:
-        "rrt report --results {params.results} --out {params.out} {params.options}"
+        "python -m rrt report --results {params.results} --out {params.out} {params.options}"
         " {params.track} > {log} 2>&1"

@@ -14,14 +14,14 @@ if config["corpus_source"]["kind"] == "generated":
         log:
             log("corpus", "corpus"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/data.yaml"
         resources:
             **job_resources(),
         params:
             sizes=as_flags(config["corpus"]),
             track=track("corpus"),
         shell:
-            "rrt corpus --out {output} {params.sizes} {params.track} > {log} 2>&1"
+            "python -m rrt corpus --out {output} {params.sizes} {params.track} > {log} 2>&1"
 
 
 if config["corpus_source"]["kind"] == "hub":
@@ -35,12 +35,12 @@ if config["corpus_source"]["kind"] == "hub":
         log:
             log("download", "corpus"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/data.yaml"
         params:
             source=hub_corpus(),
             track=track("download_corpus"),
         shell:
-            "rrt download corpus {params.source} --out {output} {params.track} > {log} 2>&1"
+            "python -m rrt download corpus {params.source} --out {output} {params.track} > {log} 2>&1"
 
 
 if config["corpus_source"]["kind"] in ("files", "pip"):
@@ -57,12 +57,12 @@ if config["corpus_source"]["kind"] in ("files", "pip"):
         log:
             log("download", "corpus"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/data.yaml"
         params:
             source=text_corpus(),
             track=track("import_corpus"),
         shell:
-            "rrt download text {params.source} --out {output} {params.track} > {log} 2>&1"
+            "python -m rrt download text {params.source} --out {output} {params.track} > {log} 2>&1"
 
 
 rule tokenizer:
@@ -73,14 +73,14 @@ rule tokenizer:
     log:
         log("tokenizer", "tokenizer"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/data.yaml"
     resources:
         **job_resources(),
     params:
         options=as_flags(config["tokenizer"]),
         track=track("tokenizer"),
     shell:
-        "rrt tokenizer --corpus {input} --out {output} {params.options} {params.track}"
+        "python -m rrt tokenizer --corpus {input} --out {output} {params.options} {params.track}"
         " > {log} 2>&1"
 
 
@@ -93,14 +93,14 @@ rule tasks:
     log:
         log("tasks", "tasks"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/data.yaml"
     resources:
         **job_resources(),
     params:
         options=as_flags(config["tasks"]),
         track=track("tasks"),
     shell:
-        "rrt tasks --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+        "python -m rrt tasks --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
         " {params.options} {params.track} > {log} 2>&1"
 
 
@@ -114,14 +114,14 @@ rule text_tasks:
     log:
         log("tasks", "text-tasks"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/data.yaml"
     resources:
         **job_resources(),
     params:
         options=as_flags(config["tasks"]),
         track=track("text_tasks"),
     shell:
-        "rrt tasks --suite text --corpus {input.corpus} --tokenizer {input.tokenizer}"
+        "python -m rrt tasks --suite text --corpus {input.corpus} --tokenizer {input.tokenizer}"
         " --out {output} {params.options} {params.track} > {log} 2>&1"
 
 
@@ -131,11 +131,11 @@ rule download_paper_data:
     log:
         log("download", "paper-data"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/data.yaml"
     params:
         track=track("download_paper_data"),
     shell:
-        "rrt download paper-data --out {output} {params.track} > {log} 2>&1"
+        "python -m rrt download paper-data --out {output} {params.track} > {log} 2>&1"
 
 
 if config["source"]["kind"] == "embedded":
@@ -149,7 +149,7 @@ if config["source"]["kind"] == "embedded":
         log:
             log("pretrain", "source"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/model.yaml"
         threads: every_core()  # nothing else can run until the source exists
         resources:
             **job_resources(gpu=True),
@@ -158,7 +158,7 @@ if config["source"]["kind"] == "embedded":
             recipe=as_flags(config["train"]),
             track=track("pretrain_source"),
         shell:
-            "rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+            "python -m rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
             " {params.shape} {params.recipe} --threads {threads} {params.track} > {log} 2>&1"
 
 
@@ -173,13 +173,13 @@ if config["source"]["kind"] == "hub":
         log:
             log("download", "source"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/model.yaml"
         params:
             repo=config["source"]["repo"],
             revision=config["source"]["revision"],
             track=track("download_source"),
         shell:
-            "rrt download model --repo {params.repo} --revision {params.revision} --out {output}"
+            "python -m rrt download model --repo {params.repo} --revision {params.revision} --out {output}"
             " {params.track} > {log} 2>&1"
 
 
@@ -195,12 +195,12 @@ if config["source"]["kind"] in ("gguf", "pip"):
         log:
             log("download", "source"),
         conda:
-            "../../envs/rrt.yaml"
+            "../../envs/model.yaml"
         params:
             source=source_file(),
             track=track("import_source"),
         shell:
-            "rrt download {params.source} --out {output} {params.track} > {log} 2>&1"
+            "python -m rrt download {params.source} --out {output} {params.track} > {log} 2>&1"
 
 
 rule reduced:
@@ -216,7 +216,7 @@ rule reduced:
     log:
         log("reduced", "B{loops}-{budget}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -226,6 +226,6 @@ rule reduced:
         loss=loss(early_exit=None, exit_weight=None),
         track=lambda w: track("reduced", loops=w.loops, budget=w.budget),
     shell:
-        "rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
+        "python -m rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
         " --teacher {input.teacher} {params.shape} {params.recipe} {params.loss}"
         " --threads {threads} {params.track} > {log} 2>&1"

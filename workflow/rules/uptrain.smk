@@ -17,7 +17,7 @@ rule uptrain:
     log:
         log("uptrain", "{base}{variant}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),
@@ -45,7 +45,7 @@ rule early_exit:
     log:
         log("early_exit", "{base}"),
     conda:
-        "../../envs/rrt.yaml"
+        "../../envs/model.yaml"
     threads: config["resources"]["threads"]
     resources:
         **job_resources(gpu=True),

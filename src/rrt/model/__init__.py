@@ -1,15 +1,25 @@
 """The recursive model: its config, looped layers with per-position views, the table of family
 differences, its shape and parameter counts (paper sec. 2-3).
 
-Importing it registers the recursive model with transformers' Auto classes, so a saved model
-loads with ``AutoModelForCausalLM.from_pretrained``.
+The shape and family modules need no torch (the workflow and the report read them); the classes
+below are imported on first use. Importing :mod:`rrt.model.modeling` (which using them does)
+registers the recursive model with transformers' Auto classes, so a saved model loads with
+``AutoModelForCausalLM.from_pretrained``.
 """
 
-from transformers import AutoConfig, AutoModelForCausalLM
+from __future__ import annotations
 
-from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
+from typing import TYPE_CHECKING, Any
 
-AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig, exist_ok=True)
-AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM, exist_ok=True)
+if TYPE_CHECKING:
+    from rrt.model.modeling import RecursiveConfig, RecursiveForCausalLM
 
 __all__ = ["RecursiveConfig", "RecursiveForCausalLM"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in __all__:
+        from rrt.model import modeling
+
+        return getattr(modeling, name)
+    raise AttributeError(f"module 'rrt.model' has no attribute {name!r}")

@@ -8,10 +8,12 @@ the family's own ``transformers`` forward, which the recursive model reuses unch
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from torch import nn
+from typing import TYPE_CHECKING
 
 from rrt.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 @dataclass(frozen=True)
@@ -100,6 +102,8 @@ def check_layer(family: Family, layer: nn.Module) -> None:
 
     Guards against the public pitfall of LoRA silently applied to attention only.
     """
+    from torch import nn  # this module is also read where torch is not installed (the report)
+
     found = {n for n, m in layer.named_modules() if isinstance(m, nn.Linear)}
     missing = found - set(family.linears)
     absent = set(family.linears) - found

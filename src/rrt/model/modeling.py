@@ -31,14 +31,19 @@ import torch
 import torch.nn.functional as F
 from huggingface_hub.dataclasses import strict
 from torch import nn
-from transformers import AutoConfig, GenerationMixin, PreTrainedConfig, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GenerationMixin,
+    PreTrainedConfig,
+    PreTrainedModel,
+)
 from transformers.configuration_utils import SubConfigSpec
 from transformers.modeling_outputs import CausalLMOutputWithPast
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
 from rrt.model.families import Family, check_layer, family_of
-
-LORA_KINDS = ("attention", "mlp")
+from rrt.model.shape import LORA_KINDS
 
 # Written beside every saved model so that `from_pretrained(path, trust_remote_code=True)` finds
 # the classes in a Python that has not imported rrt (rrt must still be installed there).
@@ -728,3 +733,9 @@ class RecursiveForCausalLM(PreTrainedModel, GenerationMixin):
         )
         use_dict = return_dict if return_dict is not None else self.config.return_dict
         return output if use_dict else output.to_tuple()
+
+
+# Importing this module registers the recursive model with transformers' Auto classes, so a saved
+# model loads with ``AutoModelForCausalLM.from_pretrained``.
+AutoConfig.register(RecursiveConfig.model_type, RecursiveConfig, exist_ok=True)
+AutoModelForCausalLM.register(RecursiveConfig, RecursiveForCausalLM, exist_ok=True)

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from rrt.errors import UserError
-from rrt.model.modeling import LORA_KINDS
 from rrt.names import FULL_RANK
 
 if TYPE_CHECKING:
     from rrt.model.modeling import RecursiveForCausalLM
+
+LORA_KINDS = ("attention", "mlp")  # the rank groups of a layer's linears (paper app. G)
 
 
 def divisors(num_layers: int) -> list[int]:
