@@ -67,8 +67,7 @@ def test_the_engine_decodes_the_real_model_as_generate_does(smollm2):
         tokenizer(text)["input_ids"]
         for text in ("The capital of France is", "Once upon a time, a small robot")
     ]
-    eos = model.generation_config.eos_token_id  # an Engine of a model object is told its eos
-    served = Engine(model, eos_token_id=eos).generate(prompts, 32, progress=False)
+    served = Engine(model).generate(prompts, 32, progress=False)  # its end tokens, as generate
     lengths = []
     for prompt, result in zip(prompts, served, strict=True):
         ids = torch.tensor([prompt])

@@ -65,7 +65,7 @@ LENGTHS, NEW = (5, 12, 3, 8), [9, 6, 11, 7]
 def served(model, **kwargs) -> Engine:
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 90, (n,), generator=g).tolist() for n in LENGTHS]
-    engine = Engine(model, max_batch=3, max_batch_tokens=16, **kwargs)
+    engine = Engine(model, max_batch=3, max_batch_tokens=16, eos_token_id=[], **kwargs)
     engine.generate(prompts, NEW, progress=False)
     return engine
 
@@ -110,7 +110,9 @@ def test_bf16_serving_reads_half_the_bytes_and_keeps_greedy_decoding(relaxed):
     assert bf16.stats["bytes"] == fp32.stats["bytes"] / 2
     g = torch.Generator().manual_seed(3)
     prompts = [torch.randint(1, 90, (n,), generator=g).tolist() for n in LENGTHS]
-    out = Engine(half, max_batch=3, max_batch_tokens=16).generate(prompts, NEW, progress=False)
+    out = Engine(half, max_batch=3, max_batch_tokens=16, eos_token_id=[]).generate(
+        prompts, NEW, progress=False
+    )
     same = total = 0
     for o, prompt, new in zip(out, prompts, NEW, strict=True):
         ref = half.generate(

@@ -48,7 +48,7 @@ def models(family):
 
 
 def served(model, **kwargs) -> Engine:
-    return Engine(model, max_batch=3, max_batch_tokens=16, **kwargs)
+    return Engine(model, max_batch=3, max_batch_tokens=16, eos_token_id=[], **kwargs)
 
 
 def expected(model) -> list[list[int]]:
@@ -110,6 +110,20 @@ def test_eos_ends_a_request_unless_the_request_ignores_it(llama_relaxed):
     (kept,) = engine.generate([prompt], 8, ignore_eos=True, progress=False)
     assert kept.tokens == full and kept.finish_reason == "length"
     assert set(vars(engine)) == attributes
+
+
+def test_an_engine_of_a_loaded_model_stops_at_its_generation_configs_end_tokens(llama_relaxed):
+    """As generate does: any of the generation config's end tokens ends a request."""
+    prompt = prompts()[0]
+    full = reference(llama_relaxed, prompt, 8)
+    config = llama_relaxed.generation_config
+    before = config.eos_token_id
+    try:
+        config.eos_token_id = [next(t for t in range(VOCAB) if t not in full), full[2]]
+        (out,) = Engine(llama_relaxed, max_batch=2).generate([prompt], 8, progress=False)
+    finally:
+        config.eos_token_id = before
+    assert out.tokens == full[: full.index(full[2]) + 1] and out.finish_reason == "eos"
 
 
 def test_the_engines_limits_default_to_the_config_schemas():
@@ -175,7 +189,9 @@ def test_tokens_that_all_exit_after_loop_one_are_the_loop_one_model_s(llama_rela
     full depth). Loop 1 reads only loop-1 keys, so the tokens are those of the model truncated to
     one loop, whatever fills the deeper KV."""
     prompt = prompts()[1]
-    engine = Engine(llama_relaxed, exit_threshold=1e-9, kv_fill=kv_fill, max_batch=1)
+    engine = Engine(
+        llama_relaxed, exit_threshold=1e-9, kv_fill=kv_fill, max_batch=1, eos_token_id=[]
+    )
     (out,) = engine.generate([prompt], 8, progress=False)
     assert out.exit_loops == [2] + [1] * 7
     first = reference(llama_relaxed, prompt, 1)
@@ -196,7 +212,9 @@ def test_ride_along_leaves_exactly_the_full_depth_kv_of_exited_tokens(llama_rela
     prompt, new = prompts()[3], 12
     full = reference(llama_relaxed, prompt, new)
     threshold = float(confidences(llama_relaxed, prompt + full).median())
-    engine = Engine(llama_relaxed, exit_threshold=threshold, kv_fill="ride", max_batch=1)
+    engine = Engine(
+        llama_relaxed, exit_threshold=threshold, kv_fill="ride", max_batch=1, eos_token_id=[]
+    )
     (out,) = engine.generate([prompt], new, progress=False)
     assert 1 in out.exit_loops and out.exit_loops.count(2) > 1
     assert engine.stats["mixed_steps"] > 0  # the exited token rides loop 2 beside the next one
@@ -217,7 +235,7 @@ def test_state_propagation_computes_skipped_kv_from_the_exit_hidden_state(llama_
     from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
     model, prompt = llama_relaxed, prompts()[1]
-    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1)
+    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1, eos_token_id=[])
     (out,) = engine.generate([prompt], 6, progress=False)
     sequence = prompt + out.tokens
     known = len(sequence) - 1
@@ -244,7 +262,9 @@ def test_bad_requests_get_their_own_error_while_the_others_are_served(llama_rela
     good = prompts()
     batch = [good[0], [], good[1], list(range(1, 200)), good[2], [VOCAB + 5], good[3]]
     limits = [NEW_TOKENS[0], 4, NEW_TOKENS[1], 4, 0, 4, -3]
-    out = Engine(llama_relaxed, max_batch=2).generate(batch, limits, progress=False)
+    out = Engine(llama_relaxed, max_batch=2, eos_token_id=[]).generate(
+        batch, limits, progress=False
+    )
     errors = [g.error for g in out]
     assert errors[0] is None and errors[2] is None
     assert errors[1] == "empty prompt"
@@ -266,7 +286,9 @@ def test_an_unknown_model_directory_is_one_clear_error(tmp_path):
 
 def test_generation_stops_at_the_context_end(llama_relaxed):
     prompt = [1 + i % (VOCAB - 1) for i in range(119)]
-    (out,) = Engine(llama_relaxed, max_batch=1).generate([prompt], 50, progress=False)
+    (out,) = Engine(llama_relaxed, max_batch=1, eos_token_id=[]).generate(
+        [prompt], 50, progress=False
+    )
     assert len(out.tokens) == 128 - 119 and out.finish_reason == "length"
     assert out.tokens == reference(llama_relaxed, prompt, 9)
 
@@ -278,7 +300,7 @@ def test_every_served_family_propagates_exit_states_into_the_skipped_loops(famil
     source = source_model(family, seed=0)
     model = relax(convert(source, loops=3, init="average"), source, rank=4)
     prompt = prompts()[1]
-    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1)
+    engine = Engine(model, exit_threshold=1e-9, kv_fill="propagate", max_batch=1, eos_token_id=[])
     (out,) = engine.generate([prompt], 5, progress=False)
     first = reference(model, prompt, 1)
     assert out.tokens == first + loop_one_reference(model, prompt + first, 4)
@@ -315,10 +337,12 @@ def test_per_loop_norms_and_biases_are_served_depth_wise(family):
     source = source_model(family, seed=0, vectors="random")
     model = relax(convert(source, loops=2, init="average"), source, rank=4, relax_vectors=True)
     prompt = prompts()[3]
-    engine = Engine(model, exit_threshold=1e-9, max_batch=1)
+    engine = Engine(model, exit_threshold=1e-9, max_batch=1, eos_token_id=[])
     (out,) = engine.generate([prompt], 6, progress=False)
     assert engine.stats["mixed_steps"] > 0
     first = reference(model, prompt, 1)
     assert out.tokens == first + loop_one_reference(model, prompt + first, 5)
-    out = Engine(model, max_batch=2).generate(prompts(), list(NEW_TOKENS), progress=False)
+    out = Engine(model, max_batch=2, eos_token_id=[]).generate(
+        prompts(), list(NEW_TOKENS), progress=False
+    )
     assert [g.tokens for g in out] == expected(model)

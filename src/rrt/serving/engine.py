@@ -41,6 +41,8 @@ class Engine:
     ``max_batch`` caps the requests running at once and ``kv_cache_mb`` the KV memory (the cache
     is preallocated for ``max_len`` positions a request); ``max_batch_tokens`` caps the tokens a
     step runs (prompts are chunked to fit). ``exit_threshold`` switches real early exit on.
+    ``eos_token_id`` is the token (or tokens) that ends a request: by default the model's
+    generation config's, as ``generate``; ``[]`` is none.
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class Engine:
         max_len: int | None = None,
         dtype: torch.dtype | str = "auto",
         device: str = "auto",
-        eos_token_id: int | None = None,
+        eos_token_id: int | list[int] | None = None,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"engine mode {mode!r} is not one of {', '.join(MODES)}")
@@ -72,7 +74,6 @@ class Engine:
 
             path = model
             model = store.load_model(path, dtype=dtype, device=device)
-            eos_token_id = eos_token_id if eos_token_id is not None else _eos(model)
             self.tokenizer = store.load_tokenizer(path, required=False)
         self.model = model.eval()
         self.runner = Runner(model)
@@ -82,7 +83,8 @@ class Engine:
         self.mode = mode
         self.exit_threshold = exit_threshold
         self.kv_fill = Kind.RIDE if kv_fill == "ride" else Kind.PROPAGATE
-        self.eos_token_id = eos_token_id
+        # as generate: the model's generation config's end tokens, unless told others
+        self.eos_token_ids = _eos(model) if eos_token_id is None else _ids(eos_token_id)
         context = self.runner.context or max_len
         self.max_len = min(max_len or context, context) if context else max_len
         if not self.max_len:
@@ -284,7 +286,7 @@ class Engine:
         bar.update(1)
         if r.first_token_s is None:
             r.first_token_s = now
-        if not r.ignore_eos and self.eos_token_id is not None and token == self.eos_token_id:
+        if not r.ignore_eos and token in self.eos_token_ids:
             r.finish_reason = "eos"
         elif len(r.tokens) >= r.max_new_tokens or r.length >= self.max_len:
             r.finish_reason = "length"
@@ -307,6 +309,11 @@ def _generation(r: Request) -> Generation:
     )
 
 
-def _eos(model: PreTrainedModel) -> int | None:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    return eos[0] if isinstance(eos, list) else eos
+def _eos(model: PreTrainedModel) -> frozenset[int]:
+    """The end tokens ``generate`` stops at: the generation config's (one or a list)."""
+    config = getattr(model, "generation_config", None)
+    return _ids(getattr(config, "eos_token_id", None))
+
+
+def _ids(eos: int | list[int] | None) -> frozenset[int]:
+    return frozenset() if eos is None else frozenset([eos] if isinstance(eos, int) else eos)
