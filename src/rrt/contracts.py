@@ -267,6 +267,7 @@ class ServedSystem(Contract):
     speedup_vs_vanilla: float | None = None
     steps: int | None = None
     rows_per_step: float | None = None
+    compile_s: float | None = None  # torch.compile's time, before and outside ``seconds``
     estimate: str | None = None  # how the simulated row is computed
     flops_per_token: float | None = None
     bytes_per_token: float | None = None

@@ -54,7 +54,8 @@ def test_every_system_serves_the_workload_into_one_json(served):
     assert {"workload", "hardware", "systems", "calibration"} <= set(result)
     systems = result["systems"]
     names = set(systems)
-    base = {"vanilla", "hf_continuous", "sequence_continuous", "recursive_sequence", "depthwise"}
+    base = {"vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous",
+            "recursive_sequence", "depthwise"}  # fmt: skip
     assert base | {"simulated"} <= names
     exits = [n for n in names if n.startswith("depthwise_exit_")]
     assert {n.rsplit("_", 1)[1] for n in exits} == {"ride", "propagate"}
@@ -68,8 +69,11 @@ def test_every_system_serves_the_workload_into_one_json(served):
     # Full-depth systems are greedy decoding of their model: exact agreement, same tokens.
     for name in base:
         assert systems[name]["agreement"] == 1.0, name
-    for name in ("vanilla", "hf_continuous"):
+    for name in ("vanilla", "vanilla_compiled", "hf_continuous"):
         assert systems[name]["sequence_agreement"] == 1.0, name
+    # generate's compiled path: its compilation timed apart, before the clock
+    assert systems["vanilla_compiled"]["compile_s"] > 0
+    assert systems["vanilla"].get("compile_s") is None
     assert systems["recursive_sequence"]["sequence_agreement"] == 1.0
     assert systems["depthwise"]["mean_exit_loop"] == 2.0
     for name in exits:

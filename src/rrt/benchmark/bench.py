@@ -30,6 +30,7 @@ from rrt.memory import PeakMemory
 
 ALL_SYSTEMS = (
     "vanilla",
+    "vanilla_compiled",
     "hf_continuous",
     "sequence_continuous",
     "recursive_sequence",
@@ -37,7 +38,7 @@ ALL_SYSTEMS = (
     "depthwise_exit",
     "simulated",
 )
-FULL_SIZE_SYSTEMS = ("vanilla", "hf_continuous", "sequence_continuous")
+FULL_SIZE_SYSTEMS = ("vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous")
 
 
 @schema.section("benchmark")
@@ -236,11 +237,17 @@ class _Clock:
 
 
 @torch.inference_mode()
-def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
+def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool = False) -> Served:
     """Hugging Face ``generate`` with static batches of ``max_batch`` requests in arrival order:
     a batch starts when its last request has arrived and the previous batch is done, is
-    left-padded, and runs until its longest output is done."""
-    from transformers import LogitsProcessorList
+    left-padded, and runs until its longest output is done.
+
+    ``compiled``: its fastest documented path, a static KV cache (one length for the whole
+    workload) and the decoding step compiled by ``torch.compile`` (CUDA graphs on a GPU). The
+    compilation runs before the clock starts, for each batch size the workload has, and is
+    reported apart (``compile_s``); an eager run is warmed up the same way.
+    """
+    from transformers import LogitsProcessorList, StaticCache
 
     from rrt.serving.cost import CostModel
     from rrt.serving.runner import Runner
@@ -249,14 +256,10 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     cost: Counter[str] = Counter()
     device = next(model.parameters()).device
     n = len(work.prompts)
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    ttft, latency = [0.0] * n, [0.0] * n
-    start = time.perf_counter()
-    for lo in range(0, n, cfg.max_batch):
-        members = list(range(lo, min(n, lo + cfg.max_batch)))
-        wait = max(work.arrivals_s[i] for i in members) - (time.perf_counter() - start)
-        if wait > 0:
-            time.sleep(wait)
+    batches = [list(range(lo, min(n, lo + cfg.max_batch))) for lo in range(0, n, cfg.max_batch)]
+    length = max(len(p) for p in work.prompts) + max(work.outputs)  # the static cache's
+
+    def generate(members: list[int], new: int, logits_processor: Any = None) -> torch.Tensor:
         width = max(len(work.prompts[i]) for i in members)
         ids = torch.zeros(len(members), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -264,8 +267,12 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
             p = work.prompts[i]
             ids[row, width - len(p) :] = torch.tensor(p)
             mask[row, width - len(p) :] = 1
-        new = max(work.outputs[i] for i in members)
-        clock = _Clock()
+        options = {}
+        if compiled:
+            options = {
+                "past_key_values": StaticCache(config=model.config, max_cache_len=length),
+                "compile_config": _compile_config(device),
+            }
         out = model.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
@@ -274,15 +281,46 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig) -> Served:
             do_sample=False,
             eos_token_id=None,
             pad_token_id=0,
-            logits_processor=LogitsProcessorList([clock]),
+            logits_processor=logits_processor,
+            **options,
         )
+        return out[:, width:]
+
+    warm = time.perf_counter()
+    for rows in sorted({len(b) for b in batches}):  # each batch size's step, compiled or warm
+        generate(next(b for b in batches if len(b) == rows), 3)
+    extra = {"compile_s": time.perf_counter() - warm} if compiled else {}
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    ttft, latency = [0.0] * n, [0.0] * n
+    start = time.perf_counter()
+    for members in batches:
+        wait = max(work.arrivals_s[i] for i in members) - (time.perf_counter() - start)
+        if wait > 0:
+            time.sleep(wait)
+        new = max(work.outputs[i] for i in members)
+        clock = _Clock()
+        out = generate(members, new, LogitsProcessorList([clock]))
         for row, i in enumerate(members):
-            tokens[i] = out[row, width : width + work.outputs[i]].tolist()
+            tokens[i] = out[row, : work.outputs[i]].tolist()
             ttft[i] = clock.times[0] - start - work.arrivals_s[i]
             latency[i] = clock.times[work.outputs[i] - 1] - start - work.arrivals_s[i]
+        width = max(len(work.prompts[i]) for i in members)
         _vanilla_cost(cost, count, len(members), width, new, clock.times)
     seconds = time.perf_counter() - start
-    return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, {}, cost)
+    return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, extra, cost)
+
+
+def _compile_config(device: torch.device) -> Any:
+    """transformers' compile settings for generate's decoding step: CUDA graphs on a GPU
+    (its default), Inductor's default mode elsewhere, which generate compiles only when told to
+    (``_compile_all_devices``: the flag its auto-compilation reads)."""
+    from transformers.generation.configuration_utils import CompileConfig
+
+    config = CompileConfig(dynamic=False)
+    if device.type != "cuda":
+        config.mode = "default"
+        config._compile_all_devices = True
+    return config
 
 
 def _vanilla_cost(cost: Counter[str], count: Any, rows: int, width: int, new: int, times):
@@ -601,6 +639,8 @@ def benchmark(
     plan: dict[str, Any] = {}
     if "vanilla" in chosen:
         plan["vanilla"] = lambda: serve_vanilla(baseline, work, cfg)
+    if "vanilla_compiled" in chosen:
+        plan["vanilla_compiled"] = lambda: serve_vanilla(baseline, work, cfg, compiled=True)
     if "hf_continuous" in chosen:
         plan["hf_continuous"] = lambda: serve_hf_continuous(baseline, work, cfg)
     if "sequence_continuous" in chosen:

@@ -11,9 +11,13 @@ from rrt.report.context import Context
 from rrt.report.document import Section, table
 from rrt.report.results import finite
 
-ORDER = ("vanilla", "hf_continuous", "sequence_continuous", "recursive_sequence", "depthwise")
+ORDER = (
+    "vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous", "recursive_sequence",
+    "depthwise",
+)  # fmt: skip
 LABELS = {
     "vanilla": "full-size, static batching (HF generate)",
+    "vanilla_compiled": "full-size, static batching, static cache + torch.compile (HF generate)",
     "hf_continuous": "full-size, HF continuous batching",
     "sequence_continuous": "full-size, continuous sequence-wise",
     "recursive_sequence": "recursive, continuous sequence-wise",
