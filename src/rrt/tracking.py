@@ -42,25 +42,23 @@ class Tracking:
         return bool(self.uri)
 
 
+# The options whose defaults are MLflow's environment variables: option, variable, its fallback.
+_FROM_ENVIRONMENT = (
+    ("--mlflow-uri", "MLFLOW_TRACKING_URI", None,
+     "tracking URI, e.g. sqlite:///mlflow.db (default: $MLFLOW_TRACKING_URI, else off)"),
+    ("--mlflow-experiment", "MLFLOW_EXPERIMENT_NAME", "rrt",
+     "experiment name (default: $MLFLOW_EXPERIMENT_NAME, else %(default)s)"),
+    ("--mlflow-parent", "MLFLOW_PARENT_RUN_ID", None,
+     "run id to nest this run under (default: $MLFLOW_PARENT_RUN_ID)"),
+)  # fmt: skip
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The ``--mlflow-*`` options of every subcommand."""
     group = parser.add_argument_group("MLflow", "off unless a tracking URI is given")
-    group.add_argument(
-        "--mlflow-uri",
-        default=os.environ.get("MLFLOW_TRACKING_URI"),
-        help="tracking URI, e.g. sqlite:///mlflow.db (default: $MLFLOW_TRACKING_URI, else off)",
-    )
-    group.add_argument(
-        "--mlflow-experiment",
-        default=os.environ.get("MLFLOW_EXPERIMENT_NAME", "rrt"),
-        help="experiment name (default: $MLFLOW_EXPERIMENT_NAME, else %(default)s)",
-    )
+    for option, variable, fallback, what in _FROM_ENVIRONMENT:
+        group.add_argument(option, default=os.environ.get(variable, fallback), help=what)
     group.add_argument("--mlflow-run-name", help="run name (default: the output folder's name)")
-    group.add_argument(
-        "--mlflow-parent",
-        default=os.environ.get("MLFLOW_PARENT_RUN_ID"),
-        help="run id to nest this run under (default: $MLFLOW_PARENT_RUN_ID)",
-    )
     group.add_argument(
         "--mlflow-tag",
         action="append",
