@@ -78,6 +78,13 @@ class Workload:
     outputs: list[int]  # tokens each request asks for
     arrivals_s: list[float]
 
+    @property
+    def max_len(self) -> int:
+        """The longest request's positions: what every system's KV cache is sized to (the
+        engine's slots, generate's static cache, continuous batching's pages), never the model's
+        whole context."""
+        return max(len(p) for p in self.prompts) + max(self.outputs)
+
     def describe(self, cfg: BenchConfig) -> dict[str, Any]:
         lengths = [len(p) for p in self.prompts]
         return {
@@ -203,6 +210,7 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         max_batch=cfg.max_batch,
         max_batch_tokens=cfg.max_batch_tokens,
         kv_cache_mb=cfg.kv_cache_mb,
+        max_len=work.max_len,
         **engine_kw,
     )
     engine.generate(work.prompts[:2], 2, ignore_eos=True, progress=False)  # warm-up
@@ -257,7 +265,6 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
     device = next(model.parameters()).device
     n = len(work.prompts)
     batches = [list(range(lo, min(n, lo + cfg.max_batch))) for lo in range(0, n, cfg.max_batch)]
-    length = max(len(p) for p in work.prompts) + max(work.outputs)  # the static cache's
 
     def generate(members: list[int], new: int, logits_processor: Any = None) -> torch.Tensor:
         width = max(len(work.prompts[i]) for i in members)
@@ -270,7 +277,7 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
         options = {}
         if compiled:
             options = {
-                "past_key_values": StaticCache(config=model.config, max_cache_len=length),
+                "past_key_values": StaticCache(config=model.config, max_cache_len=work.max_len),
                 "compile_config": _compile_config(device),
             }
         out = model.generate(
@@ -354,13 +361,13 @@ def serve_hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
     # Its own sizing reads free GPU memory; on a CPU it would take a share of all RAM (measured:
-    # 20-40 s for 6 tiny requests), so the cache gets the engine's room: max_batch requests.
+    # 20-40 s for 6 tiny requests), so the cache gets the engine's room: max_batch requests of the
+    # workload's longest (Workload.max_len).
     page = 64
-    context = model.config.max_position_embeddings
     cuda = next(model.parameters()).device.type == "cuda"
     batching = ContinuousBatchingConfig(
         page_size=page,
-        num_blocks=cfg.max_batch * -(-context // page) + 1,
+        num_blocks=cfg.max_batch * -(-work.max_len // page) + 1,
         max_batch_tokens=cfg.max_batch_tokens,
         max_requests_per_batch=cfg.max_batch,
         use_cuda_graph=None if cuda else False,
