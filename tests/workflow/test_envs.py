@@ -1,7 +1,8 @@
 """Software environments per kind of rule (envs/*.yaml, for `snakemake --sdm conda`): their pins
 are pyproject.toml's, every rule names the one of its kind, and each, built as a plain venv from
-its own pip section and nothing else, runs the commands of every rule that names it: the smoke
-run's recorded jobs for real, and `--help` for the rules the smoke config does not run. Conda
+its own pip section and nothing else, runs the commands of every rule that names it: for real,
+the smoke run's quickest recorded job of each rrt command it ran there, and `--help` for the
+commands the smoke config does not run. Conda
 itself is not needed (nor reachable here): what could be missing from an environment is a
 Python package, and a venv finds that as surely."""
 
