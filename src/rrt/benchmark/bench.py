@@ -266,7 +266,10 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
     n = len(work.prompts)
     batches = [list(range(lo, min(n, lo + cfg.max_batch))) for lo in range(0, n, cfg.max_batch)]
 
-    def generate(members: list[int], new: int, logits_processor: Any = None) -> torch.Tensor:
+    def generate(
+        members: list[int], new: int, logits_processor: Any = None
+    ) -> tuple[torch.Tensor, int]:
+        """The batch's new tokens, and its padded prompt width."""
         width = max(len(work.prompts[i]) for i in members)
         ids = torch.zeros(len(members), width, dtype=torch.long)
         mask = torch.zeros_like(ids)
@@ -291,7 +294,7 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
             logits_processor=logits_processor,
             **options,
         )
-        return out[:, width:]
+        return out[:, width:], width
 
     warm = time.perf_counter()
     for rows in sorted({len(b) for b in batches}):  # each batch size's step, compiled or warm
@@ -306,12 +309,11 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
             time.sleep(wait)
         new = max(work.outputs[i] for i in members)
         clock = _Clock()
-        out = generate(members, new, LogitsProcessorList([clock]))
+        out, width = generate(members, new, LogitsProcessorList([clock]))
         for row, i in enumerate(members):
             tokens[i] = out[row, : work.outputs[i]].tolist()
             ttft[i] = clock.times[0] - start - work.arrivals_s[i]
             latency[i] = clock.times[work.outputs[i] - 1] - start - work.arrivals_s[i]
-        width = max(len(work.prompts[i]) for i in members)
         _vanilla_cost(cost, count, len(members), width, new, clock.times)
     seconds = time.perf_counter() - start
     return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, extra, cost)
