@@ -165,11 +165,11 @@ class Job:
     seconds: float
 
 
-def _recorded_jobs(workdir: Path) -> dict[tuple[str, str], Job]:
+def _recorded_jobs(workdir: Path, rules: list[Rule]) -> dict[tuple[str, str], Job]:
     """The quickest recorded job of each rrt command in each environment of a finished run
     (Snakemake keeps each job's shell command and environment file in .snakemake/metadata)."""
     contents = {(ENVS / f"{kind}.yaml").read_text(): kind for kind in KINDS}
-    named = {rule.name: rule.env for rule in _rules()}
+    named = {rule.name: rule.env for rule in rules}
     jobs: dict[tuple[str, str], Job] = {}
     for record in (workdir / ".snakemake" / "metadata").iterdir():
         meta = json.loads(record.read_text())
@@ -189,7 +189,8 @@ def _recorded_jobs(workdir: Path) -> dict[tuple[str, str], Job]:
 
 @pytest.mark.slow
 def test_each_environment_alone_runs_the_commands_of_every_rule_that_names_it(smoke, tmp_path):
-    jobs = _recorded_jobs(smoke)
+    rules = _rules()
+    jobs = _recorded_jobs(smoke, rules)
     assert {job.env for job in jobs.values()} == set(KINDS)  # the smoke run uses every kind
     work = tmp_path / "work"  # a copy: the jobs run again there, over their own outputs
     for folder in ("results", "reports"):
@@ -200,7 +201,7 @@ def test_each_environment_alone_runs_the_commands_of_every_rule_that_names_it(sm
     for kind, venv in venvs.items():
         env = _env(venv, work)
         ran = {(job.command,) for job in jobs.values() if job.env == kind}
-        for command in sorted({r.command for r in _rules() if r.env == kind} - ran):
+        for command in sorted({r.command for r in rules if r.env == kind} - ran):
             done = subprocess.run([str(venv / "bin" / "python"), "-m", "rrt", *command, "--help"],
                                   capture_output=True, text=True, env=env, cwd=work)  # fmt: skip
             assert done.returncode == 0, f"{kind}: rrt {' '.join(command)}: {done.stderr[-3000:]}"
