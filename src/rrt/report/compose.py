@@ -1,7 +1,7 @@
 """The report's sections in reading order, each from its table and figure modules, and writing
 them (atomically) to the report folder: report.md, report.html, tables/*.csv and plots/*.png."""
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +9,7 @@ import polars as pl
 
 from rrt.io import MARKER, atomic_path, write_text
 from rrt.report.context import Context
-from rrt.report.document import Bullets, Figure, Section, render
+from rrt.report.document import TEXT, Figure, Section, render
 from rrt.report.figures import exits as exits_figure
 from rrt.report.figures import loss, size
 from rrt.report.figures import throughput as throughput_figure
@@ -26,7 +26,7 @@ class Report:
     sections: list[Section]
     data: dict[str, pl.DataFrame]  # tables/NAME.csv
     figures: dict[str, bytes]  # plots/NAME.png
-    metrics: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any]
 
 
 def compose(results_dir: str | Path, alpha: float) -> Report:
@@ -36,6 +36,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
     exit_section, throughput_section = exits.section(ctx), throughput.section(ctx)
     exits_figure.add(exit_section, ctx)
     throughput_figure.add(throughput_section)
+    method = [item.format(alpha=alpha) for item in TEXT["method"]["items"]]
     sections = [
         claims.section(ctx, found),
         models.section(ctx),
@@ -48,7 +49,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
         loss.section(ctx),
         throughput_section,
         provenance.section(ctx.results),
-        method(alpha),
+        Section("method", TEXT["method"]["title"], [method]),
     ]
     data = {name: frame for s in sections for name, frame in s.data.items()}
     data["comparisons"] = ctx.comparisons_frame()
@@ -76,28 +77,3 @@ def write(report: Report, out: Path) -> None:
             (tmp / f"{name}.png").write_bytes(png)
     for form in ("md", "html"):
         write_text(out / f"report.{form}", render(report.title, report.sections, form))
-
-
-def method(alpha: float) -> Section:
-    """How the numbers are computed, in words."""
-    items = [
-        "Accuracy: lm-eval's headline metric of each task (acc_norm where the task has it, acc for "
-        "LAMBADA and WinoGrande), averaged over the suite's tasks; the average's stderr adds the "
-        "tasks' stderrs in quadrature.",
-        "Paired tests use the per-sample files (`eval/*.samples.jsonl`): items are matched by "
-        "document id and hash. One task: McNemar's exact test on the items the two models "
-        "disagree on. Suite average: a z test of the mean of per-task differences, each task's "
-        "variance from its per-item differences. Perplexity tasks: Student's t on per-document "
-        "log-likelihood. Where a per-sample file is missing the test falls back to the unpaired "
-        "stderrs and says so in `tables/comparisons.csv`.",
-        f"Significance: two-sided p < {alpha:g} per comparison (report.alpha), with no correction "
-        "for the number of comparisons.",
-        "Held-out CE: cross-entropy in nats per token on the validation split, measured at the "
-        "end of training (each model's metrics.json); the per-loop values at each exit likewise.",
-        "Matched tokens: the reduced-size baseline of the same depth whose training tokens equal "
-        "the model's uptraining tokens.",
-        "Data: `tables/*.csv` hold every table's and plot's numbers in long form (models, scores, "
-        "comparisons, checks, size, init, rank, kd, exits, loss, throughput, gaps, as the "
-        "experiment has them).",
-    ]
-    return Section("method", "How the numbers are computed", [Bullets(items)])

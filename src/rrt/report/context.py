@@ -40,15 +40,16 @@ def compare(model: Evaluation, reference: Evaluation) -> Measures:
         if (other := reference.scores.get(task)) is None:
             continue
         a, b = model.samples.get(task, {}), reference.samples.get(task, {})
-        docs = sorted(set(a) & set(b))
-        paired = bool(docs) and all(a[d].doc_hash == b[d].doc_hash for d in docs)
-        if paired and all(a[d].correct is not None and b[d].correct is not None for d in docs):
-            pair = ([bool(a[d].correct) for d in docs], [bool(b[d].correct) for d in docs])
-            tasks[task] = (stats.mcnemar(*pair), "McNemar exact, paired")
-            if score.averaged:
-                correct[task] = pair
-        elif paired and all(None not in (a[d].loglikelihood, b[d].loglikelihood) for d in docs):
-            diffs = [a[d].loglikelihood - b[d].loglikelihood for d in docs]  # type: ignore[operator]
+        pairs = [(a[d], b[d]) for d in sorted(set(a) & set(b))]
+        paired = bool(pairs) and all(x.doc_hash == y.doc_hash for x, y in pairs)
+        if paired and all(None not in (x.correct, y.correct) for x, y in pairs):
+            correct[task] = (
+                [bool(x.correct) for x, _ in pairs],
+                [bool(y.correct) for _, y in pairs],
+            )
+            tasks[task] = (stats.mcnemar(*correct[task]), "McNemar exact, paired")
+        elif paired and all(None not in (x.loglikelihood, y.loglikelihood) for x, y in pairs):
+            diffs = [x.loglikelihood - y.loglikelihood for x, y in pairs]  # type: ignore[operator]
             tasks[task] = (stats.paired_t(diffs), "paired t on per-document log-likelihood (nats)")
         elif result := stats.unpaired(score.value, score.stderr, other.value, other.stderr):
             tasks[task] = (result, UNPAIRED)
@@ -79,12 +80,9 @@ class Context:
     def models(self) -> list[Name]:
         """Every model the experiment evaluates at full depth (present or expected), in order."""
         names = {name for name, loop in self.results.evaluations if loop is None}
-        paths = (self.results.expected("evaluations") or []) + [g.path for g in self.gaps]
-        names |= {
-            p.removeprefix("eval/").removesuffix(".json")
-            for p in paths
-            if p.startswith("eval/") and p.count("/") == 1
-        }
+        for path in (self.results.expected("evaluations") or []) + [g.path for g in self.gaps]:
+            if path.startswith("eval/") and path.count("/") == 1:
+                names.add(path.removeprefix("eval/").removesuffix(".json"))
         return sorted((parse_name(n) for n in names), key=lambda n: n.order)
 
     @cached_property
@@ -100,9 +98,8 @@ class Context:
     def perplexity_task(self) -> tuple[str, str] | None:
         """The first task the suite does not average whose headline is a perplexity, and its
         metric; None where the suite has none."""
-        return next(
-            ((t, m) for t, m, averaged in self.tasks if not averaged and "perplexity" in m), None
-        )
+        found = ((t, m) for t, m, averaged in self.tasks if not averaged and "perplexity" in m)
+        return next(found, None)
 
     def evaluation(self, name: str, loop: int | None = None) -> Evaluation | None:
         return self.results.evaluations.get((name, loop))
@@ -111,15 +108,17 @@ class Context:
         return self.results.trainings.get(name)
 
     def ce(self, name: str) -> float | None:
-        training = self.training(name)
-        return training.ce if training else None
+        return training.ce if (training := self.training(name)) else None
+
+    def tokens(self, name: str) -> int | None:
+        return training.metrics.tokens if (training := self.training(name)) else None
 
     def status(self, name: str, loop: int | None = None) -> str:
-        """Empty for a result that is there; else 'missing: why'."""
+        """Empty for a result that is there; else 'missing: why' (a gap's reason, if one)."""
         if self.evaluation(name, loop) is not None:
             return ""
         path = f"eval/{name}.json" if loop is None else f"eval/exits/{name}-exit{loop}.json"
-        return f"missing: {missing_reason(self.results.root, path)}"  # a gap's reason, if one
+        return f"missing: {missing_reason(self.results.root, path)}"
 
     def facts(self, name: Name) -> dict[str, Any]:
         """A model's numbers, named as the tables' data name them, and its status."""
@@ -154,7 +153,7 @@ class Context:
             if in_average == averaged:
                 score = evaluation.scores.get(task) if evaluation else None
                 value, stderr = (score.value, score.stderr) if score else (None, None)
-                show = fmt.pct_pm if averaged else fmt.value_pm
+                show = fmt.pct if averaged else fmt.value_pm
                 cells[f"{task.removeprefix(prefix)} ({metric})"] = show(value, stderr)
         return cells
 
@@ -167,12 +166,12 @@ class Context:
         uptrained on (the paper's matched budget); none for early exit (more tokens)."""
         if name.kind not in ("recursive", "relaxed") or name.early_exit:
             return None
-        tokens = _tokens(self.training(name.name))
+        tokens = self.tokens(name.name)
         matched = (
             self.evaluation(other.name)
             for other in self.models
             if other.kind == "reduced" and other.loops == name.loops and tokens is not None
-            if _tokens(self.training(other.name)) == tokens
+            if self.tokens(other.name) == tokens
         )
         return next(matched, None)
 
@@ -216,7 +215,3 @@ class Context:
 
 def _key(evaluation: Evaluation) -> str:
     return f"{evaluation.name}@{evaluation.exit_loop or 0}"
-
-
-def _tokens(training: Training | None) -> int | None:
-    return training.metrics.tokens if training else None

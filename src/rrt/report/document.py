@@ -3,7 +3,7 @@ tables (Polars frames of display strings) and figures (PNG bytes), each section 
 long-form data behind it (tables/NAME.csv); and the document written as Markdown (figures as
 plots/ID.png beside it, report.md.j2) and as one self-contained HTML page (report.html.j2: figures
 as base64 PNGs, styles inline). Both are functions of the document alone: fixed element ids, no
-dates, so the same results give the same bytes."""
+dates, so the same results give the same bytes. The words are text.yaml's."""
 
 import base64
 import html
@@ -15,7 +15,11 @@ from typing import Any
 
 import jinja2
 import polars as pl
+import yaml
 from markupsafe import Markup
+
+HERE = Path(__file__).parent
+TEXT: dict[str, Any] = yaml.safe_load((HERE / "text.yaml").read_text())
 
 
 @dataclass
@@ -34,18 +38,10 @@ class Figure:
 
 
 @dataclass
-class Bullets:
-    items: list[str]
-
-
-Block = str | Bullets | Table | Figure
-
-
-@dataclass
 class Section:
     id: str
     title: str
-    blocks: list[Block] = field(default_factory=list)
+    blocks: list[str | list[str] | Table | Figure] = field(default_factory=list)  # list: bullets
     data: dict[str, pl.DataFrame] = field(default_factory=dict)  # tables/NAME.csv
 
 
@@ -69,17 +65,19 @@ def table(
 
 def one_table(
     id: str,
-    title: str,
-    absent: str,
     data: pl.DataFrame,
-    caption: str,
     rows: list[dict[str, str]],
-    notes: Sequence[str],
+    notes: list[str] | None = None,
+    **fields,
 ) -> Section:
-    """A section of one table and its data (tables/ID.csv), or why the experiment has none."""
+    """A section of one table and its data (tables/ID.csv), worded by text.yaml's ``id`` (its
+    notes filled in with ``fields``), or why the experiment has none."""
+    text = TEXT[id]
     if not rows:
-        return Section(id, title, [f"Not in this experiment: {absent}"])
-    return Section(id, title, [table(id, caption, rows, notes)], {id: data})
+        return Section(id, text["title"], [f"Not in this experiment: {text['absent']}"])
+    if notes is None:
+        notes = [note.format(**fields) for note in text.get("notes", [])]
+    return Section(id, text["title"], [table(id, text["caption"], rows, notes)], {id: data})
 
 
 def frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pl.DataFrame:
@@ -118,7 +116,7 @@ def row(cells: Sequence[str | None]) -> str:
 
 
 TEMPLATES = jinja2.Environment(
-    loader=jinja2.FileSystemLoader(Path(__file__).parent),
+    loader=jinja2.FileSystemLoader(HERE),
     autoescape=jinja2.select_autoescape(["html.j2"]),
     trim_blocks=True,
     lstrip_blocks=True,
@@ -132,7 +130,7 @@ TEMPLATES.filters |= {
     "base64": lambda data: base64.b64encode(data).decode(),
 }
 TEMPLATES.tests |= {
-    "bullets": lambda b: isinstance(b, Bullets),
+    "bullets": lambda b: isinstance(b, list),
     "figure": lambda b: isinstance(b, Figure),
 }
 

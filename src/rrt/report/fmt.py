@@ -12,17 +12,14 @@ DASH = "—"
 UNITS = (("B", 1e9), ("M", 1e6), ("K", 1e3))
 
 
-def pct(value: float | None) -> str:
-    return DASH if value is None else f"{100 * value:.1f}"
-
-
-def pct_pm(value: float | None, stderr: float | None) -> str:
+def pct(value: float | None, stderr: float | None = None) -> str:
+    """A share in percent (± its stderr)."""
     if value is None:
         return DASH
-    return pct(value) if stderr is None else f"{100 * value:.1f} ± {100 * stderr:.1f}"
+    return f"{100 * value:.1f}" if stderr is None else f"{100 * value:.1f} ± {100 * stderr:.1f}"
 
 
-def value_pm(value: float | None, stderr: float | None, digits: int = 3) -> str:
+def value_pm(value: float | None, stderr: float | None = None, digits: int = 3) -> str:
     """A perplexity (± stderr): fixed digits, or four significant ones where it is huge."""
     if value is None:
         return DASH
@@ -64,7 +61,7 @@ SHOWN: dict[str, Callable[[dict[str, Any]], str]] = {
     "non-emb. params": lambda r: count(r["non_embedding_params"]),
     "LoRA params": lambda r: count(r["lora_params"] or None),
     "KD w": lambda r: number(r["kd_weight"], 2),
-    "average": lambda r: pct_pm(r["suite_average"], r["suite_average_stderr"]),
+    "average": lambda r: pct(r["suite_average"], r["suite_average_stderr"]),
     "held-out CE": lambda r: number(r["held_out_ce"]),
 }
 

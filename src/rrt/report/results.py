@@ -125,8 +125,7 @@ class Evaluation:
 
 
 def read_evaluation(path: Path, root: Path) -> Evaluation:
-    where = _rel(path, root)
-    report = EvaluationReport.from_dict(read_json(path, root), where)
+    report = EvaluationReport.read(path, where := _rel(path, root))
     averaged = {t for suite in report.suites.values() for t in suite.averaged}
     scores = {}
     for task, spec in report.tasks.items():
@@ -134,8 +133,7 @@ def read_evaluation(path: Path, root: Path) -> Evaluation:
             raise ContractError(f"{where}: tasks.{task}.headline has no metric name")
         value, n = finite(spec.headline.get("value")), (spec.samples or {}).get("effective")
         scores[task] = Score(task, metric, value, spec.stderr.get(metric), n, task in averaged)
-    stem = path.name.removesuffix(".json")
-    name, exit_loop = parse_exit_evaluation(stem)
+    name, exit_loop = parse_exit_evaluation(stem := path.name.removesuffix(".json"))
     if exit_loop != report.model.exit_loop:  # a full-depth model whose name ends in -exitN
         name, exit_loop = stem, report.model.exit_loop
     samples = path.with_name(report.samples_file) if report.samples_file else None
@@ -165,7 +163,7 @@ def read_training(folder: Path, root: Path) -> Training | None:
     path, log, provenance = (folder / f for f in ("metrics.json", "steps.jsonl", "provenance.json"))
     if not path.is_file():
         return None
-    metrics = TrainingMetrics.from_dict(read_json(path, root), _rel(path, root))
+    metrics = TrainingMetrics.read(path, _rel(path, root))
     loss = metrics.run.get("loss") or {}
     exits: dict[int, dict[str, float]] = {}
     for key, value in (metrics.held_out_exits or {}).items():
@@ -236,7 +234,7 @@ def load(root: str | Path) -> Results:
         if (training := read_training(folder, root)) is not None:
             trainings[folder.name] = training
     benchmarks = {
-        p.stem: BenchmarkResult.from_dict(read_json(p, root), _rel(p, root))
+        p.stem: BenchmarkResult.read(p, _rel(p, root))
         for p in sorted((root / "benchmarks").glob("*.json"))
     }
     return Results(root, record, evaluations, trainings, benchmarks, present)

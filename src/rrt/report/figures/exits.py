@@ -5,17 +5,11 @@ import polars as pl
 from matplotlib.axes import Axes
 
 from rrt.report.context import Context
-from rrt.report.document import Figure, Section
+from rrt.report.document import TEXT, Figure, Section
 from rrt.report.figures import new, png
 from rrt.report.tables.exits import models
 
 COLORS = ["#2ca02c", "#1f77b4", "#d62728", "#9467bd"]
-CAPTION = (
-    "Left: suite average with every token leaving after loop b (error bars: stderr), the model "
-    "before post-training (hollow, full depth only) and the full-size model (dashed). Right: "
-    "held-out next-token accuracy at each loop's exit before (dashed) and after (solid) "
-    "early-exit post-training."
-)
 
 
 def add(section: Section, ctx: Context) -> None:
@@ -68,7 +62,7 @@ def add(section: Section, ctx: Context) -> None:
                     label=f"{model.removesuffix('.ee')}: {stage} post-training",
                 )  # fmt: skip
         _axes(ax, loops, "held-out next-token accuracy (%)", "Next-token accuracy at each exit")
-    section.blocks.append(Figure("exits", CAPTION, png(figure)))
+    section.blocks.append(Figure("exits", TEXT["exits"]["figure"], png(figure)))
 
 
 def _axes(ax: Axes, loops: list[int], ylabel: str, title: str) -> None:

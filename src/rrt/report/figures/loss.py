@@ -7,7 +7,7 @@ import polars as pl
 from matplotlib.axes import Axes
 
 from rrt.report.context import Context
-from rrt.report.document import Figure, Section
+from rrt.report.document import TEXT, Figure, Section
 from rrt.report.figures import new, palette, png, scale
 from rrt.report.results import Name, parse_name
 
@@ -18,11 +18,6 @@ PANELS = (
     ("uptraining", "Uptraining (recursive, relaxed, full-size)"),
     ("scratch", "From scratch (source, reduced-size)"),
     ("early exit", "Early-exit post-training"),
-)
-CAPTION = (
-    "The cross-entropy part of the training loss against tokens seen (thin: every step; thick: "
-    "trailing mean over a twentieth of the run), from each model's steps.jsonl. The y range "
-    "leaves out the first tenth of training."
 )
 
 
@@ -39,14 +34,14 @@ def section(ctx: Context) -> Section:
                 if wanted and isinstance(value, int | float) and math.isfinite(value):
                     rows.append((name, step["step"], tokens, key, float(value)))
     curves = pl.DataFrame(rows, schema=SCHEMA, orient="row")
-    caption = CAPTION
+    caption = TEXT["training"]["caption"]
     if swept := sum(parse_name(n).sweep is not None for n in ctx.results.trainings):
         caption += f" The {swept} swept models' curves are in tables/loss.csv only."
     image = plot(curves)
     blocks = [
         Figure("loss", caption, image) if image else "No step logs (steps.jsonl) in the results."
     ]
-    return Section("training", "Training curves", blocks, {"loss": curves})
+    return Section("training", TEXT["training"]["title"], blocks, {"loss": curves})
 
 
 def panel(name: Name) -> str | None:

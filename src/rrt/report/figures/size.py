@@ -7,7 +7,7 @@ import polars as pl
 from matplotlib.axes import Axes
 
 from rrt.report.context import Context
-from rrt.report.document import Figure, Section, frame
+from rrt.report.document import TEXT, Figure, Section, frame
 from rrt.report.figures import DPI, new, png, scale
 from rrt.report.results import Name, parse_name
 
@@ -28,11 +28,6 @@ TITLES = {
     "suite_average": "Accuracy against size (higher is better)",
     "perplexity": "Perplexity against size (lower is better)",
 }
-CAPTION = (
-    "Suite average (error bars: stderr) and perplexity against non-embedding parameters, every "
-    "evaluated model labelled. Paper fig. 1: recursive and relaxed models sit between the "
-    "reduced-size and the full-size model."
-)
 
 
 def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
@@ -49,7 +44,7 @@ def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("size", "Accuracy and perplexity against size (paper fig. 1)")
+    section = Section("size", TEXT["size"]["title"])
     values, label = perplexity(ctx)
     rows = [ctx.facts(n) for n in ctx.models]
     rows = [r | {"perplexity": values.get(r["model"]), "perplexity_measure": label} for r in rows]
@@ -58,7 +53,7 @@ def section(ctx: Context) -> Section:
     if (image := plot(plotted, label)) is None:
         section.blocks.append("No evaluated model to plot.")
     else:
-        section.blocks.append(Figure("size", CAPTION, image))
+        section.blocks.append(Figure("size", TEXT["size"]["caption"], image))
     return section
 
 

@@ -6,7 +6,7 @@ from typing import Any
 import polars as pl
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from rrt.report.document import Figure, Section
+from rrt.report.document import TEXT, Figure, Section
 from rrt.report.figures import new, palette, png
 
 
@@ -16,11 +16,7 @@ def add(section: Section) -> None:
     for benchmark in data["benchmark"].unique(maintain_order=True) if data is not None else []:
         image = plot(data.filter(pl.col("benchmark") == benchmark), benchmark)
         if image is not None:
-            caption = (
-                "Throughput (left axis, solid) and agreement with full-depth decoding (right "
-                "axis, dotted) of confidence-based early exit against its threshold "
-                f"(benchmarks/{benchmark}.json); dashed lines: no early exit."
-            )
+            caption = TEXT["throughput"]["figure"].format(benchmark=benchmark)
             section.blocks.append(Figure(f"throughput-{benchmark}", caption, image))
 
 

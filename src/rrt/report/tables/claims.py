@@ -10,11 +10,11 @@ none of the models it needs (with what would test it).
 
 from collections.abc import Callable, Iterator
 from itertools import pairwise
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from rrt.report import fmt
 from rrt.report.context import Context, label
-from rrt.report.document import Section, frame, table
+from rrt.report.document import TEXT, Section, frame, table
 from rrt.report.results import Name, parse_name
 from rrt.report.stats import Paired
 from rrt.report.tables import exits, kd, rank
@@ -137,81 +137,21 @@ def exit_checks(ctx: Context) -> Checks:
             )
 
 
-class Claim(NamedTuple):
-    """One of the paper's claims: its short name, what the paper reports, what it takes to test
-    it and the comparisons that do; ``every``: a claim about the best, one failure refutes it."""
-
-    id: str
-    short: str  # in the table of comparisons
-    claim: str
-    paper: str
-    needs: str  # what the experiment must make to test it
-    checks: Callable[[Context], Checks]
-    every: bool = False
-
-
-CLAIMS = (
-    Claim(
-        "relaxed",
-        "relaxed beats recursive",
-        "Relaxing the recursive model with layer-wise LoRA improves it",
-        "Gemma 2B, B = 2: relaxed 55.8 to 58.4 (r = 64 to 512) against recursive 54.9 (app. I)",
-        "needs a relaxed model and a recursive model of the same loops "
-        "(relaxed.ranks, recursive.loops)",
-        relaxed_checks,
-    ),
-    Claim(
-        "rank",
-        "higher rank is better",
-        "A higher LoRA rank scores higher",
-        "55.8 / 56.6 / 57.0 / 58.4 at r = 64 / 128 / 256 / 512 (Gemma 2B, app. I)",
-        "needs two or more ranks of one relaxed model (relaxed.ranks)",
-        rank_checks,
-    ),
-    Claim(
-        "reduced",
-        "recursive beats reduced-size",
-        "The recursive model beats a reduced-size model of its size trained on the same tokens",
-        "Gemma 54.9 against 44.9, TinyLlama 44.3 against 40.5, Pythia 45.2 against 39.5 "
-        "(app. I, reduced-size with the same recipe and KD)",
-        "needs a recursive model and the reduced-size model of the same depth trained on its "
-        "uptraining tokens (baselines.reduced_budgets: uptrain)",
-        reduced_checks,
-    ),
-    Claim(
-        "stepwise",
-        "stepwise is the best init",
-        "Stepwise is the best initialisation of the pure recursive model",
-        "Gemma 2B, 15 B tokens: stepwise 51.7, average 46.7, lower 47.1, random 37.6 (app. F)",
-        "needs recursive models of stepwise and another init (recursive.inits)",
-        stepwise_checks,
-        every=True,
-    ),
-    Claim(
-        "kd",
-        "distillation helps",
-        "Distillation from the full-size model improves uptraining",
-        "forward-KL distillation, the best of the divergences tried (app. E, I)",
-        "needs an uptraining sweep over distillation weights (sweep.kd_weights, e.g. "
-        "[0.0, 0.5], and sweep.seeds)",
-        kd_checks,
-    ),
-    Claim(
-        "exit",
-        "early exit",
-        "Early-exit post-training makes loop 1 usable and keeps the full depth's accuracy",
-        "post-training with the aggressive loss (final loop 1, others 0.1, self-distillation) "
-        "beats co-training and keeps the final loop close (sec. 3.7, app. J)",
-        "needs an early-exit model (early_exit.models)",
-        exit_checks,
-    ),
-)
+CHECKS: dict[str, Callable[[Context], Checks]] = {
+    "relaxed": relaxed_checks,
+    "rank": rank_checks,
+    "reduced": reduced_checks,
+    "stepwise": stepwise_checks,
+    "kd": kd_checks,
+    "exit": exit_checks,
+}
 
 
 class Verdict(NamedTuple):
-    """A claim and this run's comparisons for it."""
+    """A claim (text.yaml's: id, short, claim, paper, needs; every: a claim about the best, one
+    failure refutes it) and this run's comparisons for it."""
 
-    claim: Claim
+    claim: dict[str, Any]
     checks: list[Check]
 
     @property
@@ -221,11 +161,11 @@ class Verdict(NamedTuple):
             return "not tested"
         if held == len(self.checks):
             return "reproduced"
-        return "not reproduced" if held == 0 or self.claim.every else "partly reproduced"
+        return "not reproduced" if held == 0 or self.claim.get("every") else "partly reproduced"
 
     def text(self, alpha: float) -> str:
         if not self.checks:
-            return f"not tested: {self.claim.needs}"
+            return f"not tested: {self.claim['needs']}"
         held = sum(bool(c.holds) for c in self.checks)
         text = f"{self.outcome} ({held} of {len(self.checks)} comparisons hold"
         if tested := [c.average for c in self.checks if c.average is not None]:
@@ -237,62 +177,41 @@ class Verdict(NamedTuple):
 
 def claims(ctx: Context) -> list[Verdict]:
     """Every claim, in the order the summary lists them, checked against this run."""
-    return [Verdict(c, [x for x in c.checks(ctx) if x is not None]) for c in CLAIMS]
+    return [Verdict(c, [x for x in CHECKS[c["id"]](ctx) if x is not None]) for c in TEXT["claims"]]
 
 
 def section(ctx: Context, found: list[Verdict]) -> Section:
     """The summary: the experiment in a sentence, each claim's verdict, and the comparisons."""
-    record, alpha = ctx.results.record, ctx.alpha
+    record, alpha, text = ctx.results.record, ctx.alpha, TEXT["summary"]
     config = f"config sha256 `{record['config_sha256'][:16]}`" if record else "no experiment record"
-    averaged = sum(averaged for _, _, averaged in ctx.tasks)
     outcomes = ("reproduced", "partly reproduced", "not reproduced", "not tested")
-    by_outcome = {o: "; ".join(v.claim.claim for v in found if v.outcome == o) for o in outcomes}
+    by_outcome = {o: "; ".join(v.claim["claim"] for v in found if v.outcome == o) for o in outcomes}
     rows, data = [], []
     for claim, checks in found:
         for c in checks:
             ce = f"{c.ce[0]:.4f} vs {c.ce[1]:.4f}" if c.ce else fmt.DASH
-            shown = (claim.short, c.model, c.reference, fmt.delta(c.average, alpha), ce)
+            shown = (claim["short"], c.model, c.reference, fmt.delta(c.average, alpha), ce)
             rows.append(
                 dict(zip(HEADERS, (*shown, "yes" if c.holds else "no", c.note), strict=True))
             )
             average = (c.average.delta, c.average.p) if c.average else (None, None)
-            values = (claim.id, c.model, c.reference, *average, *(c.ce or (None, None)))
+            values = (claim["id"], c.model, c.reference, *average, *(c.ce or (None, None)))
             data.append(dict(zip(DATA, (*values, bool(c.holds), c.note), strict=True)))
         if not checks:
-            data.append({"claim": claim.id, "note": f"not tested: {claim.needs}"})
+            data.append({"claim": claim["id"], "note": f"not tested: {claim['needs']}"})
     verdicts = [
-        {"paper's claim": v.claim.claim, "paper": v.claim.paper, "this run": v.text(alpha)}
+        {"paper's claim": v.claim["claim"], "paper": v.claim["paper"], "this run": v.text(alpha)}
         for v in found
     ]
-    return Section(
-        "summary",
-        "Summary: the paper's claims in this run",
-        [
-            f"Experiment **{ctx.results.experiment}** ({config}): {len(ctx.models)} models, "
-            f"{len(ctx.gaps)} missing results. Accuracy is the suite average over {averaged} "
-            "tasks; every verdict below is computed from the numbers in this report (paired "
-            f"tests at alpha {alpha:g}), none is written in by hand.",
-            "In this run, "
-            + ". ".join(f"**{o}**: {text}" for o, text in by_outcome.items() if text)
-            + ".",
-            table(
-                "claims",
-                "Which of the paper's claims this run reproduces",
-                verdicts,
-                [
-                    "A comparison holds when the model is better than its reference on every "
-                    "measure this run has for both: the suite average and the held-out CE (early "
-                    "exit's 'keeps' comparisons: not significantly lower). The comparisons are "
-                    "listed below."
-                ],
-            ),
-            table(
-                "checks",
-                "The comparisons behind each verdict",
-                rows,
-                [f"Δ avg: paired test over the same items; * p < {alpha:g}."],
-                HEADERS,
-            ),
-        ],
-        {"checks": frame(data, DATA)},
-    )
+    intro = text["intro"].format(
+        experiment=ctx.results.experiment, config=config, models=len(ctx.models),
+        gaps=len(ctx.gaps), averaged=sum(averaged for _, _, averaged in ctx.tasks), alpha=alpha,
+    )  # fmt: skip
+    outcome = ". ".join(f"**{o}**: {said}" for o, said in by_outcome.items() if said)
+    blocks = [
+        intro,
+        f"In this run, {outcome}.",
+        table("claims", text["claims"], verdicts, [text["claims_note"]]),
+        table("checks", text["checks"], rows, [text["checks_note"].format(alpha=alpha)], HEADERS),
+    ]
+    return Section("summary", text["title"], blocks, {"checks": frame(data, DATA)})

@@ -31,7 +31,7 @@ def section(ctx: Context) -> Section:
                 | ctx.task_cells(evaluation, averaged=True)
                 | ctx.task_cells(evaluation, averaged=False)
                 | {
-                    "average": fmt.pct_pm(evaluation.average, evaluation.average_stderr)
+                    "average": fmt.pct(evaluation.average, evaluation.average_stderr)
                     if evaluation
                     else fmt.DASH,
                     "Δ avg vs full depth": fmt.delta(result, ctx.alpha),
@@ -48,18 +48,4 @@ def section(ctx: Context) -> Section:
             for stage, values in (("before", ce_before), ("after", ce_after)):
                 measures += [(f"held-out {m} ({stage})", m, v, None) for m, v in values.items()]
             data += [dict(zip(DATA, (name.name, loop, *m), strict=True)) for m in measures]
-    notes = [
-        "The last loop is the model at full depth. Held-out CE (nats per token) and next-token "
-        "accuracy at each loop's exit come from the uptrained model before early-exit "
-        "post-training and from the post-trained model after it.",
-        f"Δ: against the same model at full depth (paired test; * p < {ctx.alpha:g}).",
-    ]
-    return one_table(
-        "exits",
-        "Early exit: every loop's exit (paper sec. 3.7)",
-        "no model is post-trained for early exit (config early_exit.models).",
-        frame(data, DATA),
-        "Each early-exit model with every token leaving after loop b",
-        rows,
-        notes,
-    )
+    return one_table("exits", frame(data, DATA), rows, alpha=ctx.alpha)

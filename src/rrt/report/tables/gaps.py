@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import polars as pl
 
-from rrt.report.document import Section, table
+from rrt.report.document import TEXT, Section, table
 from rrt.report.results import Results, parse_name
 
 LOG_RULES = {"reduced": "reduced", "recursive": "convert", "relaxed": "relax"}
@@ -79,18 +79,10 @@ def _last_line(path: Path) -> str:
 
 def add(section: Section, gaps: list[Gap], recorded: bool) -> None:
     """The list of gaps (each also shows in its table), or why there is none."""
+    text = TEXT["gaps"]
     if not gaps:
-        section.blocks.append(
-            "Every result the experiment's record lists is here."
-            if recorded
-            else "No experiment record (experiment.json, written when the workflow starts): "
-            "configurations that never ran cannot be listed; every model present here that "
-            "is evaluated has its evaluation."
-        )
+        section.blocks.append(text["none" if recorded else "no_record"])
         return
     rows = [{"missing result": g.path, "reason": g.reason} for g in gaps]
     section.data["gaps"] = pl.DataFrame(rows)
-    section.blocks.append(
-        f"{len(gaps)} result(s) the experiment makes are missing; each shows as a gap in its table:"
-    )
-    section.blocks.append(table("gaps", "Missing results and why", rows))
+    section.blocks += [text["some"].format(count=len(gaps)), table("gaps", text["caption"], rows)]

@@ -41,19 +41,5 @@ def section(ctx: Context) -> Section:
                 if row["held_out_ce"] is not None and ce_ref is not None:
                     row["Δ CE vs stepwise"] = f"{row['held_out_ce'] - ce_ref:+.4f}"
             rows.append(row)
-    notes = [
-        "Paper (Gemma 2B, recursive, 15 B tokens): stepwise 51.7, average 46.7, lower 47.1, "
-        "random 37.6; average is best once LoRA is added.",
-        "Δ: against the stepwise model of the same kind, loops and rank (paired test; "
-        f"* p < {ctx.alpha:g}). Lower CE is better.",
-    ]
-    return one_table(
-        "init",
-        "Initialisation of the shared layers (paper app. F)",
-        "it makes no two models that differ only in their initialisation (config "
-        "recursive.inits / relaxed.inits).",
-        frame(rows, DATA),
-        "Initialisation ablation",
-        [fmt.cells(r, HEADERS) for r in rows],
-        notes,
-    )
+    shown = [fmt.cells(r, HEADERS) for r in rows]
+    return one_table("init", frame(rows, DATA), shown, alpha=ctx.alpha)

@@ -62,18 +62,4 @@ def section(ctx: Context) -> Section:
                 | {k: v if test else fmt.DASH for k, v in tested.items()}
                 | {"paired t over seeds": fmt.delta(test, ctx.alpha, scale=1.0, digits=4)}
             )
-    note = (
-        "Each swept model is uptrained once per seed of the data order from the same weights; "
-        "the seeds pair the runs. Swept models are not evaluated with lm-eval: held-out CE (nats "
-        "per token) is their measure."
-    )
-    return one_table(
-        "kd",
-        "Distillation (paper app. E, I)",
-        "it sweeps no distillation weights (config sweep.kd_weights with two or more values; "
-        "config/experiments/uptrain-ablation.yaml has one).",
-        pl.DataFrame(data, infer_schema_length=None),
-        "Uptraining with and without distillation (held-out CE, lower is better)",
-        rows,
-        [note],
-    )
+    return one_table("kd", pl.DataFrame(data, infer_schema_length=None), rows)

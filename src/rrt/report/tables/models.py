@@ -4,7 +4,7 @@ evaluation (tables/scores.csv)."""
 
 from rrt.report import fmt
 from rrt.report.context import Context
-from rrt.report.document import Section, frame, table
+from rrt.report.document import TEXT, Section, frame, table
 from rrt.report.results import Name
 from rrt.report.tables import gaps
 
@@ -56,23 +56,15 @@ def section(ctx: Context) -> Section:
     summary += ["training (tokens)", "KD w", "average", *ctx.task_cells(None, averaged=False)]
     summary += ["held-out CE", FULL, REDUCED, "status"]
     per_task = ["model", *ctx.task_cells(None, averaged=True), "average", "status"]
-    notes = [
-        "Accuracies in percent ± stderr (lm-eval); the average is the suite's (its tasks' "
-        "stderrs added in quadrature). Held-out CE: nats per token on the validation split "
-        "after training (metrics.json).",
-        "Δ avg: difference of the suite average in points against the full-size model "
-        f"({full.name if full else 'none'}) and against the reduced-size model of the same depth "
-        "trained on the same number of tokens, with the p-value of a paired test over the same "
-        f"items; * marks p < {ctx.alpha:g}.",
-    ]
+    text = TEXT["models"]
+    notes = [n.format(full=full.name if full else "none", alpha=ctx.alpha) for n in text["notes"]]
     evaluations = sorted(ctx.results.evaluations.values(), key=lambda e: (e.name, e.exit_loop or 0))
     scores = [(e.name, e.exit_loop, *score) for e in evaluations for score in e.scores.values()]
-    section = Section("models", "Models", data={"models": frame(rows, DATA)})
+    section = Section("models", text["title"], data={"models": frame(rows, DATA)})
     section.data["scores"] = frame([dict(zip(SCORES, s, strict=True)) for s in scores], SCORES)
-    section.blocks.append(
-        table("models", "Every model, paper-style", [fmt.cells(r, summary) for r in rows], notes)
-    )
-    caption = "Every model, task by task (accuracy in percent ± stderr)"
-    section.blocks.append(table("tasks", caption, [fmt.cells(r, per_task) for r in rows]))
+    section.blocks += [
+        table("models", text["caption"], [fmt.cells(r, summary) for r in rows], notes),
+        table("tasks", text["tasks"], [fmt.cells(r, per_task) for r in rows]),
+    ]
     gaps.add(section, ctx.gaps, ctx.results.record is not None)
     return section

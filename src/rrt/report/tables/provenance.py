@@ -5,7 +5,7 @@ from collections import Counter, defaultdict
 from importlib import metadata
 from typing import Any
 
-from rrt.report.document import Bullets, Section
+from rrt.report.document import Section
 from rrt.report.record import RECORD
 from rrt.report.results import Results
 
@@ -67,4 +67,4 @@ def section(results: Results) -> Section:
         f"Evaluations ran on: {_counted(devices, 'evaluations') or 'no evaluations'}",
         f"Report built with: {built}",
     ]
-    return Section("provenance", "Provenance", [Bullets(items)])
+    return Section("provenance", "Provenance", [items])

@@ -53,19 +53,4 @@ def section(ctx: Context) -> Section:
     if rows and (full := ctx.full_size()):
         reference = ctx.facts(Name(full.name, "full-size")) | {"lora_params": None}
         shown.append(fmt.cells(reference, HEADERS) | {"model": f"{full.name} (reference)"})
-    notes = [
-        "Paper (Gemma 2B, B = 2, average init): 55.8 / 56.6 / 57.0 / 58.4 at r = 64 / 128 / 256 / "
-        "512 (1.07 / 1.15 / 1.30 / 1.60 B non-embedding parameters), recursive 54.9 (0.99 B), "
-        "full-size 58.6 uptrained.",
-        "Δ: against the recursive model of the same loops and init (paired test; "
-        f"* p < {ctx.alpha:g}).",
-    ]
-    return one_table(
-        "rank",
-        "LoRA rank (paper sec. 2.3, app. I)",
-        "it relaxes no model (relaxed.ranks).",
-        frame(rows, DATA),
-        "Rank sweep: the recursive model (rank 0) and its relaxations",
-        shown,
-        notes,
-    )
+    return one_table("rank", frame(rows, DATA), shown, alpha=ctx.alpha)

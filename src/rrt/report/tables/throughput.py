@@ -6,7 +6,7 @@ from typing import Any
 
 import polars as pl
 
-from rrt.report import fmt
+from rrt.report import document, fmt
 from rrt.report.context import Context
 from rrt.report.document import Section, table
 from rrt.report.results import finite
@@ -15,15 +15,7 @@ ORDER = (
     "vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous", "recursive_sequence",
     "depthwise",
 )  # fmt: skip
-LABELS = {
-    "vanilla": "full-size, static batching (HF generate)",
-    "vanilla_compiled": "full-size, static batching, static cache + torch.compile (HF generate)",
-    "hf_continuous": "full-size, HF continuous batching",
-    "sequence_continuous": "full-size, continuous sequence-wise",
-    "recursive_sequence": "recursive, continuous sequence-wise",
-    "depthwise": "recursive, continuous depth-wise",
-    "simulated": "depth-wise, simulated (paper's oracle)",
-}
+TEXT = document.TEXT["throughput"]
 NUMBERS = (
     "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop", "agreement", "peak_mem_mb",
     "flops_per_token", "bytes_per_token", "roofline_tokens_per_s", "roofline_fraction",
@@ -41,18 +33,6 @@ ROOFLINE = (
     ("decode GB/s", "decode_gb_per_s", 2), ("% of bandwidth", "decode_bandwidth_fraction", None),
     ("decode GFLOP/s", "decode_gflop_per_s", 1), ("% of matmul", "decode_compute_fraction", None),
 )  # fmt: skip
-AGREEMENT = (
-    "Agreement: share of generated tokens equal to full-depth decoding (in percent). Paper "
-    "(Gemma, simulated, oracle exit): sequence-wise ×1.41, recursive B=2 depth-wise ×2.66, "
-    "relaxed r=64..512 ×2.00..×1.59."
-)
-ROOFLINE_NOTE = (
-    "FLOPs and bytes each output token needed (every linear a row ran, attention over the keys it "
-    "may see, the exit head; weights read once a layer call, keys and values read and written), "
-    "and the tokens/s the machine's measured ceilings allow at those counts: {memory:,.1f} GB/s "
-    "memory, {matmul:,.1f} GFLOP/s matmul ({by}). Decode columns: steps with no prompt chunk, "
-    "their counts over their measured time."
-)
 
 
 def _cells(values: dict[str, Any], spec: tuple[tuple[str, str, int | None], ...]) -> dict[str, str]:
@@ -72,7 +52,7 @@ def _order(item: tuple[str, dict[str, Any]]) -> tuple:
 
 def _label(system: str, values: dict[str, Any]) -> str:
     if not system.startswith("depthwise_exit"):
-        return LABELS.get(system, system)
+        return TEXT["systems"].get(system, system)
     threshold, kv = values.get("threshold"), values.get("kv_fill") or "?"
     shown = f"{threshold:.3g}" if threshold is not None else "?"
     return f"depth-wise, confidence exit ≥ {shown}, KV of exited tokens: {kv}"
@@ -83,14 +63,11 @@ def _slug(text: str) -> str:
 
 
 def section(ctx: Context) -> Section:
-    section = Section("throughput", "Throughput (paper sec. 3.8, app. K)")
+    section = Section("throughput", TEXT["title"])
     missing = [g for g in ctx.gaps if g.path.startswith("benchmarks/")]
     section.blocks += [f"Missing {gap.path}: {gap.reason}." for gap in missing]
     if not ctx.results.benchmarks and not missing:
-        section.blocks.append(
-            "No throughput results: the results folder holds no benchmarks/*.json "
-            "(written by rrt benchmark)."
-        )
+        section.blocks.append(TEXT["none"])
     data = []
     for name, benchmark in ctx.results.benchmarks.items():
         systems = {system: s.to_dict() for system, s in benchmark.systems.items()}
@@ -130,14 +107,14 @@ def section(ctx: Context) -> Section:
         notes = [
             f"Workload: {workload or 'not recorded'}. "
             f"Hardware: {', '.join(machine) or 'not recorded'}.",
-            AGREEMENT,
+            TEXT["agreement"],
         ]
         caption = f"benchmarks/{name}.json"
         section.blocks.append(
             table(f"throughput-{_slug(name)}", f"Throughput: {caption}{served}", rows, notes)
         )
         if roofline and isinstance(peaks := benchmark.hardware.get("peaks"), dict):
-            note = ROOFLINE_NOTE.format(
+            note = TEXT["roofline"].format(
                 memory=finite(peaks.get("memory_gb_per_s")) or 0,
                 matmul=finite(peaks.get("matmul_gflop_per_s")) or 0,
                 by=peaks.get("measured_by", "not recorded"),

@@ -50,20 +50,10 @@ def section(ctx: Context) -> Section:
         }
         for r in rows
     ]  # fmt: skip
-    source = ctx.evaluation("source")
     notes = [
-        f"Perplexity: {task[0]} ({task[1]}); lower is better." if task else "No perplexity task.",
-        f"The source: perplexity {fmt.value_pm(score(source, task), None, 2)}, "
-        f"average {fmt.pct(source.average)}."
-        if source and rows
-        else "",
+        f"Perplexity: {task[0]} ({task[1]}); lower is better." if task else "No perplexity task."
     ]
-    return one_table(
-        "uptraining",
-        "Before and after uptraining",
-        "it evaluates no model at its initialisation (evaluate.at_init).",
-        frame(rows, DATA),
-        "Each recursive and relaxed model at initialisation and uptrained",
-        shown,
-        [n for n in notes if n],
-    )
+    if source := ctx.evaluation("source"):
+        ppl = fmt.value_pm(score(source, task), None, 2)
+        notes.append(f"The source: perplexity {ppl}, average {fmt.pct(source.average)}.")
+    return one_table("uptraining", frame(rows, DATA), shown, notes)
