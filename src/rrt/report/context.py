@@ -101,6 +101,12 @@ class Context:
         found = ((t, m) for t, m, averaged in self.tasks if not averaged and "perplexity" in m)
         return next(found, None)
 
+    def perplexity(self, evaluation: Evaluation | None) -> float | None:
+        """The evaluation's value of :attr:`perplexity_task` (None without one)."""
+        task = self.perplexity_task
+        score = evaluation.scores.get(task[0]) if evaluation and task else None
+        return score.value if score else None
+
     def evaluation(self, name: str, loop: int | None = None) -> Evaluation | None:
         return self.results.evaluations.get((name, loop))
 

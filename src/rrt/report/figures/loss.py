@@ -14,11 +14,11 @@ from rrt.report.results import Name, parse_name
 SERIES = ("loss", "ce", "kd", "learning_rate", "grad_norm")
 SCHEMA = {"model": pl.String, "step": pl.Int64, "tokens": pl.Int64, "series": pl.String}
 SCHEMA |= {"value": pl.Float64}
-PANELS = (
-    ("uptraining", "Uptraining (recursive, relaxed, full-size)"),
-    ("scratch", "From scratch (source, reduced-size)"),
-    ("early exit", "Early-exit post-training"),
-)
+PANELS = {  # a kind of training -> its panel's title
+    "uptraining": "Uptraining (recursive, relaxed, full-size)",
+    "scratch": "From scratch (source, reduced-size)",
+    "early exit": "Early-exit post-training",
+}
 
 
 def section(ctx: Context) -> Section:
@@ -45,6 +45,7 @@ def section(ctx: Context) -> Section:
 
 
 def panel(name: Name) -> str | None:
+    """The panel of a model's curve (a swept model's is in tables/loss.csv only)."""
     if name.sweep is not None:
         return None
     if name.early_exit:
@@ -56,27 +57,25 @@ def panel(name: Name) -> str | None:
 
 def plot(curves: pl.DataFrame) -> bytes | None:
     """``curves``: tables/loss.csv (model, step, tokens, series, value)."""
-    chosen = []
-    for key, title in PANELS:
-        models = {m for m in curves["model"].to_list() if panel(parse_name(m)) == key}
-        if models:
-            chosen.append((key, title, sorted(models, key=lambda m: parse_name(m).order)))
+    models = sorted(set(curves["model"]), key=lambda m: parse_name(m).order)
+    chosen = {key: [m for m in models if panel(parse_name(m)) == key] for key in PANELS}
+    chosen = {key: names for key, names in chosen.items() if names}
     if not chosen:
         return None
     figure, axes = new(5.0 * len(chosen) + 1.0, 4.6, len(chosen))
     unit_scale, unit = scale(curves["tokens"].drop_nulls().to_list())
-    for ax, (key, title, models) in zip(axes, chosen, strict=True):
+    for ax, (key, names) in zip(axes, chosen.items(), strict=True):
         series = ["ce", "ce_loop1"] if key == "early exit" else ["ce"]
-        for color, model in zip(palette(len(models)), models, strict=True):
+        for color, model in zip(palette(len(names)), names, strict=True):
             rows = curves.filter(pl.col("model") == model)
             for s in series:
-                part = rows.filter(pl.col("series") == s).sort("step")
+                part = rows.filter(pl.col("series") == s)
+                if part.is_empty() and s == "ce":  # a model that logs its loss only
+                    part = rows.filter(pl.col("series") == "loss")
                 if part.is_empty():
-                    part = rows.filter(pl.col("series") == "loss").sort("step")
-                    if s != "ce" or part.is_empty():
-                        continue
-                x = [t / unit_scale for t in part["tokens"].to_list()]
-                y = part["value"].to_list()
+                    continue
+                part = part.sort("step")
+                x, y = [t / unit_scale for t in part["tokens"]], part["value"].to_list()
                 ax.plot(x, y, color=color, alpha=0.18, linewidth=0.8)
                 label = f"{model}: full depth" if key == "early exit" else model
                 label = label if s == "ce" else f"{model}: exit after loop 1"
@@ -84,12 +83,12 @@ def plot(curves: pl.DataFrame) -> bytes | None:
                     x, _smooth(y), color=color, linewidth=1.6, label=label,
                     linestyle="--" if s == "ce_loop1" else "-",
                 )  # fmt: skip
-        ax.set_title(title)
+        ax.set_title(PANELS[key])
         ax.set_xlabel(f"tokens seen ({unit})" if unit else "tokens seen")
         ax.set_ylabel("training cross-entropy (nats/token)")
         ax.legend(loc="upper right", fontsize=7)
         _clip_start(
-            ax, curves.filter(pl.col("model").is_in(models) & pl.col("series").is_in(series))
+            ax, curves.filter(pl.col("model").is_in(names) & pl.col("series").is_in(series))
         )
     return png(figure)
 
@@ -109,11 +108,4 @@ def _clip_start(ax: Axes, rows: pl.DataFrame) -> None:
 
 def _smooth(values: list[float]) -> list[float]:
     """A trailing mean over about a twentieth of the run."""
-    window = max(1, len(values) // 20)
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    return pl.Series(values).rolling_mean(max(1, len(values) // 20), min_samples=1).to_list()

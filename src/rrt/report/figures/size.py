@@ -30,26 +30,21 @@ TITLES = {
 }
 
 
-def perplexity(ctx: Context) -> tuple[dict[str, float], str]:
-    """The word perplexity task where the suite has one, else exp(held-out CE) per token."""
-    if ctx.perplexity_task is not None:
-        task, metric = ctx.perplexity_task
-        full_depth = (e for (_, loop), e in ctx.results.evaluations.items() if loop is None)
-        scores = {e.name: e.scores.get(task) for e in full_depth}
-        values = {n: s.value for n, s in scores.items() if s is not None and s.value is not None}
-        return values, f"{metric.replace('_', ' ')} ({task})"
-    ces = {n.name: ctx.ce(n.name) for n in ctx.models}
-    exp = {n: math.exp(ce) for n, ce in ces.items() if ce is not None}
-    return exp, "held-out token perplexity (exp CE)"
-
-
 def section(ctx: Context) -> Section:
-    section = Section("size", TEXT["size"]["title"])
-    values, label = perplexity(ctx)
-    rows = [ctx.facts(n) for n in ctx.models]
-    rows = [r | {"perplexity": values.get(r["model"]), "perplexity_measure": label} for r in rows]
-    section.data["size"] = points = frame(rows, COLUMNS)
-    plotted = points.filter(pl.col("suite_average").is_not_null())
+    """Every model's size, suite average and perplexity: the word perplexity task where the suite
+    has one, else exp(held-out CE) per token."""
+    if task := ctx.perplexity_task:
+        label = f"{task[1].replace('_', ' ')} ({task[0]})"
+    else:
+        label = "held-out token perplexity (exp CE)"
+    rows = []
+    for row in map(ctx.facts, ctx.models):
+        ppl = ctx.perplexity(ctx.evaluation(row["model"]))
+        if not task and row["held_out_ce"] is not None:
+            ppl = math.exp(row["held_out_ce"])
+        rows.append(row | {"perplexity": ppl, "perplexity_measure": label})
+    section = Section("size", TEXT["size"]["title"], data={"size": frame(rows, COLUMNS)})
+    plotted = section.data["size"].filter(pl.col("suite_average").is_not_null())
     if (image := plot(plotted, label)) is None:
         section.blocks.append("No evaluated model to plot.")
     else:

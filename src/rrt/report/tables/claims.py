@@ -39,26 +39,21 @@ class Check(NamedTuple):
     note: str = ""
 
 
-def better(ctx: Context, model: Name, reference: Name, relation: str) -> Check | None:
-    """``model`` better than ``reference`` on the suite average and the held-out CE."""
-    average = ctx.compare(ctx.evaluation(model.name), ctx.evaluation(reference.name), relation)
-    ce = (ctx.ce(model.name), ctx.ce(reference.name))
-    ce = None if None in ce else ce
-    verdicts = [average.delta > 0] if average else []
-    verdicts += [ce[0] < ce[1]] if ce else []
-    if not verdicts:
-        return None
-    note = "the two measures disagree" if len(set(verdicts)) > 1 else ""
-    return Check(model.name, reference.name, average, ce, all(verdicts), note)
-
-
-def lower_ce(
-    model: str, reference: str, ce: float | None, ce_ref: float | None, note: str = ""
+def check(
+    model: str, reference: str, average: Paired | None, ce: tuple[float | None, ...], note: str = ""
 ) -> Check | None:
-    """Held-out CE alone (models that are not evaluated, or an exit's): holds when lower."""
-    if ce is not None and ce_ref is not None:
-        return Check(model, reference, None, (ce, ce_ref), ce < ce_ref, note)
-    return None
+    """Holds when the model is better on every measure the run has for both: the suite average
+    (higher) and the held-out CE (model, reference: lower); None where it has neither."""
+    ce = None if None in ce else ce
+    verdicts = ([average.delta > 0] if average else []) + ([ce[0] < ce[1]] if ce else [])
+    if len(set(verdicts)) > 1:
+        note = "the two measures disagree"
+    return Check(model, reference, average, ce, all(verdicts), note) if verdicts else None
+
+
+def better(ctx: Context, model: Name, reference: Name, relation: str) -> Check | None:
+    average = ctx.compare(ctx.evaluation(model.name), ctx.evaluation(reference.name), relation)
+    return check(model.name, reference.name, average, (ctx.ce(model.name), ctx.ce(reference.name)))
 
 
 def kept(model: str, reference: str, result: Paired | None, alpha: float) -> Check | None:
@@ -114,7 +109,8 @@ def kd_checks(ctx: Context) -> Checks:
         for weight, seeds in sorted(weights.items()):
             for seed, training in sorted(seeds.items()):
                 if weight != low and (reference := weights[low].get(seed)) is not None:
-                    yield lower_ce(training.name, reference.name, training.ce, reference.ce)
+                    ce = (training.ce, reference.ce)
+                    yield check(training.name, reference.name, None, ce)
 
 
 def exit_checks(ctx: Context) -> Checks:
@@ -122,10 +118,9 @@ def exit_checks(ctx: Context) -> Checks:
         full, base = ctx.evaluation(name.name), name.name.removesuffix(".ee")
         before, after = ctx.training(base), ctx.training(name.name)
         # 1. loop 1's exit improves with post-training (held-out CE at that exit)
-        ce_before = (before.exits.get(1) or {}).get("ce") if before else None
-        ce_after = (after.exits.get(1) or {}).get("ce") if after else None
+        ce = [(t.exits.get(1) or {}).get("ce") if t else None for t in (after, before)]
         note = "loop 1's exit, after against before post-training"
-        yield lower_ce(f"{name.name} (loop 1)", f"{base} (loop 1)", ce_after, ce_before, note)
+        yield check(f"{name.name} (loop 1)", f"{base} (loop 1)", None, tuple(ce), note)
         # 2. full depth is kept: not significantly worse than before post-training
         result = ctx.compare(full, ctx.evaluation(base), "after vs before post-training")
         yield kept(name.name, base, result, ctx.alpha)

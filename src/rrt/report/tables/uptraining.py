@@ -7,7 +7,6 @@ from rrt import names
 from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import Section, frame, one_table
-from rrt.report.results import Evaluation
 
 HEADERS = ["model", "B", "init", "rank", "perplexity at init", "perplexity uptrained"]
 HEADERS += ["average at init", "average uptrained", "status"]
@@ -17,43 +16,33 @@ DATA = (
 )  # fmt: skip
 
 
-def score(evaluation: Evaluation | None, task: tuple[str, str] | None) -> float | None:
-    found = evaluation.scores.get(task[0]) if evaluation and task else None
-    return found.value if found else None
-
-
 def section(ctx: Context) -> Section:
     task = ctx.perplexity_task
     rows = []
     for name in ctx.models:
         if name.kind not in ("recursive", "relaxed") or name.uptrained:
             continue
-        uptrained = names.uptrained(name)
-        before, after = ctx.evaluation(name.name), ctx.evaluation(uptrained.name)
+        uptrained = names.uptrained(name).name
+        before, after = ctx.evaluation(name.name), ctx.evaluation(uptrained)
+        ppl = [ctx.perplexity(before), ctx.perplexity(after)]
+        average = [before.average if before else None, after.average if after else None]
         rows.append(
             {
-                "model": name.name, "loops": name.loops, "init": name.init,
-                "rank": str(name.rank or 0), "perplexity_task": task[0] if task else None,
-                "perplexity_init": score(before, task), "perplexity_uptrained": score(after, task),
-                "average_init": before.average if before else None,
-                "average_uptrained": after.average if after else None,
-                "status": ctx.status(name.name) or ctx.status(uptrained.name),
+                "model": name.name, "loops": name.loops, "B": str(name.loops), "init": name.init,
+                "rank": str(name.rank or 0), "perplexity_task": task and task[0],
+                "perplexity_init": ppl[0], "perplexity at init": fmt.value_pm(ppl[0], None, 2),
+                "perplexity_uptrained": ppl[1],
+                "perplexity uptrained": fmt.value_pm(ppl[1], None, 2),
+                "average_init": average[0], "average at init": fmt.pct(average[0]),
+                "average_uptrained": average[1], "average uptrained": fmt.pct(average[1]),
+                "status": ctx.status(name.name) or ctx.status(uptrained),
             }
         )  # fmt: skip
-    shown = [
-        {
-            "model": r["model"], "B": str(r["loops"]), "init": r["init"], "rank": str(r["rank"]),
-            "perplexity at init": fmt.value_pm(r["perplexity_init"], None, 2),
-            "perplexity uptrained": fmt.value_pm(r["perplexity_uptrained"], None, 2),
-            "average at init": fmt.pct(r["average_init"]),
-            "average uptrained": fmt.pct(r["average_uptrained"]), "status": r["status"],
-        }
-        for r in rows
-    ]  # fmt: skip
     notes = [
         f"Perplexity: {task[0]} ({task[1]}); lower is better." if task else "No perplexity task."
     ]
     if source := ctx.evaluation("source"):
-        ppl = fmt.value_pm(score(source, task), None, 2)
+        ppl = fmt.value_pm(ctx.perplexity(source), None, 2)
         notes.append(f"The source: perplexity {ppl}, average {fmt.pct(source.average)}.")
+    shown = [{h: r[h] for h in HEADERS} for r in rows]
     return one_table("uptraining", frame(rows, DATA), shown, notes)
