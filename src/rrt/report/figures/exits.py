@@ -2,7 +2,6 @@
 full-size model, and held-out next-token accuracy at each exit before and after post-training."""
 
 import polars as pl
-from matplotlib.axes import Axes
 
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section
@@ -31,8 +30,8 @@ def add(section: Section, ctx: Context) -> None:
         for i, model in enumerate(names):
             rows = average.filter(pl.col("model") == model).sort("exit_loop")
             ax.errorbar(
-                rows["exit_loop"].to_list(), [v * 100 for v in rows["value"].to_list()],
-                yerr=[(s or 0) * 100 for s in rows["stderr"].to_list()], marker="o",
+                rows["exit_loop"].to_list(), (rows["value"] * 100).to_list(),
+                yerr=(rows["stderr"].fill_null(0) * 100).to_list(), marker="o",
                 color=COLORS[i % len(COLORS)], capsize=3, label=f"{model} (after post-training)",
             )  # fmt: skip
         for i, e in enumerate(e for e in before if e and e.average is not None):
@@ -46,7 +45,9 @@ def add(section: Section, ctx: Context) -> None:
                 full.average * 100, color="#222222", linestyle="--", linewidth=1,
                 label=f"{full.name} (full-size)",
             )  # fmt: skip
-        _axes(ax, loops, "suite average accuracy (%)", "Few-shot accuracy at each exit")
+        ax.set(xlabel="exit after loop", ylabel="suite average accuracy (%)", xticks=loops)
+        ax.set_title("Few-shot accuracy at each exit")
+        ax.legend(loc="best")
     if not held_out.is_empty():
         ax = next(ax_iter)
         for i, model in enumerate(names):
@@ -57,17 +58,11 @@ def add(section: Section, ctx: Context) -> None:
                 if rows.is_empty():
                     continue
                 ax.plot(
-                    rows["exit_loop"].to_list(), [v * 100 for v in rows["value"].to_list()],
+                    rows["exit_loop"].to_list(), (rows["value"] * 100).to_list(),
                     linestyle=style, marker="o", color=COLORS[i % len(COLORS)],
                     label=f"{model.removesuffix('.ee')}: {stage} post-training",
                 )  # fmt: skip
-        _axes(ax, loops, "held-out next-token accuracy (%)", "Next-token accuracy at each exit")
+        ax.set(xlabel="exit after loop", ylabel="held-out next-token accuracy (%)", xticks=loops)
+        ax.set_title("Next-token accuracy at each exit")
+        ax.legend(loc="best")
     section.blocks.append(Figure("exits", TEXT["exits"]["figure"], png(figure)))
-
-
-def _axes(ax: Axes, loops: list[int], ylabel: str, title: str) -> None:
-    ax.set_xlabel("exit after loop")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.set_xticks(loops)
-    ax.legend(loc="best")

@@ -22,25 +22,35 @@ NUMBERS = (
     "decode_step_ms", "decode_gb_per_s", "decode_bandwidth_fraction", "decode_gflop_per_s",
     "decode_compute_fraction", "error",
 )  # fmt: skip
-# header, field, digits (None: a share, in percent)
+# header, field, digits (None: a share, in percent), scale
 SYSTEM = (
+    ("tokens/s", "tokens_per_s", ",.1f"), ("× vanilla", "ratio_to_vanilla", 2),
     ("latency p50 (s)", "latency_p50_s", 3), ("latency p99 (s)", "latency_p99_s", 3),
     ("TTFT p50 (s)", "ttft_p50_s", 3), ("mean exit loop", "mean_exit_loop", 2),
     ("agreement", "agreement", None), ("peak memory (MB)", "peak_mem_mb", 0),
 )  # fmt: skip
 ROOFLINE = (
+    ("MFLOP/token", "flops_per_token", 2, 1e-6), ("KB/token", "bytes_per_token", 1, 1e-3),
+    ("roofline tokens/s", "roofline_tokens_per_s", ",.0f"), ("bound", "roofline_bound", "s"),
     ("% of roofline", "roofline_fraction", None), ("decode step (ms)", "decode_step_ms", 2),
     ("decode GB/s", "decode_gb_per_s", 2), ("% of bandwidth", "decode_bandwidth_fraction", None),
     ("decode GFLOP/s", "decode_gflop_per_s", 1), ("% of matmul", "decode_compute_fraction", None),
 )  # fmt: skip
 
 
-def _cells(values: dict[str, Any], spec: tuple[tuple[str, str, int | None], ...]) -> dict[str, str]:
-    """Each field of ``values`` (a served system, every number finite: its contract's check)."""
-    return {
-        header: fmt.pct(values.get(key)) if digits is None else fmt.number(values.get(key), digits)
-        for header, key, digits in spec
-    }
+def _cells(values: dict[str, Any], spec: tuple[tuple, ...]) -> dict[str, str]:
+    """Each field of ``values`` (a served system, every number finite: its contract's check): a
+    share in percent, a number of ``digits``, or by a format (scaled first where given)."""
+    cells = {}
+    for header, key, digits, *scale in spec:
+        value = values.get(key)
+        if value is None or digits is None:
+            cells[header] = fmt.pct(value)
+        elif isinstance(digits, int):
+            cells[header] = fmt.number(value * (scale or [1])[0], digits)
+        else:
+            cells[header] = format(value, digits)
+    return cells
 
 
 def _order(item: tuple[str, dict[str, Any]]) -> tuple:
@@ -75,31 +85,17 @@ def section(ctx: Context) -> Section:
         rows, roofline = [], []
         for system, values in sorted(systems.items(), key=_order):
             speed, failed = values.get("tokens_per_s"), values.get("error")
-            ratio = speed / vanilla if speed is not None and vanilla else None
+            values["ratio_to_vanilla"] = speed / vanilla if speed is not None and vanilla else None
             what = _label(system, values)
             what += f" (missing: this system failed: {failed})" if failed else ""
-            shown = f"{speed:,.1f}" if speed is not None else fmt.DASH
-            rows.append(
-                {"system": system, "what it is": what, "tokens/s": shown}
-                | {"× vanilla": fmt.number(ratio, 2)}
-                | _cells(values, SYSTEM)
-            )
+            rows.append({"system": system, "what it is": what} | _cells(values, SYSTEM))
             data.append(
                 {"benchmark": name, "system": system, "threshold": values.get("threshold")}
-                | {"kv_fill": values.get("kv_fill"), "tokens_per_s": speed}
-                | {"ratio_to_vanilla": ratio}
+                | {k: values.get(k) for k in ("kv_fill", "tokens_per_s", "ratio_to_vanilla")}
                 | {k: values.get(k) for k in NUMBERS}
             )
-            flops, size = values.get("flops_per_token"), values.get("bytes_per_token")
-            if flops is not None and size is not None:
-                roof = values.get("roofline_tokens_per_s")
-                roofline.append(
-                    {"system": system, "MFLOP/token": fmt.number(flops / 1e6, 2)}
-                    | {"KB/token": fmt.number(size / 1e3, 1)}
-                    | {"roofline tokens/s": f"{roof:,.0f}" if roof is not None else fmt.DASH}
-                    | {"bound": str(values.get("roofline_bound") or fmt.DASH)}
-                    | _cells(values, ROOFLINE)
-                )
+            if None not in (values.get("flops_per_token"), values.get("bytes_per_token")):
+                roofline.append({"system": system} | _cells(values, ROOFLINE))
         workload = ", ".join(f"{k} {v}" for k, v in sorted(benchmark.workload.items()))
         machine = [f"{k} {v}" for k, v in sorted(benchmark.hardware.items()) if k != "peaks"]
         served = Path(benchmark.model).name
