@@ -35,16 +35,10 @@ def write_record(
     from rrt.io import write_text
 
     root = Path(results)
-    relative = {
-        kind: sorted(
-            {
-                Path(os.path.relpath(path, root)).as_posix()
-                for path in paths
-                if not os.path.relpath(path, root).startswith("..")
-            }
-        )
-        for kind, paths in expected.items()
-    }
+    relative = {}
+    for kind, paths in expected.items():
+        inside = (os.path.relpath(path, root) for path in paths)
+        relative[kind] = sorted({Path(p).as_posix() for p in inside if not p.startswith("..")})
     record = {
         "experiment": config.get("experiment"),
         "config_sha256": config_hash(config),

@@ -14,9 +14,7 @@ from rrt.report.results import Training, parse_name
 
 def groups(ctx: Context) -> dict[tuple[str, int], dict[float, dict[int, Training]]]:
     """(base model, tokens) -> KD weight -> seed -> the swept model's training."""
-    found: dict[tuple[str, int], dict[float, dict[int, Training]]] = defaultdict(
-        lambda: defaultdict(dict)
-    )
+    found: defaultdict = defaultdict(lambda: defaultdict(dict))
     for name, training in ctx.results.trainings.items():
         if (sweep := parse_name(name).sweep) is not None:
             tokens, weight, seed = sweep

@@ -20,17 +20,16 @@ FULL, REDUCED = "Δ avg vs full-size", "Δ avg vs reduced (matched tokens)"
 
 def training_text(ctx: Context, name: Name) -> str:
     """How the model was trained, and on how many tokens."""
-    training = ctx.training(name.name)
-    if training is None:
+    if (trained := ctx.tokens(name.name)) is None:
         return fmt.DASH
-    tokens = fmt.count(training.metrics.tokens)
+    tokens = fmt.count(trained)
     if name.kind == "reduced":
         return f"from scratch {tokens}"
     if name.kind == "full-size" and not name.uptrained:
         return f"pretrained {tokens}"
     if name.early_exit:
-        base = ctx.training(name.name.removesuffix(".ee"))
-        return f"uptrained {fmt.count(base.metrics.tokens) if base else '?'} + early exit {tokens}"
+        base = ctx.tokens(name.name.removesuffix(".ee"))
+        return f"uptrained {fmt.count(base) if base is not None else '?'} + early exit {tokens}"
     return f"uptrained {tokens}"
 
 
