@@ -130,6 +130,27 @@ def test_the_benchmark_serves_in_the_dtype_asked_for(served):
         assert bf16["bytes_per_token"] == fp32["bytes_per_token"] / 2
 
 
+@pytest.mark.slow
+def test_compile_runs_the_engines_steps_compiled_and_times_compilation_apart(served):
+    """--compile: the engine systems' tokens are the eager engine's (full-depth greedy, so
+    agreement 1), and each reports its compilation apart; generate's own systems are unchanged."""
+    root, data = served
+    out = root / "bench-compiled.json"
+    args = [
+        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+        "--data", str(data), "--out", str(out), "--requests", "4", "--max-new-tokens", "5",
+        "--max-prompt-tokens", "12", "--max-batch", "2", "--compile",
+        "--systems", "vanilla,sequence_continuous,depthwise", "--threads", "1", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    systems = json.loads(out.read_text())["systems"]
+    for name in ("sequence_continuous", "depthwise"):
+        assert systems[name]["compile_s"] > 0, name
+        assert systems[name]["agreement"] == 1.0, name
+    assert systems["sequence_continuous"]["sequence_agreement"] == 1.0
+    assert systems["vanilla"].get("compile_s") is None
+
+
 def test_a_failed_system_fails_the_benchmark_unless_errors_are_allowed(served, capsys):
     """A KV budget too small for one request: every engine system fails. The benchmark names
     them and writes nothing (the workflow must not take it as done); --allow-errors keeps the

@@ -346,3 +346,62 @@ def test_per_loop_norms_and_biases_are_served_depth_wise(family):
         prompts(), list(NEW_TOKENS), progress=False
     )
     assert [g.tokens for g in out] == expected(model)
+
+
+def _compiled_equals_eager(model, **kwargs) -> Engine:
+    """Serve the prompts eagerly and compiled; the compiled engine's tokens and exits must be the
+    eager engine's (which are generate's, tested above). Returns the compiled engine."""
+    eager = served(model, **kwargs).generate(prompts(), list(NEW_TOKENS), progress=False)
+    engine = served(model, compile=True, **kwargs)
+    out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert [g.tokens for g in out] == [g.tokens for g in eager]
+    assert [g.exit_loops for g in out] == [g.exit_loops for g in eager]
+    return engine
+
+
+def test_a_compiled_step_pads_its_rows_to_few_buckets():
+    from rrt.serving.runner import bucket
+
+    assert [bucket(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 129)] == [
+        1,
+        4,
+        4,
+        16,
+        16,
+        64,
+        64,
+        128,
+        192,
+    ]
+
+
+def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
+    """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
+    leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
+    Compiled with the engine's real settings (frozen weights, max_autotune)."""
+    engine = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
+    assert engine.runner.compiled
+    assert engine.stats["decode_steps"] > 0
+    assert engine.stats["exits"] > 0 and engine.stats["mixed_steps"] > 0
+    assert engine.cache.free_slots == 3  # the spare slot of padding rows is never handed out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("family", "mode"),
+    [
+        ("llama", "sequence"),
+        ("gemma2", "sequence"),
+        ("gemma2", "depthwise"),
+        ("gemma3_text", "depthwise"),
+    ],
+)
+def test_compiled_steps_keep_softcapping_windows_and_layer_types(family, mode):
+    """Sequence-wise steps attend over a view of every slot, depth-wise ones gather each row's
+    keys: both with Gemma 2's logit softcapping and sliding windows, and depth-wise with exits
+    and Gemma 3's per-layer rotary types."""
+    source = source_model(family, seed=0)
+    relaxed = relax(convert(source, loops=2, init="average"), source, rank=4)
+    exits = {"exit_threshold": 0.02} if mode == "depthwise" else {}
+    engine = _compiled_equals_eager(relaxed, mode=mode, **exits)
+    assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0

@@ -58,6 +58,7 @@ class BenchConfig:
     calibration_documents: int
     dtype: str
     systems: list[str]
+    compile: bool
     allow_errors: bool
 
     def __post_init__(self) -> None:
@@ -211,9 +212,14 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         max_batch_tokens=cfg.max_batch_tokens,
         kv_cache_mb=cfg.kv_cache_mb,
         max_len=work.max_len,
+        compile=cfg.compile,
         **engine_kw,
     )
+    warm = time.perf_counter()
     engine.generate(work.prompts[:2], 2, ignore_eos=True, progress=False)  # warm-up
+    if cfg.compile:
+        engine.warm_up()
+    extra = {"compile_s": time.perf_counter() - warm} if cfg.compile else {}
     start = time.perf_counter()
     out = engine.generate(work.prompts, work.outputs, work.arrivals_s, ignore_eos=True)
     seconds = time.perf_counter() - start
@@ -228,7 +234,11 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         [g.latency_s for g in out],
         seconds,
         None,
-        {"steps": stats.get("steps", 0), "rows_per_step": stats["rows"] / max(1, stats["steps"])},
+        {
+            "steps": stats.get("steps", 0),
+            "rows_per_step": stats["rows"] / max(1, stats["steps"]),
+            **extra,
+        },
         Counter({k: stats.get(k, 0) for k in COST_STATS}),
     )
 
@@ -322,7 +332,9 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
 def _compile_config(device: torch.device) -> Any:
     """transformers' compile settings for generate's decoding step: CUDA graphs on a GPU
     (its default), Inductor's default mode elsewhere, which generate compiles only when told to
-    (``_compile_all_devices``: the flag its auto-compilation reads)."""
+    (``_compile_all_devices``: the flag its auto-compilation reads). The engine's frozen
+    weights (:func:`rrt.serving.runner.compiling`) are not for it: freezing folds its static
+    cache's bookkeeping into the graph, and the compiled step then indexes out of bounds."""
     from transformers.generation.configuration_utils import CompileConfig
 
     config = CompileConfig(dynamic=False)

@@ -273,7 +273,8 @@ class LoopedLinear(nn.Module):
         the cost does not depend on how the rows' loops are mixed."""
         flat = x.reshape(-1, self.in_features)
         ids = token_loops(loops, x)
-        if ids.device.type == "cpu":  # free here; on a GPU it would wait for the device
+        # free on a CPU; on a GPU, or inside a compiled graph, it would wait for the values
+        if ids.device.type == "cpu" and not torch.compiler.is_compiling():
             check_loop_ids(ids, self.num_loops)
         y = F.linear(flat, self.weight, None if self.loop_bias else self.bias)
         if self.rank or self.loop_bias:

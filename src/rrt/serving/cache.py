@@ -30,14 +30,19 @@ class KVCache:
         head_dim: int,
         dtype: torch.dtype,
         device: torch.device | str,
+        spare: bool = False,
     ) -> None:
         if slots < 1:
             raise UserError("the KV-cache budget holds no request slot: raise kv_cache_mb")
+        # ``spare``: one slot more that no request gets, where a compiled step's padding rows
+        # write (``slots`` counts it, ``free_slots`` does not)
+        self.spare_slot = slots if spare else None
+        slots += spare
         self.depth, self.slots, self.max_len = depth, slots, max_len
         shape = (depth, slots, kv_heads, max_len, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
-        self._free = list(range(slots - 1, -1, -1))
+        self._free = list(range(slots - 1 - spare, -1, -1))
 
     @property
     def free_slots(self) -> int:

@@ -42,7 +42,9 @@ class Engine:
     is preallocated for ``max_len`` positions a request); ``max_batch_tokens`` caps the tokens a
     step runs (prompts are chunked to fit). ``exit_threshold`` switches real early exit on.
     ``eos_token_id`` is the token (or tokens) that ends a request: by default the model's
-    generation config's, as ``generate``; ``[]`` is none.
+    generation config's, as ``generate``; ``[]`` is none. ``compile`` runs decode steps and
+    the exit head as compiled graphs (:meth:`~rrt.serving.runner.Runner.compile`), compiled at
+    their first use (a few graphs: one per row bucket).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class Engine:
         dtype: torch.dtype | str = "auto",
         device: str = "auto",
         eos_token_id: int | list[int] | None = None,
+        compile: bool = False,
     ) -> None:
         if mode not in MODES:
             raise UserError(f"engine mode {mode!r} is not one of {', '.join(MODES)}")
@@ -77,6 +80,8 @@ class Engine:
             self.tokenizer = store.load_tokenizer(path, required=False)
         self.model = model.eval()
         self.runner = Runner(model)
+        if compile:
+            self.runner.compile()
         self.cost = CostModel.of(self.runner)
         if exit_threshold is not None and self.runner.loops == 1:
             raise UserError("early exit needs a recursive model (B > 1 loops)")
@@ -159,15 +164,7 @@ class Engine:
             Request(i, [int(t) for t in p], limits[i], float(arrivals[i]), ignore_eos=ignore_eos)
             for i, p in enumerate(prompts)
         ]
-        cache = KVCache(
-            self.runner.depth,
-            self.slots,
-            self.max_len,
-            self.runner.kv_heads,
-            self.runner.head_dim,
-            self.runner.dtype,
-            self.runner.device,
-        )
+        cache = self._cache()
         self.cache, self.stats = cache, Counter()
         scheduler = Scheduler(cache, self.max_batch_tokens)
         for r in sorted(requests, key=lambda r: r.arrival_s):
@@ -195,6 +192,24 @@ class Engine:
             for g in out:
                 g.text = self.tokenizer.decode(g.tokens)
         return out
+
+    def warm_up(self) -> None:
+        """Compile now every graph a compiled engine's steps can use (no-op when eager)."""
+        if self.runner.compiled:
+            rows = self.slots * (1 if self.sequence else self.runner.loops)
+            self.runner.warm_up(self._cache(), rows, self.sequence)
+
+    def _cache(self) -> KVCache:
+        return KVCache(
+            self.runner.depth,
+            self.slots,
+            self.max_len,
+            self.runner.kv_heads,
+            self.runner.head_dim,
+            self.runner.dtype,
+            self.runner.device,
+            spare=self.runner.compiled,
+        )
 
     def _step(
         self, works: list[Work], cache: KVCache, scheduler: Scheduler, start: float, bar: tqdm

@@ -13,6 +13,7 @@ config naming it, so the model itself (and ``generate``) keeps its own attention
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 from dataclasses import dataclass
@@ -59,6 +60,35 @@ class Chunks:
     query_pos: torch.Tensor  # [works, width] position of each query
     length: int
     width: int
+
+
+BUCKETS = (1, 4, 16, 64)
+
+
+def bucket(rows: int) -> int:
+    """The row count a compiled step pads ``rows`` to: 1, 4, 16, 64, then a multiple of 64 (few
+    shapes, so few graphs to compile)."""
+    return next((b for b in BUCKETS if rows <= b), -(-rows // 64) * 64)
+
+
+@dataclass
+class Static:
+    """A decode step at a fixed shape, for the compiled graph: ``rows`` one-token rows (a
+    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0. Attention
+    reads each row's keys over the cache's whole length, masked, so no shape depends on how far
+    requests have got. ``depth`` (sequence-wise: every row at one depth a layer) attends over a
+    view of every slot at that depth; else each row's keys are gathered at its own depth."""
+
+    cache: KVCache
+    pos: torch.Tensor  # [rows]
+    depth0: torch.Tensor  # [rows] virtual depth at the layer offset 0
+    slots: torch.Tensor  # [rows]
+    depth: int | None  # sequence-wise: the depth at the layer offset 0 (the pass adds its own)
+
+    @property
+    def slot_pos(self) -> torch.Tensor:
+        """[cache slots] each slot's query position in this step (0 for slots not in it)."""
+        return self.pos.new_zeros(self.cache.k.shape[1]).index_copy(0, self.slots, self.pos)
 
 
 class Batch:
@@ -131,7 +161,7 @@ class Batch:
 class LayerCall:
     """What :func:`engine_attention` needs besides the layer's own tensors."""
 
-    batch: Batch
+    batch: Batch | Static
     offset: int  # the layer offset d of this call
     windows: torch.Tensor | None  # [depth] sliding window per virtual depth (0: none)
     keys_only: bool = False  # store keys and values, attend nothing (state propagation)
@@ -167,6 +197,8 @@ def engine_attention(
         value[0].transpose(0, 1),
     )
     heads, head_dim = query.shape[1], query.shape[3]
+    if isinstance(batch, Static):
+        return _static_attention(call, query[0], scaling, softcap).unsqueeze(0), None
     if call.keys_only:
         return query.new_zeros(1, query.shape[2], heads, head_dim), None
     out = query.new_empty(query.shape[2], heads, head_dim)
@@ -199,6 +231,31 @@ def engine_attention(
             o = o.transpose(1, 2).reshape(works * g.width, heads, head_dim)
             out[g.tokens[g.valid]] = o[g.valid]
     return out.unsqueeze(0), None
+
+
+def _static_attention(call: LayerCall, q_all: torch.Tensor, scaling, softcap) -> torch.Tensor:
+    """Attention of a :class:`Static` step: [heads, rows, head_dim] queries, one each row;
+    returns [rows, heads, head_dim]."""
+    batch, cache = call.batch, call.batch.cache
+    q = q_all.transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, head_dim]
+    key_pos = torch.arange(cache.max_len, device=q.device)
+    if batch.depth is not None:  # every row at one depth: attend over every slot's keys there
+        depth = batch.depth + call.offset
+        keys, values = cache.at_depth(depth, cache.max_len)
+        q = q.new_zeros(keys.shape[0], *q.shape[1:]).index_copy(0, batch.slots, q)
+        query_pos = batch.slot_pos
+        window = call.windows[depth] if call.windows is not None else None
+    else:
+        depths = batch.depth0 + call.offset
+        keys, values = cache.k[depths, batch.slots], cache.v[depths, batch.slots]
+        query_pos = batch.pos
+        window = call.windows[depths] if call.windows is not None else None
+    allowed = key_pos <= query_pos[:, None]  # [queries, keys]
+    if window is not None:  # 0: no window
+        lower = torch.where(window > 0, query_pos - window, -1)
+        allowed = allowed & (key_pos > lower[:, None])
+    o = _attend(q, keys, values, allowed[:, None, None], scaling, softcap)[:, :, 0]
+    return o.index_select(0, batch.slots) if batch.depth is not None else o
 
 
 def _attend(q, keys, values, mask, scaling, softcap) -> torch.Tensor:
@@ -266,6 +323,8 @@ class Runner:
         self.dtype = next(self.lm.parameters()).dtype
         self.vocab_size = text.vocab_size
         self.context = getattr(text, "max_position_embeddings", None)
+        self.compiled = False
+        self._loop_ids: dict[str, torch.Tensor] = {}  # of the step graph's views, by name
 
     @property
     def device(self) -> torch.device:
@@ -274,11 +333,27 @@ class Runner:
     def embed(self, ids: list[int]) -> torch.Tensor:
         return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
 
+    def compile(self) -> None:
+        """Run decode steps (every work one token) and the exit head as compiled graphs from
+        now on (:func:`compile_options`); prompt chunks and state propagation stay eager."""
+        options = compile_options(self.device)
+        self._step = StepGraph(self)
+        self._graph = torch.compile(self._step, dynamic=False, **options)
+        self._head = torch.compile(ExitHead(self), dynamic=False, **options)
+        # Every engine compiles its own graphs of these two functions, one per row bucket.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        self.compiled = True
+
     @torch.inference_mode()
     def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """Logits of an exit after any loop: the shared final norm and head (paper sec. 3.7)."""
-        logits = self.head(self.final_norm(hidden)).float()
-        return torch.tanh(logits / self.softcap) * self.softcap if self.softcap else logits
+        if not self.compiled:
+            return _logits(self.head, self.final_norm, self.softcap, hidden)
+        rows = hidden.shape[0]
+        padded = hidden.new_zeros(bucket(rows), hidden.shape[1])
+        padded[:rows] = hidden
+        with compiling(self.device):
+            return self._head(padded)[:rows]
 
     @torch.inference_mode()
     def run(self, works: list[Work], cache: KVCache, sequence: bool) -> torch.Tensor:
@@ -289,15 +364,10 @@ class Runner:
         Depth-wise, one pass runs the K shared layers once over rows at different loops, each
         row with its loop's LoRA.
         """
-        device = self.device
-        pieces: list[torch.Tensor | None] = [w.hidden for w in works]
-        first = [i for i, w in enumerate(works) if w.ids is not None]
-        if first:
-            embedded = self.embed([t for i in first for t in works[i].ids])
-            for i, e in zip(first, embedded.split([works[i].n for i in first]), strict=True):
-                pieces[i] = e
-        h = torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
-        batch = Batch(works, cache, self.shared, sequence, device)
+        h = self._inputs(works)
+        if self.compiled and h.shape[1] == len(works):  # every work one token
+            return self._decode(works, h, cache, sequence)
+        batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
             passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
@@ -305,6 +375,77 @@ class Runner:
             passes = [(0, self._views(works))]
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         return self._passes(h, batch, passes, rotary)[0]
+
+    def _inputs(self, works: list[Work]) -> torch.Tensor:
+        """The works' input hidden states, [1, tokens, hidden_size]: embeddings of the token ids
+        of works at the first loop, the previous loop's output for the others."""
+        pieces: list[torch.Tensor | None] = [w.hidden for w in works]
+        first = [i for i, w in enumerate(works) if w.ids is not None]
+        if first:
+            embedded = self.embed([t for i in first for t in works[i].ids])
+            for i, e in zip(first, embedded.split([works[i].n for i in first]), strict=True):
+                pieces[i] = e
+        return torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
+
+    def _decode(
+        self, works: list[Work], h: torch.Tensor, cache: KVCache, sequence: bool
+    ) -> torch.Tensor:
+        """One-token works through the compiled graph of their row bucket: the step's inputs
+        padded to the bucket, its layout written into tensors in one call."""
+        n, rows = len(works), bucket(len(works))
+        padded = h.new_zeros(1, rows, h.shape[2])
+        padded[:, :n] = h
+        layout = [[w.start, 0 if sequence else w.loop, w.request.slot] for w in works]
+        layout += [[0, 0, cache.spare_slot]] * (rows - n)
+        return self._graph_of(padded, torch.tensor(layout, device=self.device), cache, sequence)[
+            0, :n
+        ]
+
+    def _graph_of(
+        self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache, sequence: bool
+    ) -> torch.Tensor:
+        """Run the compiled pass on ``h`` [1, rows, hidden] and ``layout`` [rows, 3] (position,
+        loop, slot of each row): sequence-wise one call a loop, depth-wise one call."""
+        pos, loops, slots = layout.unbind(1)
+        rows, depth0 = h.shape[1], loops * self.shared
+        with compiling(self.device):
+            if not self.recursive:
+                return self._graph(h, cache, pos, depth0, slots, "all", 0, True)
+            if not sequence:
+                views = self._bucket_views(rows, None)
+                self._loop_ids[views].copy_(loops[None])
+                return self._graph(h, cache, pos, depth0, slots, views, 0, False)
+            for loop in range(self.loops):
+                views = self._bucket_views(rows, loop)
+                h = self._graph(h, cache, pos, depth0, slots, views, loop * self.shared, True)
+            return h
+
+    def _bucket_views(self, rows: int, loop: int | None) -> str:
+        """The name of a row bucket's views of the shared layers in the step graph, built at
+        first use. Depth-wise (``loop`` None) their per-row loop ids are a tensor that each
+        step's are copied into; sequence-wise, one loop's, its ids all that loop. Per-row loop
+        ids even then, so that no LoRA is a slice of the stacked weight: with frozen weights
+        and ``max_autotune``, Inductor computed ``F.linear(x, A[1])`` of a stacked parameter
+        ``A`` wrong, and ``A[0]`` right (torch 2.13; a test checks the compiled tokens)."""
+        name = f"{rows}" if loop is None else f"{rows}/{loop}"
+        if name not in self._loop_ids:
+            ids = torch.full((1, rows), loop or 0, dtype=torch.long, device=self.device)
+            fixed = self.attention_override
+            views = [self.layers.at_loops(i, ids, fixed) for i in range(self.shared)]
+            self._step.views[name] = nn.ModuleList(views)
+            self._loop_ids[name] = ids
+        return name
+
+    @torch.inference_mode()
+    def warm_up(self, cache: KVCache, rows: int, sequence: bool) -> None:
+        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses (padding
+        rows only: they write at the spare slot)."""
+        sizes = [b for b in BUCKETS if b < bucket(rows)] + [bucket(rows)]
+        for size in sizes:
+            h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
+            layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
+            self._graph_of(h, layout, cache, sequence)
+            self.exit_logits(h[0])
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -362,6 +503,94 @@ class Runner:
         sin = torch.stack([embs[t][1] for t in kinds])
         rows = torch.arange(len(types), device=h.device)
         return cos[pick, 0, rows].unsqueeze(0), sin[pick, 0, rows].unsqueeze(0)
+
+
+class StepGraph(nn.Module):
+    """A decode step at a fixed shape (:class:`Static`), what a compiled runner compiles: a
+    module whose children are the runner's views of the layers, so that ``torch.compile`` sees
+    their weights as a module's parameters and freezes them into the graph.
+
+    ``views`` holds, by name, the K views one call runs: a plain model's layers (``"all"``),
+    or views of a recursive model's shared layers whose rows carry their own loops
+    (:meth:`Runner._bucket_views`)."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__()
+        self.views = nn.ModuleDict()
+        if not runner.recursive:
+            self.views["all"] = nn.ModuleList(runner.positions)
+        self.rotary = runner.rotary
+        self.windows, self.layer_types = runner.windows, runner.layer_types
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cache: KVCache,
+        pos: torch.Tensor,
+        depth0: torch.Tensor,
+        slots: torch.Tensor,
+        views: str,
+        base: int,
+        sequence: bool,
+    ) -> torch.Tensor:
+        """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
+        one loop of every row (one depth a layer), else one depth-wise pass."""
+        layout = Static(cache, pos, depth0, slots, 0 if sequence else None)
+        for i, layer in enumerate(self.views[views]):
+            emb = self._rotary(h, layout, base + i)
+            call = LayerCall(layout, base + i, self.windows)
+            out = layer(h, position_embeddings=emb, rrt_batch=call)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def _rotary(self, h: torch.Tensor, layout: Static, offset: int):
+        """:meth:`Runner._rotary` for a :class:`Static` step, reading no tensor on the host."""
+        pos = layout.pos.unsqueeze(0)
+        if self.layer_types is None:
+            return self.rotary(h, pos)
+        if layout.depth is not None:
+            return self.rotary(h, pos, self.layer_types[layout.depth + offset])
+        kinds = sorted(set(self.layer_types))
+        embs = [self.rotary(h, pos, t) for t in kinds]
+        ids = torch.tensor([kinds.index(t) for t in self.layer_types], device=h.device)
+        pick = ids[layout.depth0 + offset]  # [rows] each row's layer type
+        rows = torch.arange(pick.shape[0], device=h.device)
+        cos = torch.stack([e[0] for e in embs])[pick, 0, rows]
+        sin = torch.stack([e[1] for e in embs])[pick, 0, rows]
+        return cos.unsqueeze(0), sin.unsqueeze(0)
+
+
+class ExitHead(nn.Module):
+    """The exit head (shared final norm and head) as a module, to compile."""
+
+    def __init__(self, runner: Runner) -> None:
+        super().__init__()
+        self.final_norm, self.head, self.softcap = runner.final_norm, runner.head, runner.softcap
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return _logits(self.head, self.final_norm, self.softcap, hidden)
+
+
+def _logits(head: nn.Module, norm: nn.Module, softcap: float | None, hidden: torch.Tensor):
+    logits = head(norm(hidden)).float()
+    return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+
+def compile_options(device: torch.device) -> dict:
+    """``torch.compile``'s arguments for a decoding step: CUDA graphs on a GPU; on a CPU,
+    Inductor's defaults, with the settings of :func:`compiling` in force while it compiles."""
+    return {"mode": "reduce-overhead"} if device.type == "cuda" else {}
+
+
+def compiling(device: torch.device) -> contextlib.AbstractContextManager:
+    """Inductor's settings for a CPU decoding step, to hold while its graphs are compiled (they
+    are read then, not from ``torch.compile``'s options): the weights frozen into the graph
+    (packed for oneDNN), and ``max_autotune``, which picks for each matmul shape between
+    oneDNN and Inductor's own C++ GEMM. At a few rows a step that halves a matmul's time
+    against eager (measured in the README)."""
+    if device.type == "cuda":
+        return contextlib.nullcontext()
+    return torch._inductor.config.patch(freezing=True, max_autotune=True)
 
 
 def _window(layer: nn.Module) -> int | None:
