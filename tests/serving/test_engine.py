@@ -390,7 +390,6 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
 @pytest.mark.parametrize(
     ("family", "mode"),
     [
-        ("llama", "sequence"),
         ("gemma2", "sequence"),
         ("gemma2", "depthwise"),
         ("gemma3_text", "depthwise"),
