@@ -388,19 +388,20 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("family", "mode"),
+    ("family", "mode", "relax_vectors"),
     [
-        ("gemma2", "sequence"),
-        ("gemma2", "depthwise"),
-        ("gemma3_text", "depthwise"),
+        ("gemma2", "sequence", False),
+        ("gemma2", "depthwise", True),
+        ("gemma3_text", "depthwise", True),
     ],
 )
-def test_compiled_steps_keep_softcapping_windows_and_layer_types(family, mode):
+def test_compiled_steps_keep_softcapping_windows_and_layer_types(family, mode, relax_vectors):
     """Sequence-wise steps attend over a view of every slot, depth-wise ones gather each row's
-    keys: both with Gemma 2's logit softcapping and sliding windows, and depth-wise with exits
-    and Gemma 3's per-layer rotary types."""
+    keys: both with Gemma 2's logit softcapping and sliding windows, and depth-wise with exits,
+    Gemma 3's per-layer rotary types, and each loop's own norms (Gemma 3's q/k norms too)."""
     source = source_model(family, seed=0)
-    relaxed = relax(convert(source, loops=2, init="average"), source, rank=4)
+    recursive = convert(source, loops=2, init="average")
+    relaxed = relax(recursive, source, rank=4, relax_vectors=relax_vectors)
     exits = {"exit_threshold": 0.02} if mode == "depthwise" else {}
     engine = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0

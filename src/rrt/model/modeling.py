@@ -183,15 +183,6 @@ def check_loop_ids(ids: torch.Tensor, num_loops: int) -> None:
         raise ValueError(f"loop ids must be in 0..{num_loops - 1}, got {ids.unique().tolist()}")
 
 
-def loop_groups(ids: torch.Tensor, num_loops: int) -> Iterator[tuple[int, torch.Tensor]]:
-    """(loop, row indices) for each loop present in flat ``ids``: B groups at most."""
-    check_loop_ids(ids, num_loops)
-    for loop in range(num_loops):
-        rows = (ids == loop).nonzero().squeeze(1)
-        if rows.numel():
-            yield loop, rows
-
-
 class LoopedLinear(nn.Module):
     """A shared linear with one LoRA per loop: y = W' x + b + B_j A_j x (eq. 4), scaling 1.
 
@@ -318,13 +309,14 @@ class LoopedNorm(nn.Module):
         if isinstance(loop, LoopSpans):
             loop.check(len(self.loops))
             return torch.cat([self.loops[j](x[..., a:b, :]) for j, a, b in loop.spans], dim=-2)
+        # Every loop's norm over every row, each row taking its own loop's: no gather, sort or
+        # host sync (a norm is cheap), so a compiled step keeps one graph.
+        ids = token_loops(loop, x, self.heads_first)
+        if ids.device.type == "cpu" and not torch.compiler.is_compiling():
+            check_loop_ids(ids, len(self.loops))
         flat = x.reshape(-1, x.shape[-1])
-        groups = list(loop_groups(token_loops(loop, x, self.heads_first), len(self.loops)))
-        parts = [(rows, self.loops[j](flat.index_select(0, rows))) for j, rows in groups]
-        y = flat.new_zeros(flat.shape, dtype=parts[0][1].dtype) if parts else flat
-        for rows, part in parts:
-            y = y.index_copy(0, rows, part)
-        return y.view(x.shape)
+        every = torch.stack([norm(flat) for norm in self.loops])  # [B, tokens, dim]
+        return every[ids, torch.arange(flat.shape[0], device=flat.device)].view(x.shape)
 
 
 # --- position views -----------------------------------------------------------------------------
