@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -84,11 +84,13 @@ class Static:
     depth0: torch.Tensor  # [rows] virtual depth at the layer offset 0
     slots: torch.Tensor  # [rows]
     depth: int | None  # sequence-wise: the depth at the layer offset 0 (the pass adds its own)
+    slot_pos: torch.Tensor = field(init=False)  # sequence-wise: [cache slots] each slot's query
+    # position in this step (0 for slots not in it), computed once for all the step's layers
 
-    @property
-    def slot_pos(self) -> torch.Tensor:
-        """[cache slots] each slot's query position in this step (0 for slots not in it)."""
-        return self.pos.new_zeros(self.cache.k.shape[1]).index_copy(0, self.slots, self.pos)
+    def __post_init__(self) -> None:
+        if self.depth is not None:
+            slots = self.cache.k.shape[1]
+            self.slot_pos = self.pos.new_zeros(slots).index_copy(0, self.slots, self.pos)
 
 
 class Batch:
@@ -100,6 +102,7 @@ class Batch:
 
     def __init__(self, works: list[Work], cache: KVCache, shared: int, sequence: bool, device):
         self.cache = cache
+        self.depth = 0 if sequence else None  # sequence-wise: every token at one depth a layer
         as_long = dict(dtype=torch.long, device=device)
         pos, depth0, slots, starts = [], [], [], []
         for w in works:
@@ -488,21 +491,27 @@ class Runner:
         return [self.layers.at_loops(i, spans, self.attention_override) for i in range(k)]
 
     def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
-        """cos/sin at each token's position, for the rotary of each token's layer type."""
-        pos = batch.pos.unsqueeze(0)
-        if self.layer_types is None:
-            return self.rotary(h, pos)
-        depths = (batch.depth0 + offset).tolist()
-        types = [self.layer_types[d] for d in depths]
-        kinds = sorted(set(types))
-        embs = {t: self.rotary(h, pos, t) for t in kinds}
-        if len(kinds) == 1:
-            return embs[kinds[0]]
-        pick = torch.tensor([kinds.index(t) for t in types], device=h.device)
-        cos = torch.stack([embs[t][0] for t in kinds])  # [kinds, 1, T, dim]
-        sin = torch.stack([embs[t][1] for t in kinds])
-        rows = torch.arange(len(types), device=h.device)
-        return cos[pick, 0, rows].unsqueeze(0), sin[pick, 0, rows].unsqueeze(0)
+        return rotary_at(self.rotary, self.layer_types, h, batch, offset)
+
+
+def rotary_at(rotary: nn.Module, layer_types, h: torch.Tensor, layout, offset: int):
+    """cos/sin at each token's position in ``layout`` (a :class:`Batch` or :class:`Static`), for
+    the rotary of each token's layer type at the layer offset ``offset``. Rows at different
+    depths pick their type's by indexing, so no tensor is read on the host (the compiled step
+    stays one graph)."""
+    pos = layout.pos.unsqueeze(0)
+    if layer_types is None:
+        return rotary(h, pos)
+    if layout.depth is not None:  # every token at one depth
+        return rotary(h, pos, layer_types[layout.depth + offset])
+    kinds = sorted(set(layer_types))
+    embs = [rotary(h, pos, t) for t in kinds]
+    ids = torch.tensor([kinds.index(t) for t in layer_types], device=h.device)
+    pick = ids[layout.depth0 + offset]  # [tokens] each token's layer type
+    rows = torch.arange(pick.shape[0], device=h.device)
+    cos = torch.stack([e[0] for e in embs])[pick, 0, rows]
+    sin = torch.stack([e[1] for e in embs])[pick, 0, rows]
+    return cos.unsqueeze(0), sin.unsqueeze(0)
 
 
 class StepGraph(nn.Module):
@@ -537,27 +546,11 @@ class StepGraph(nn.Module):
         one loop of every row (one depth a layer), else one depth-wise pass."""
         layout = Static(cache, pos, depth0, slots, 0 if sequence else None)
         for i, layer in enumerate(self.views[views]):
-            emb = self._rotary(h, layout, base + i)
+            emb = rotary_at(self.rotary, self.layer_types, h, layout, base + i)
             call = LayerCall(layout, base + i, self.windows)
             out = layer(h, position_embeddings=emb, rrt_batch=call)
             h = out[0] if isinstance(out, tuple) else out
         return h
-
-    def _rotary(self, h: torch.Tensor, layout: Static, offset: int):
-        """:meth:`Runner._rotary` for a :class:`Static` step, reading no tensor on the host."""
-        pos = layout.pos.unsqueeze(0)
-        if self.layer_types is None:
-            return self.rotary(h, pos)
-        if layout.depth is not None:
-            return self.rotary(h, pos, self.layer_types[layout.depth + offset])
-        kinds = sorted(set(self.layer_types))
-        embs = [self.rotary(h, pos, t) for t in kinds]
-        ids = torch.tensor([kinds.index(t) for t in self.layer_types], device=h.device)
-        pick = ids[layout.depth0 + offset]  # [rows] each row's layer type
-        rows = torch.arange(pick.shape[0], device=h.device)
-        cos = torch.stack([e[0] for e in embs])[pick, 0, rows]
-        sin = torch.stack([e[1] for e in embs])[pick, 0, rows]
-        return cos.unsqueeze(0), sin.unsqueeze(0)
 
 
 class ExitHead(nn.Module):
