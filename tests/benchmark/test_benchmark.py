@@ -105,6 +105,13 @@ def test_bad_benchmark_settings_are_one_line(served, capsys):
             "--out", str(root / "x.json"), "--systems", "warp"]  # fmt: skip
     assert main(args) == 2
     assert "'warp' is not allowed; choose one of all, vanilla" in capsys.readouterr().err
+    args = ["benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+            "--data", str(data), "--out", str(root / "x.json"),
+            "--systems", "llama_cpp"]  # fmt: skip
+    assert main(args) == 2
+    assert "system llama_cpp needs --gguf" in capsys.readouterr().err
+    assert main([*args, "--gguf", str(root / "none.gguf")]) == 2
+    assert f"--gguf {root / 'none.gguf'}: no such file" in capsys.readouterr().err
 
 
 def test_the_benchmark_serves_in_the_dtype_asked_for(served):

@@ -38,7 +38,13 @@ ALL_SYSTEMS = (
     "depthwise_exit",
     "simulated",
 )
-FULL_SIZE_SYSTEMS = ("vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous")
+FULL_SIZE_SYSTEMS = (
+    "vanilla",
+    "vanilla_compiled",
+    "hf_continuous",
+    "sequence_continuous",
+    "llama_cpp",
+)  # llama_cpp (the baseline's GGUF served by llama.cpp) runs when named, never under "all"
 
 
 @schema.section("benchmark")
@@ -624,8 +630,10 @@ def benchmark(
     cfg: BenchConfig,
     device: str = "auto",
     log: Any = None,
+    gguf: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Every chosen system on one workload; the JSON that ``rrt benchmark`` writes."""
+    """Every chosen system on one workload; the JSON that ``rrt benchmark`` writes. ``gguf``:
+    the baseline's weights as a GGUF file, for the ``llama_cpp`` system."""
     from rrt import store
     from rrt.model.modeling import RecursiveForCausalLM
 
@@ -637,6 +645,10 @@ def benchmark(
     needs_baseline = [s for s in chosen if s in FULL_SIZE_SYSTEMS]
     if needs_baseline and baseline_dir is None:
         raise UserError(f"systems {', '.join(needs_baseline)} need the full-size --baseline model")
+    if "llama_cpp" in chosen and gguf is None:
+        raise UserError("system llama_cpp needs --gguf: the --baseline model's weights as GGUF")
+    if "llama_cpp" in chosen and not Path(gguf).is_file():
+        raise UserError(f"--gguf {gguf}: no such file")
     baseline = (
         store.load_model(baseline_dir, dtype=cfg.dtype, device=device) if needs_baseline else None
     )
@@ -665,6 +677,11 @@ def benchmark(
         plan["vanilla_compiled"] = lambda: serve_vanilla(baseline, work, cfg, compiled=True)
     if "hf_continuous" in chosen:
         plan["hf_continuous"] = lambda: serve_hf_continuous(baseline, work, cfg)
+    if "llama_cpp" in chosen:
+        from rrt.benchmark.llama_cpp import serve_llama_cpp
+
+        threads = torch.get_num_threads()
+        plan["llama_cpp"] = lambda: serve_llama_cpp(gguf, baseline, work, cfg, threads)
     if "sequence_continuous" in chosen:
         plan["sequence_continuous"] = lambda: serve_engine(baseline, work, cfg, mode="sequence")
     if "recursive_sequence" in chosen:

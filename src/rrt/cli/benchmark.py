@@ -9,7 +9,7 @@ from rrt import config as schema
 from rrt.benchmark.bench import BenchConfig, benchmark
 from rrt.contracts import BenchmarkResult
 
-INPUTS = ("model", "baseline", "data")  # the --out never is, holds or lies inside one
+INPUTS = ("model", "baseline", "data", "gguf")  # the --out never is, holds or lies inside one
 OWNED = BenchmarkResult.owns  # an --out file rrt may replace: an earlier benchmark result
 
 
@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> dict[str, float]:
 
     schema.set_threads(args.threads)
     cfg = schema.from_arguments(BenchConfig, args)
-    result = benchmark(args.model, args.baseline, args.data, cfg, device=args.device)
+    result = benchmark(
+        args.model, args.baseline, args.data, cfg, device=args.device, gguf=args.gguf
+    )
     BenchmarkResult.from_dict(result, str(args.out), strict=True)  # the readers' contract
     write_json(args.out, result)
     return {
@@ -40,6 +42,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", help="the full-size source model directory")
     p.add_argument(
         "--data", required=True, help="corpus folder: test prompts, validation calibration"
+    )
+    p.add_argument(
+        "--gguf", help="the --baseline model's weights as a GGUF file (system llama_cpp)"
     )
     p.add_argument("--out", required=True, type=Path, help="the benchmark JSON")
     schema.add_setting(p, "device")

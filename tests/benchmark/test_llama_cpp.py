@@ -1,0 +1,66 @@
+"""llama.cpp as a peer: the continuous-batching loop it is served by, and its errors."""
+
+from __future__ import annotations
+
+import sys
+from types import SimpleNamespace
+
+import pytest
+
+from rrt.benchmark.llama_cpp import LlamaCpp, serve_continuous
+from rrt.errors import UserError
+
+
+class Recorder:
+    """A decoder whose greedy next token is the last fed token + 1, checking what it is fed:
+    each sequence's positions follow on from its KV, and released sequences start again at 0."""
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.kv: dict[int, int] = {}  # sequence: positions held
+        self.steps: list[list[tuple[int, list[int], int, bool]]] = []
+        self.released: list[int] = []
+
+    def decode(self, entries):
+        self.steps.append(entries)
+        assert len({seq for seq, *_ in entries}) == len(entries)  # one entry a sequence
+        out = {}
+        for seq, toks, pos, want in entries:
+            assert 0 <= seq < self.slots
+            assert pos == self.kv.get(seq, 0)
+            self.kv[seq] = pos + len(toks)
+            if want:
+                out[seq] = toks[-1] + 1
+        return out
+
+    def release(self, seq: int) -> None:
+        self.released.append(seq)
+        del self.kv[seq]
+
+
+def test_continuous_serving_feeds_each_decoding_row_and_chunks_prompts_into_the_budget():
+    prompts = [list(range(10 * i, 10 * i + n)) for i, n in enumerate([5, 9, 3, 12, 7])]
+    work = SimpleNamespace(
+        prompts=prompts, outputs=[4, 1, 6, 3, 2], arrivals_s=[0.0, 0.0, 0.0, 0.02, 0.0]
+    )
+    dec = Recorder(slots=2)
+    run = serve_continuous(work, max_batch=2, max_batch_tokens=6, decode=dec.decode,
+                           release=dec.release)  # fmt: skip
+    for i, p in enumerate(prompts):  # greedy through the fake: last prompt token + 1, + 2, ...
+        assert run.tokens[i] == [p[-1] + k for k in range(1, work.outputs[i] + 1)]
+    assert len(dec.released) == 5  # once a request, when its last token is out
+    assert dec.kv == {}  # every sequence's KV freed
+    for entries in dec.steps:
+        decoding = sum(1 for _, toks, pos, _ in entries if len(toks) == 1 and pos > 0)
+        assert sum(len(t) for _, t, _, _ in entries) <= max(6, decoding)
+        assert len(entries) <= 2
+    assert run.steps == len(dec.steps)
+    for i in range(5):
+        assert 0 <= run.ttft_s[i] <= run.latency_s[i] <= run.seconds
+    assert run.ttft_s[3] + 0.02 <= run.seconds  # the late request waited for its arrival
+
+
+def test_llama_cpp_missing_is_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as when not installed
+    with pytest.raises(UserError, match="system llama_cpp needs llama-cpp-python"):
+        LlamaCpp("model.gguf", slots=1, max_len=8, step_tokens=8, threads=1, gpu=False)
