@@ -50,6 +50,15 @@ def test_made_names_say_what_the_model_is():
         names.parse_variant("-x")
 
 
+def test_benchmark_names_round_trip_with_their_own_size():
+    for which in (names.Benchmark("relaxed-B2-average-r32.up.ee"),
+                  names.Benchmark("relaxed-B2-average-r32.up.ee", 4, "bf16")):  # fmt: skip
+        assert names.parse_benchmark(which.stem) == which
+    assert names.Benchmark("m.up.ee", 64, "fp32").stem == "m.up.ee@b64-fp32"
+    with pytest.raises(ValueError, match="not a benchmark's name"):
+        names.parse_benchmark("m@b4-int8")
+
+
 def test_system_names_round_trip_with_threshold_and_kv_fill():
     system = names.exit_system(0.267984, "propagate")
     assert system.name == "depthwise_exit_0.267984_propagate"

@@ -314,6 +314,7 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     Fails with one line naming the key and what is allowed, before any job runs: unknown keys,
     wrong types and bounds (the schema), then what the schema cannot say (:func:`check`).
     """
+    _coerce(values, schema())
     validate(values)
     filled = resolve_defaults(values, "")
     validate(filled)
@@ -321,6 +322,32 @@ def resolve(values: dict[str, Any]) -> dict[str, Any]:
     values.clear()
     values.update(filled)
     return values
+
+
+def _coerce(value: Any, spec: dict[str, Any]) -> Any:
+    """Snakemake reads the nested values of ``--config key='{...}'`` as strings (YAML's base
+    loader): each string where the schema allows a number or a boolean, and no string, becomes
+    what YAML reads it as (``'4'`` -> 4), in place. Other values are left to validation."""
+    spec = _deref(spec)
+    if isinstance(value, dict):
+        for name, sub in spec.get("properties", {}).items():
+            if name in value:
+                value[name] = _coerce(value[name], sub)
+    elif isinstance(value, list) and isinstance(spec.get("items"), dict):
+        value[:] = [_coerce(v, spec["items"]) for v in value]
+    elif isinstance(value, str):
+        branches = [spec, *map(_deref, spec.get("oneOf", []) + spec.get("anyOf", []))]
+        types = set()
+        for b in branches:
+            kind = b.get("type", [])
+            types |= {kind} if isinstance(kind, str) else set(kind)
+        if "string" not in types and types & {"integer", "number", "boolean"}:
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                return value
+            return parsed if isinstance(parsed, int | float | bool) else value
+    return value
 
 
 # GGUF's architecture names -> the model_type transformers gives what it reads

@@ -37,6 +37,8 @@ _NAME = re.compile(
 )
 _EXIT_EVALUATION = re.compile(r"^(?P<model>.+)-exit(?P<loop>\d+)$")
 _EXIT_SYSTEM = re.compile(r"^depthwise_exit_(?P<threshold>[^_]+)_(?P<fill>[a-z]+)$")
+DTYPES = ("auto", "bf16", "fp32")  # what the benchmark serves in
+_BENCHMARK = re.compile(rf"^(?P<model>[^@]+)(@b(?P<batch>\d+)-(?P<dtype>{'|'.join(DTYPES)}))?$")
 
 
 class Sweep(NamedTuple):
@@ -159,7 +161,33 @@ def parse_exit_evaluation(stem: str) -> tuple[str, int | None]:
     return (m["model"], int(m["loop"])) if m else (stem, None)
 
 
-# --- serving systems -------------------------------------------------------------------------
+# --- benchmarks and serving systems ----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark file's stem: the served model, and for a run at a size of its own (the
+    config's ``benchmark.sizes``) its ``max_batch`` and dtype: ``relaxed-B2-average-r32.up.ee``,
+    ``relaxed-B2-average-r32.up.ee@b4-bf16``."""
+
+    model: str
+    max_batch: int | None = None
+    dtype: str | None = None
+
+    @property
+    def stem(self) -> str:
+        if self.max_batch is None:
+            return self.model
+        return f"{self.model}@b{self.max_batch}-{self.dtype}"
+
+
+def parse_benchmark(stem: str) -> Benchmark:
+    m = _BENCHMARK.match(stem)
+    if m is None:
+        raise ValueError(f"{stem!r} is not a benchmark's name (MODEL or MODEL@b<batch>-<dtype>)")
+    if m["batch"] is None:
+        return Benchmark(m["model"])
+    return Benchmark(m["model"], int(m["batch"]), m["dtype"])
 
 
 @dataclass(frozen=True)

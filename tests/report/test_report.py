@@ -276,6 +276,19 @@ def test_the_throughput_table_reads_the_benchmark_files(report: Path):
     assert (report / "plots" / "throughput-toy.png").is_file()
 
 
+def test_a_benchmark_at_another_size_gets_its_own_table(tmp_path: Path):
+    """benchmark.sizes: MODEL@b4-bf16.json beside MODEL.json, each its table and figure."""
+    results = make_results(tmp_path)
+    main = results / "benchmarks" / "toy.json"
+    (results / "benchmarks" / "toy@b4-bf16.json").write_text(main.read_text())
+    out = tmp_path / "out"
+    build(results, out, ReportConfig())
+    md = (out / "report.md").read_text()
+    assert "benchmarks/toy.json" in md and "benchmarks/toy@b4-bf16.json" in md
+    assert set(_csv(out, "throughput")["benchmark"]) == {"toy", "toy@b4-bf16"}
+    assert (out / "plots" / "throughput-toy@b4-bf16.png").is_file()
+
+
 def test_without_benchmark_files_the_report_says_so(tmp_path: Path):
     results = make_results(tmp_path, benchmark=False)
     out = tmp_path / "out"

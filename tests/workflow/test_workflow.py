@@ -92,6 +92,28 @@ def test_the_default_experiment_builds_what_the_papers_story_needs(tmp_path):
     assert jobs["benchmark"] == 1 and jobs["report"] == 1  # the early-exit model is served
 
 
+def test_benchmark_sizes_are_more_runs_each_at_its_own_batch_and_dtype(tmp_path):
+    """benchmark.sizes, given on the command line (Snakemake reads its nested values as
+    strings; the config's check reads them back as the schema's numbers)."""
+    sizes = "benchmark={max_batch: 8, sizes: [{max_batch: 1, dtype: bf16}, {max_batch: 64}]}"
+    default = str(REPO / "config" / "config.yaml")
+    result = snakemake(tmp_path, "-n", "-p", "--configfile", default, "--config", sizes)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert planned_jobs(result)["benchmark"] == 3
+    runs = {
+        line.split("--out ")[1].split()[0].rsplit("/", 1)[1]: line
+        for line in result.stdout.splitlines()
+        if "rrt benchmark " in line
+    }
+    model = "relaxed-B2-average-r32.up.ee"
+    assert set(runs) == {f"{model}.json", f"{model}@b1-bf16.json", f"{model}@b64-auto.json"}
+    assert "--max-batch 8 " in runs[f"{model}.json"] and "--dtype auto" in runs[f"{model}.json"]
+    assert "--max-batch 1 " in runs[f"{model}@b1-bf16.json"]
+    assert "--dtype bf16" in runs[f"{model}@b1-bf16.json"]
+    assert "--max-batch 64 " in runs[f"{model}@b64-auto.json"]
+    assert "--sizes" not in result.stdout  # workflow only: never a flag of rrt benchmark
+
+
 def test_a_local_source_plans_every_baseline_from_the_users_folder(tmp_path):
     """source: {kind: local, path: DIR}: the full-size model is uptrained from DIR itself (the
     workflow makes no models/source), the reduced baseline is --like DIR."""

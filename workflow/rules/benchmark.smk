@@ -9,22 +9,22 @@ against 1,739 tokens/s), waiting passively (spinning threads collapsed to 341-46
 
 rule benchmark:
     input:
-        model=model("{name}"),
+        model=lambda w: model(names.parse_benchmark(w.stem).model),
         baseline=model("source"),
         corpus=corpus(),
     output:
-        benchmark_result("{name}"),
+        benchmark_result("{stem}"),
     log:
-        log("benchmark", "{name}"),
+        log("benchmark", "{stem}"),
     conda:
         "../../envs/serve.yaml"
     threads: every_core()
     resources:
         **job_resources(gpu=True),
     params:
-        options=as_flags(config["benchmark"]),
+        options=benchmark_options,
         torch_threads=config["resources"]["threads"],
-        track=lambda w: track("benchmark", name=w.name),
+        track=lambda w: track("benchmark", stem=w.stem),
     shell:
         "OMP_WAIT_POLICY=PASSIVE python -m rrt benchmark --model {input.model} --baseline {input.baseline}"
         " --data {input.corpus}"

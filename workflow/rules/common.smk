@@ -33,6 +33,7 @@ wildcard_constraints:
     exit=r"\d+",
     base=r"[^/]+",
     name=r"[^/]+",
+    stem=r"[^/]+",
 
 
 # --- paths: one function per kind of artifact ----------------------------------------------------
@@ -61,9 +62,9 @@ def exit_evaluation(name, exit):
     return f"{RESULTS}/eval/exits/{names.exit_evaluation(name, exit)}.json"
 
 
-def benchmark_result(name):
-    """The throughput benchmark of a served (early-exit) model."""
-    return f"{RESULTS}/benchmarks/{name}.json"
+def benchmark_result(stem):
+    """A throughput benchmark of a served (early-exit) model (names.Benchmark's stem)."""
+    return f"{RESULTS}/benchmarks/{stem}.json"
 
 
 def log(rule, name):
@@ -106,8 +107,25 @@ def models():
 
 
 def benchmarks():
-    """Every early-exit model is served and benchmarked against the full-size source."""
-    return [benchmark_result(name) for name, _ in early_exit_names()]
+    """Every early-exit model is served and benchmarked against the full-size source, at the
+    config's size and at each of benchmark.sizes."""
+    sizes = [(s["max_batch"], s["dtype"]) for s in config["benchmark"]["sizes"]]
+    return [
+        benchmark_result(names.Benchmark(name, *size).stem)
+        for name, _ in early_exit_names()
+        for size in [(None, None), *sizes]
+    ]
+
+
+def benchmark_options(wildcards):
+    """rrt benchmark's flags for the benchmark named by the wildcard: the config's settings,
+    with its own max_batch and dtype for a run of benchmark.sizes."""
+    which = names.parse_benchmark(wildcards.stem)
+    commands = schema.command_settings("benchmark")
+    options = {k: v for k, v in config["benchmark"].items() if k in commands}
+    if which.max_batch is not None:
+        options.update(max_batch=which.max_batch, dtype=which.dtype)
+    return as_flags(options)
 
 
 def evaluations():
