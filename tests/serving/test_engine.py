@@ -362,17 +362,8 @@ def _compiled_equals_eager(model, **kwargs) -> Engine:
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
     from rrt.serving.runner import bucket
 
-    assert [bucket(n) for n in (1, 2, 4, 5, 16, 17, 64, 65, 129)] == [
-        1,
-        4,
-        4,
-        16,
-        16,
-        64,
-        64,
-        128,
-        192,
-    ]
+    rows = (1, 2, 4, 5, 9, 16, 17, 33, 64, 65, 129)
+    assert [bucket(n) for n in rows] == [1, 4, 4, 8, 16, 16, 32, 64, 64, 128, 192]
 
 
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
