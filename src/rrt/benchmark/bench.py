@@ -250,6 +250,24 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
     )
 
 
+def serve_llama_cpp(gguf: str | Path, baseline: Any, work: Workload, cfg: BenchConfig) -> Served:
+    """llama.cpp on the baseline's weights as GGUF (:mod:`rrt.benchmark.llama_cpp`)."""
+    from rrt.benchmark import llama_cpp
+
+    run = llama_cpp.serve_llama_cpp(gguf, baseline, work, cfg, torch.get_num_threads())
+    n = len(work.prompts)
+    return Served(
+        run.tokens,
+        [[] for _ in range(n)],
+        run.ttft_s,
+        run.latency_s,
+        run.seconds,
+        None,
+        {"steps": run.steps},
+        run.cost,
+    )
+
+
 class _Clock:
     """A logits processor that only records when each decoding step's logits are ready."""
 
@@ -678,10 +696,7 @@ def benchmark(
     if "hf_continuous" in chosen:
         plan["hf_continuous"] = lambda: serve_hf_continuous(baseline, work, cfg)
     if "llama_cpp" in chosen:
-        from rrt.benchmark.llama_cpp import serve_llama_cpp
-
-        threads = torch.get_num_threads()
-        plan["llama_cpp"] = lambda: serve_llama_cpp(gguf, baseline, work, cfg, threads)
+        plan["llama_cpp"] = lambda: serve_llama_cpp(gguf, baseline, work, cfg)
     if "sequence_continuous" in chosen:
         plan["sequence_continuous"] = lambda: serve_engine(baseline, work, cfg, mode="sequence")
     if "recursive_sequence" in chosen:

@@ -186,10 +186,11 @@ class LlamaCpp:
         self.lib.llama_model_free(self.model)
 
 
-def serve_llama_cpp(gguf: str | Path, baseline: Any, work: Any, cfg: Any, threads: int) -> Any:
+def serve_llama_cpp(
+    gguf: str | Path, baseline: Any, work: Any, cfg: Any, threads: int
+) -> Continuous:
     """The workload through llama.cpp on ``gguf`` (the full-size ``baseline``'s weights), warmed
-    up on two short requests first; returns the benchmark's ``Served``."""
-    from rrt.benchmark.bench import Served
+    up on two short requests first, its steps counted as the baseline's."""
     from rrt.serving.cost import CostModel
     from rrt.serving.runner import Runner
 
@@ -202,19 +203,8 @@ def serve_llama_cpp(gguf: str | Path, baseline: Any, work: Any, cfg: Any, thread
         )
         serve_continuous(warm, cfg.max_batch, cfg.max_batch_tokens, engine.decode, engine.release)
         count = CostModel.of(Runner(baseline))
-        run = serve_continuous(
+        return serve_continuous(
             work, cfg.max_batch, cfg.max_batch_tokens, engine.decode, engine.release, count
         )
     finally:
         engine.close()
-    n = len(work.prompts)
-    return Served(
-        run.tokens,
-        [[] for _ in range(n)],
-        run.ttft_s,
-        run.latency_s,
-        run.seconds,
-        None,
-        {"steps": run.steps},
-        run.cost,
-    )
