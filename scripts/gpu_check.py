@@ -632,15 +632,15 @@ def timed_svds(device: torch.device, budget: Budget, figures: dict[str, Any]) ->
 
 def run_engine(ctx: Context, budget: Budget, figures: dict[str, Any]) -> None:
     s = ctx.sizes
-    cfg = bench.BenchConfig(
-        **{
-            **schema.defaults("benchmark"),
+    cfg = schema.from_values(
+        bench.BenchConfig,
+        {
             "requests": s.requests,
             "min_prompt_tokens": s.prompt_tokens,
             "max_prompt_tokens": s.prompt_tokens,
             "max_new_tokens": s.new_tokens,
             "max_batch": s.max_batch,
-        }
+        },
     )
     dtype = torch.bfloat16 if ctx.cuda else torch.float32  # the benchmark's dtype "auto"
     rng = np.random.default_rng(0)
