@@ -117,17 +117,6 @@ def benchmarks():
     ]
 
 
-def benchmark_options(wildcards):
-    """rrt benchmark's flags for the benchmark named by the wildcard: the config's settings,
-    with its own max_batch and dtype for a run of benchmark.sizes."""
-    which = names.parse_benchmark(wildcards.stem)
-    commands = schema.command_settings("benchmark")
-    options = {k: v for k, v in config["benchmark"].items() if k in commands}
-    if which.max_batch is not None:
-        options.update(max_batch=which.max_batch, dtype=which.dtype)
-    return as_flags(options)
-
-
 def evaluations():
     """Every evaluation of the experiment: what `rule all` asks for."""
     files = [evaluation(n) for n in experiment.evaluated(config)]
@@ -137,6 +126,12 @@ def evaluations():
 
 
 # --- what rules pass to rrt ----------------------------------------------------------------------
+
+
+def command_options(section):
+    """The settings of a config section that its rrt command takes (not the workflow's own)."""
+    commands = schema.command_settings(section)
+    return {k: v for k, v in config[section].items() if k in commands}
 
 
 def suite_tasks(suite):
@@ -174,13 +169,19 @@ def evaluation_inputs(wildcards):
     return inputs
 
 
+def benchmark_options(wildcards):
+    """rrt benchmark's flags for the benchmark named by the wildcard: the config's settings,
+    with its own max_batch and dtype for a run of benchmark.sizes."""
+    which = names.parse_benchmark(wildcards.stem)
+    options = command_options("benchmark")
+    if which.max_batch is not None:
+        options.update(max_batch=which.max_batch, dtype=which.dtype)
+    return as_flags(options)
+
+
 def evaluation_options():
-    commands = schema.command_settings("evaluate")
-    options = {
-        k: v
-        for k, v in config["evaluate"].items()
-        if k in commands and k != "paper_data"
-    }
+    options = command_options("evaluate")
+    options.pop("paper_data", None)  # a path the workflow resolves: paper_data()
     flags = as_flags({**options, "device": config["device"]})
     if needs_embedded_tasks():
         flags += f" --task-dir {data('tasks')}"
