@@ -50,6 +50,16 @@ def test_made_names_say_what_the_model_is():
         names.parse_variant("-x")
 
 
+def test_the_names_constants_are_the_schemas_choices():
+    defs = schema.schema()["$defs"]
+    assert tuple(defs["dtype"]["enum"]) == names.DTYPES
+    for served in ("benchmark.dtype", "train.precision"):
+        assert schema.node(served)["enum"] == defs["dtype"]["enum"]
+    assert schema.node("benchmark.sizes")["items"]["properties"]["dtype"]["$ref"] == "#/$defs/dtype"
+    assert tuple(defs["init"]["enum"]) == names.INITS
+    assert tuple(schema.node("benchmark.kv_fills")["items"]["enum"]) == names.KV_FILLS
+
+
 def test_benchmark_names_round_trip_with_their_own_size():
     for which in (names.Benchmark("relaxed-B2-average-r32.up.ee"),
                   names.Benchmark("relaxed-B2-average-r32.up.ee", 4, "bf16")):  # fmt: skip
