@@ -64,3 +64,21 @@ def test_llama_cpp_missing_is_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", None)  # import fails as when not installed
     with pytest.raises(UserError, match="system llama_cpp needs llama-cpp-python"):
         LlamaCpp("model.gguf", slots=1, max_len=8, step_tokens=8, threads=1, gpu=False)
+
+
+def test_a_context_llama_cpp_cannot_make_frees_the_model_and_is_one_line(monkeypatch):
+    freed = []
+    fake = SimpleNamespace(
+        llama_log_callback=lambda fn: fn,
+        llama_log_set=lambda *args: None,
+        llama_backend_init=lambda: None,
+        llama_model_default_params=SimpleNamespace,
+        llama_context_default_params=SimpleNamespace,
+        llama_model_load_from_file=lambda path, params: "model",
+        llama_init_from_model=lambda model, params: None,  # as when its KV does not fit
+        llama_model_free=freed.append,
+    )
+    monkeypatch.setitem(sys.modules, "llama_cpp", fake)
+    with pytest.raises(UserError, match="could not make a context of 64 sequences of 512"):
+        LlamaCpp("model.gguf", slots=64, max_len=512, step_tokens=8, threads=1, gpu=False)
+    assert freed == ["model"]

@@ -151,7 +151,11 @@ class LlamaCpp:
         ctx.no_perf = True
         self.ctx = lib.llama_init_from_model(self.model, ctx)
         if not self.ctx:
-            raise RuntimeError(f"llama.cpp could not make a context of {slots} sequences")
+            lib.llama_model_free(self.model)
+            raise UserError(
+                f"llama.cpp could not make a context of {slots} sequences of {max_len} positions"
+                " (out of memory? try a smaller --max-batch)"
+            )
         self.memory = lib.llama_get_memory(self.ctx)
         self.batch = lib.llama_batch_init(step_tokens, 0, 1)
         self.vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(self.model))
