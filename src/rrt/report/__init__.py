@@ -1,12 +1,9 @@
 """``rrt report``: an experiment's results compiled into the paper's tables and figures.
 
-Reads only ``results/<experiment>/`` (evaluations and their per-sample files, each trained
-model's metrics.json and steps.jsonl, benchmarks/*.json, the experiment's record) with Polars,
-and writes ``report.md``, a self-contained ``report.html``, ``tables/*.csv`` (the long-form
-data behind every table and plot) and ``plots/*.png``. The same results give the same bytes.
-
-The package's modules are imported inside functions: the Snakefile imports
-:mod:`rrt.report.record`, and must not pay for Polars and matplotlib.
+Reads only ``results/<experiment>/`` with Polars and writes ``report.md``, a self-contained
+``report.html``, ``tables/*.csv`` (the data behind every table and plot) and ``plots/*.png``: the
+same results give the same bytes. Modules are imported inside functions, as the Snakefile imports
+:mod:`rrt.report.record` and must not pay for Polars and matplotlib.
 """
 
 from __future__ import annotations

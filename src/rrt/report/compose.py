@@ -1,5 +1,5 @@
-"""The report's sections in reading order, each from its table and figure modules, and writing
-them (atomically) to the report folder: report.md, report.html, tables/*.csv and plots/*.png."""
+"""The report's sections in reading order, and writing them (atomically) to the report folder:
+report.md, report.html, tables/*.csv and plots/*.png."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,12 +10,13 @@ import polars as pl
 from rrt.io import MARKER, atomic_path, write_text
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section, render
-from rrt.report.figures import exits as exits_figure
 from rrt.report.figures import loss, size
-from rrt.report.figures import throughput as throughput_figure
 from rrt.report.results import load
 from rrt.report.tables import claims, exits, init, kd, models, provenance, rank, throughput
 from rrt.report.tables import uptraining as before_after
+
+# after the summary of claims, each module's section(ctx), in reading order
+SECTIONS = (models, size, init, rank, before_after, kd, exits, loss, throughput, provenance)
 
 
 @dataclass
@@ -33,24 +34,9 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
     """The report of one results folder; nothing is written (``write`` does)."""
     ctx = Context(load(results_dir), alpha)
     found = claims.claims(ctx)
-    exit_section, throughput_section = exits.section(ctx), throughput.section(ctx)
-    exits_figure.add(exit_section, ctx)
-    throughput_figure.add(throughput_section)
     method = [item.format(alpha=alpha) for item in TEXT["method"]["items"]]
-    sections = [
-        claims.section(ctx, found),
-        models.section(ctx),
-        size.section(ctx),
-        init.section(ctx),
-        rank.section(ctx),
-        before_after.section(ctx),
-        kd.section(ctx),
-        exit_section,
-        loss.section(ctx),
-        throughput_section,
-        provenance.section(ctx.results),
-        Section("method", TEXT["method"]["title"], [method]),
-    ]
+    sections = [claims.section(ctx, found), *(module.section(ctx) for module in SECTIONS)]
+    sections.append(Section("method", TEXT["method"]["title"], [method]))
     data = {name: frame for s in sections for name, frame in s.data.items()}
     data["comparisons"] = ctx.comparisons_frame()
     figures = {b.id: b.png for s in sections for b in s.blocks if isinstance(b, Figure)}
@@ -67,13 +53,12 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
 def write(report: Report, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / MARKER).write_text("written by rrt report: a rerun may replace it\n")
-    with atomic_path(out / "tables") as tmp:
-        tmp.mkdir()
-        for name, frame in sorted(report.data.items()):
-            frame.write_csv(tmp / f"{name}.csv")
-    with atomic_path(out / "plots") as tmp:
-        tmp.mkdir()
-        for name, png in sorted(report.figures.items()):
-            (tmp / f"{name}.png").write_bytes(png)
+    tables = {f"{name}.csv": frame.write_csv().encode() for name, frame in report.data.items()}
+    plots = {f"{name}.png": png for name, png in report.figures.items()}
+    for folder, files in (("tables", tables), ("plots", plots)):
+        with atomic_path(out / folder) as tmp:
+            tmp.mkdir()
+            for name, content in sorted(files.items()):
+                (tmp / name).write_bytes(content)
     for form in ("md", "html"):
         write_text(out / f"report.{form}", render(report.title, report.sections, form))

@@ -1,7 +1,6 @@
 """What the tables share, computed once from one results folder: the models in order, the gaps,
-each model's numbers, and every paired comparison made (tables/comparisons.csv): two evaluations
-compared item by item (the per-sample files), task by task and on the suite average; unpaired
-stderrs only where a per-sample file is missing (and then said so)."""
+each model's numbers, and every comparison made (tables/comparisons.csv): paired item by item
+where the per-sample files allow, else on the unpaired stderrs (and then said so)."""
 
 import os
 from dataclasses import dataclass, field
@@ -31,9 +30,8 @@ def label(evaluation: Evaluation) -> str:
 
 def compare(model: Evaluation, reference: Evaluation) -> Measures:
     """``model`` minus ``reference``: the suite average (paired where every averaged task is),
-    then each task by the best test the files allow: accuracy differences (fractions) and, for
-    perplexity tasks, the mean difference of per-document log-likelihood (nats; positive: the
-    model is better)."""
+    then each task by the best test the files allow: accuracy (fractions), or per-document
+    log-likelihood for perplexity tasks (nats; positive: the model is better)."""
     tasks: Measures = {}
     correct: dict[str, tuple[list[bool], list[bool]]] = {}
     for task, score in model.scores.items():
@@ -96,8 +94,7 @@ class Context:
 
     @cached_property
     def perplexity_task(self) -> tuple[str, str] | None:
-        """The first task the suite does not average whose headline is a perplexity, and its
-        metric; None where the suite has none."""
+        """The first task (and metric) the suite does not average whose headline is a perplexity."""
         found = ((t, m) for t, m, averaged in self.tasks if not averaged and "perplexity" in m)
         return next(found, None)
 
@@ -149,19 +146,16 @@ class Context:
         }
 
     def task_cells(self, evaluation: Evaluation | None, averaged: bool) -> dict[str, str]:
-        """The averaged tasks (accuracy ± stderr, in percent) or the others (perplexities), one
-        cell each, headed by task (less the tasks' common prefix) and metric."""
+        """A cell of each averaged task (accuracy ± stderr, in percent) or each other one
+        (perplexity), headed by task (less the tasks' common prefix) and metric."""
         names = [t for t, _, _ in self.tasks]
         common = os.path.commonprefix(names) if len(names) > 1 else ""
         prefix = common[: common.rfind("_") + 1]
-        cells = {}
-        for task, metric, in_average in self.tasks:
-            if in_average == averaged:
-                score = evaluation.scores.get(task) if evaluation else None
-                value, stderr = (score.value, score.stderr) if score else (None, None)
-                show = fmt.pct if averaged else fmt.value_pm
-                cells[f"{task.removeprefix(prefix)} ({metric})"] = show(value, stderr)
-        return cells
+        show = fmt.pct if averaged else fmt.value_pm
+        scores = evaluation.scores.values() if evaluation else []
+        shown = {s.task: show(s.value, s.stderr) for s in scores}
+        tasks = [(t, m) for t, m, in_average in self.tasks if in_average == averaged]
+        return {f"{t.removeprefix(prefix)} ({m})": shown.get(t, fmt.DASH) for t, m in tasks}
 
     def full_size(self) -> Evaluation | None:
         """The full-size model uptrained on the same tokens, else the source itself."""
@@ -172,11 +166,12 @@ class Context:
         uptrained on (the paper's matched budget); none for early exit (more tokens)."""
         if name.kind not in ("recursive", "relaxed") or name.early_exit:
             return None
-        tokens = self.tokens(name.name)
+        if (tokens := self.tokens(name.name)) is None:
+            return None
         matched = (
             self.evaluation(other.name)
             for other in self.models
-            if other.kind == "reduced" and other.loops == name.loops and tokens is not None
+            if other.kind == "reduced" and other.loops == name.loops
             if self.tokens(other.name) == tokens
         )
         return next(matched, None)

@@ -1,8 +1,6 @@
-"""What a report is made of, independent of its format: sections of paragraphs, bullet lists,
-tables (Polars frames of display strings) and figures (PNG bytes), each section with the
-long-form data behind it (tables/NAME.csv); and the document written as Markdown (figures as
-plots/ID.png beside it, report.md.j2) and as one self-contained HTML page (report.html.j2: figures
-as base64 PNGs, styles inline). Both are functions of the document alone: fixed element ids, no
+"""A report apart from its format: sections of paragraphs, bullets, tables (Polars frames of
+strings) and figures (PNG bytes), each with its long-form data (tables/NAME.csv), rendered as
+Markdown (report.md.j2) and one self-contained HTML page (report.html.j2) with fixed ids and no
 dates, so the same results give the same bytes. The words are text.yaml's."""
 
 import base64
@@ -68,7 +66,7 @@ def one_table(
     data: pl.DataFrame,
     rows: list[dict[str, str]],
     notes: list[str] | None = None,
-    **fields,
+    **fields: Any,
 ) -> Section:
     """A section of one table and its data (tables/ID.csv), worded by text.yaml's ``id`` (its
     notes filled in with ``fields``), or why the experiment has none."""
@@ -84,9 +82,7 @@ def frame(rows: list[dict[str, Any]], columns: Sequence[str]) -> pl.DataFrame:
     """Long-form data: ``columns`` of each row, their types inferred from every row."""
     if not rows:
         return pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
-    return pl.DataFrame(
-        [{c: row.get(c) for c in columns} for row in rows], infer_schema_length=None
-    )
+    return pl.DataFrame([{c: r.get(c) for c in columns} for r in rows], infer_schema_length=None)
 
 
 # Columns of prose (wrapped) and of names (left-aligned); the others hold numbers.

@@ -1,6 +1,6 @@
-"""How numbers read in the report: accuracies in percent (as the paper's tables), parameters and
-tokens with K/M/B, differences with their p-value and a star where significant, and the cells
-every table about models shares (from a row of :meth:`Context.facts`)."""
+"""How numbers read in the report: accuracies in percent (as the paper's tables), counts with
+K/M/B, differences with their p-value and a star where significant, and the cells every table
+about models shares (from a row of :meth:`Context.facts`)."""
 
 import math
 from collections.abc import Callable, Sequence
@@ -12,22 +12,20 @@ DASH = "—"
 UNITS = (("B", 1e9), ("M", 1e6), ("K", 1e3))
 
 
-def pct(value: float | None, stderr: float | None = None) -> str:
-    """A share in percent (± its stderr)."""
+def _pm(show: Callable[[float], str], value: float | None, stderr: float | None) -> str:
     if value is None:
         return DASH
-    return f"{100 * value:.1f}" if stderr is None else f"{100 * value:.1f} ± {100 * stderr:.1f}"
+    return show(value) if stderr is None else f"{show(value)} ± {show(stderr)}"
+
+
+def pct(value: float | None, stderr: float | None = None) -> str:
+    """A share in percent (± its stderr)."""
+    return _pm(lambda v: f"{100 * v:.1f}", value, stderr)
 
 
 def value_pm(value: float | None, stderr: float | None = None, digits: int = 3) -> str:
     """A perplexity (± stderr): fixed digits, or four significant ones where it is huge."""
-    if value is None:
-        return DASH
-
-    def show(v: float) -> str:
-        return f"{v:.4g}" if abs(v) >= 1e4 else number(v, digits)
-
-    return show(value) if stderr is None else f"{show(value)} ± {show(stderr)}"
+    return _pm(lambda v: f"{v:.4g}" if abs(v) >= 1e4 else number(v, digits), value, stderr)
 
 
 def count(value: float | None) -> str:

@@ -1,10 +1,7 @@
-"""The experiment's record: its resolved config and what it is meant to make, beside its results.
-
-The workflow writes ``results/<experiment>/experiment.json`` before any job starts (onstart), so
-the report, which reads nothing outside the results folder, knows the config (and its hash) and
-can show every configuration that failed or has not run as a gap instead of leaving it out.
-Kept free of heavy imports: the Snakefile imports it.
-"""
+"""The experiment's record (``results/<experiment>/experiment.json``, written before any job
+starts): its resolved config and what it makes, so the report, which reads nothing outside the
+results folder, shows every configuration that failed or never ran as a gap. The Snakefile imports
+it: no heavy imports."""
 
 from __future__ import annotations
 
@@ -26,11 +23,8 @@ def config_hash(config: dict[str, Any]) -> str:
 def write_record(
     results: str | os.PathLike[str], config: dict[str, Any], expected: dict[str, list[str]]
 ) -> Path:
-    """Write the record (only when it changed, so its time stamp says when the config did).
-
-    ``expected`` maps a kind of output (models, evaluations, ...) to paths; those under
-    ``results`` are kept, relative to it.
-    """
+    """Write the record where it changed (its time stamp says when the config did); of
+    ``expected``'s paths (models, evaluations, ...), those under ``results``, relative to it."""
     from rrt import store
     from rrt.io import write_text
 

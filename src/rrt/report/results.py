@@ -1,10 +1,8 @@
-"""Reading an experiment's results folder: evaluations, per-sample files, training metrics and
-step logs, benchmarks and the experiment's record, each through its :mod:`rrt.contracts` class.
-Only files under ``results/<experiment>/`` are read (never MLflow), so the same folder always
-gives the same report.
-
-A file that is there but cannot be read is one line naming it (a ContractError); a result that
-is not there is a gap with its reason (:mod:`rrt.report.tables.gaps`), never an error.
+"""Reading an experiment's results folder (only ``results/<experiment>/``, never MLflow, so the
+same folder gives the same report): evaluations, per-sample files, training metrics and step logs,
+benchmarks and the record, each through its :mod:`rrt.contracts` class. A file that is there but
+cannot be read is one line naming it (a ContractError); a result that is not there is a gap
+(:mod:`rrt.report.tables.gaps`), never an error.
 """
 
 from __future__ import annotations
@@ -64,15 +62,14 @@ def finite(value: Any) -> float | None:
 
 
 class Score(NamedTuple):
-    """A task's headline (a row of tables/scores.csv): the metric the suite uses, its value and
-    stderr, how many items, whether the suite averages it."""
+    """A task's headline (a row of tables/scores.csv)."""
 
     task: str
     metric: str
     value: float | None
     stderr: float | None
     n: int | None
-    averaged: bool
+    averaged: bool  # by the suite
 
 
 class Sample(NamedTuple):
@@ -219,20 +216,11 @@ def load(root: str | Path) -> Results:
             f"give an experiment's folder, results/<experiment>{hint}"
         )
     record = read_json(root / RECORD, root) if (root / RECORD).is_file() else None
-    evaluations = {}
-    for path in sorted((root / "eval").glob("*.json")) + sorted(
-        (root / "eval" / "exits").glob("*.json")
-    ):
-        evaluation = read_evaluation(path, root)
-        evaluations[(evaluation.name, evaluation.exit_loop)] = evaluation
-    trainings, present = {}, set()
-    models = root / "models"
-    for folder in sorted(models.iterdir()) if models.is_dir() else []:
-        if not folder.is_dir() or folder.name.endswith(".work") or folder.name.startswith("."):
-            continue
-        present.add(folder.name)
-        if (training := read_training(folder, root)) is not None:
-            trainings[folder.name] = training
+    paths = [*sorted((root / "eval").glob("*.json")), *sorted((root / "eval/exits").glob("*.json"))]
+    evaluations = {(e.name, e.exit_loop): e for e in (read_evaluation(p, root) for p in paths)}
+    folders = sorted((root / "models").glob("[!.]*"))  # not hidden, nor checkpoints (NAME.work)
+    present = {f.name for f in folders if f.is_dir() and not f.name.endswith(".work")}
+    trainings = {n: t for n in sorted(present) if (t := read_training(root / "models" / n, root))}
     benchmarks = {
         p.stem: BenchmarkResult.read(p, _rel(p, root))
         for p in sorted((root / "benchmarks").glob("*.json"))

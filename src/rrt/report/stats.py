@@ -1,9 +1,6 @@
-"""Paired significance tests over the same items, with scipy.stats.
-
-Two models evaluated on the same documents share each item's difficulty: their item-by-item
-difference has a far smaller variance than the two unpaired stderrs suggest, so a paired test
-separates models whose error bars overlap. Means and stderrs are summed with ``math.fsum`` so they
-do not depend on the order of the items.
+"""Paired significance tests over the same items, with scipy.stats: two models' item-by-item
+differences vary far less than their unpaired stderrs suggest, so a paired test separates models
+whose error bars overlap. Sums use ``math.fsum``: the result does not depend on the items' order.
 """
 
 import math
@@ -26,9 +23,8 @@ class Paired:
 def mean_se(values: Sequence[float]) -> tuple[float, float]:
     n = len(values)
     mean = math.fsum(values) / n if n else 0.0
-    if n < 2:
-        return mean, 0.0
-    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n)
+    variance = math.fsum((v - mean) ** 2 for v in values) / (n - 1) / n if n > 1 else 0.0
+    return mean, math.sqrt(variance)
 
 
 def normal_two_sided(z: float) -> float:
@@ -42,17 +38,17 @@ def _test(delta: float, se: float, n: int, p_of: Callable[[float], float]) -> Pa
 
 
 def mcnemar(first: Sequence[bool], second: Sequence[bool]) -> Paired:
-    """McNemar's exact test of two models' correctness on the same items: only the items on
-    which they disagree carry information, and under the null each is a fair coin."""
+    """McNemar's exact test: only the items the two models disagree on count, each a fair coin
+    under the null."""
     diffs = [float(x) - float(y) for x, y in zip(first, second, strict=True)]
     b, c = diffs.count(1.0), diffs.count(-1.0)
     p = stats.binomtest(min(b, c), b + c, 0.5).pvalue if b + c else 1.0
-    return Paired((b - c) / len(diffs) if diffs else 0.0, mean_se(diffs)[1], float(p), len(diffs))
+    return Paired(*mean_se(diffs), float(p), len(diffs))
 
 
 def suite_average(per_task: dict[str, tuple[Sequence[bool], Sequence[bool]]]) -> Paired:
-    """The difference of two suite averages (each the mean of per-task accuracies) from paired
-    per-item differences: the tasks' variances add (independent items), z test."""
+    """The difference of two suite averages (means of per-task accuracies) from paired per-item
+    differences: the tasks' variances add (independent items), z test."""
     if not per_task:
         return Paired(0.0, 0.0, 1.0, 0)
     diffs = [[float(x) - float(y) for x, y in zip(a, b, strict=True)] for a, b in per_task.values()]

@@ -1,8 +1,5 @@
-"""The report's figures (matplotlib, Agg, no pyplot state), one module each, and what they share.
-
-PNG bytes are reproducible: the same data gives the same file (no software or date metadata;
-fonts are matplotlib's own).
-"""
+"""The report's figures (matplotlib, Agg, no pyplot state) and what they share; the same data
+gives the same PNG bytes (no software or date metadata; fonts are matplotlib's own)."""
 
 import io
 from collections.abc import Iterable
@@ -24,10 +21,7 @@ RC = {
     "grid.alpha": 0.3,
     "svg.hashsalt": "rrt",
 }
-COLORS = [
-    "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-    "#bcbd22", "#17becf",
-]  # fmt: skip
+COLORS = matplotlib.colormaps["tab10"].colors  # matplotlib's default colour cycle
 
 
 def png(figure: Figure) -> bytes:
@@ -42,10 +36,6 @@ def new(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Axes
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])
-
-
-def palette(n: int) -> list[str]:
-    return [COLORS[i % len(COLORS)] for i in range(n)]
 
 
 def scale(values: Iterable[float]) -> tuple[float, str]:

@@ -2,13 +2,14 @@
 steps.jsonl (tables/loss.csv), one panel per kind of training."""
 
 import math
+from itertools import cycle
 
 import polars as pl
 from matplotlib.axes import Axes
 
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section
-from rrt.report.figures import new, palette, png, scale
+from rrt.report.figures import COLORS, new, png, scale
 from rrt.report.results import Name, parse_name
 
 SERIES = ("loss", "ce", "kd", "learning_rate", "grad_norm")
@@ -38,10 +39,10 @@ def section(ctx: Context) -> Section:
     if swept := sum(parse_name(n).sweep is not None for n in ctx.results.trainings):
         caption += f" The {swept} swept models' curves are in tables/loss.csv only."
     image = plot(curves)
-    blocks = [
+    block = (
         Figure("loss", caption, image) if image else "No step logs (steps.jsonl) in the results."
-    ]
-    return Section("training", TEXT["training"]["title"], blocks, {"loss": curves})
+    )
+    return Section("training", TEXT["training"]["title"], [block], {"loss": curves})
 
 
 def panel(name: Name) -> str | None:
@@ -66,7 +67,7 @@ def plot(curves: pl.DataFrame) -> bytes | None:
     unit_scale, unit = scale(curves["tokens"].drop_nulls().to_list())
     for ax, (key, names) in zip(axes, chosen.items(), strict=True):
         series = ["ce", "ce_loop1"] if key == "early exit" else ["ce"]
-        for color, model in zip(palette(len(names)), names, strict=True):
+        for color, model in zip(cycle(COLORS), names, strict=False):
             rows = curves.filter(pl.col("model") == model)
             for s in series:
                 part = rows.filter(pl.col("series") == s)
@@ -83,9 +84,8 @@ def plot(curves: pl.DataFrame) -> bytes | None:
                     x, _smooth(y), color=color, linewidth=1.6, label=label,
                     linestyle="--" if s == "ce_loop1" else "-",
                 )  # fmt: skip
-        ax.set_title(PANELS[key])
-        ax.set_xlabel(f"tokens seen ({unit})" if unit else "tokens seen")
-        ax.set_ylabel("training cross-entropy (nats/token)")
+        xlabel = f"tokens seen ({unit})" if unit else "tokens seen"
+        ax.set(title=PANELS[key], xlabel=xlabel, ylabel="training cross-entropy (nats/token)")
         ax.legend(loc="upper right", fontsize=7)
         _clip_start(
             ax, curves.filter(pl.col("model").is_in(names) & pl.col("series").is_in(series))
@@ -94,8 +94,8 @@ def plot(curves: pl.DataFrame) -> bytes | None:
 
 
 def _clip_start(ax: Axes, rows: pl.DataFrame) -> None:
-    """Keep the first steps' high loss from flattening the curves: the y range is the smoothed
-    curves' range after the first tenth of training, with a margin."""
+    """The y range of the smoothed curves after the first tenth of training, with a margin (the
+    first steps' high loss would flatten them)."""
     values = []
     for _, part in rows.group_by(["model", "series"], maintain_order=True):
         smooth = _smooth(part.sort("step")["value"].to_list())

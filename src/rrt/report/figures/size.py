@@ -43,13 +43,12 @@ def section(ctx: Context) -> Section:
         if not task and row["held_out_ce"] is not None:
             ppl = math.exp(row["held_out_ce"])
         rows.append(row | {"perplexity": ppl, "perplexity_measure": label})
-    section = Section("size", TEXT["size"]["title"], data={"size": frame(rows, COLUMNS)})
-    plotted = section.data["size"].filter(pl.col("suite_average").is_not_null())
-    if (image := plot(plotted, label)) is None:
-        section.blocks.append("No evaluated model to plot.")
-    else:
-        section.blocks.append(Figure("size", TEXT["size"]["caption"], image))
-    return section
+    data = frame(rows, COLUMNS)
+    image = plot(data.filter(pl.col("suite_average").is_not_null()), label)
+    block = (
+        Figure("size", TEXT["size"]["caption"], image) if image else "No evaluated model to plot."
+    )
+    return Section("size", TEXT["size"]["title"], [block], {"size": data})
 
 
 def short_label(name: Name, several_loops: bool) -> str:
@@ -96,19 +95,14 @@ def plot(points: pl.DataFrame, perplexity_label: str) -> bytes | None:
             )  # fmt: skip
             drawn.add(group)
             labels.append((x, y, short_label(name, several)))
-        ax.set_xlabel(f"non-embedding parameters ({unit})" if unit else "non-embedding parameters")
-        ax.set_ylabel(ylabel)
-        ax.set_title(TITLES[column])
+        xlabel = f"non-embedding parameters ({unit})" if unit else "non-embedding parameters"
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=TITLES[column])
         _pad_limits(ax, labels)
         placements.append((ax, labels))
     handles = zip(*axes[0].get_legend_handles_labels(), strict=True)
     pairs = sorted(handles, key=lambda pair: LEGEND.index(pair[1]))  # in the order of STYLE
-    figure.legend(
-        *zip(*pairs, strict=True),
-        loc="outside lower center",
-        ncols=min(5, len(pairs)),
-        frameon=False,
-    )
+    legend = {"loc": "outside lower center", "ncols": min(5, len(pairs)), "frameon": False}
+    figure.legend(*zip(*pairs, strict=True), **legend)
     figure.draw_without_rendering()  # the final layout, so label spacing is in real pixels
     for ax, labels in placements:
         _place_labels(ax, labels)
@@ -128,9 +122,9 @@ def _pad_limits(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
 
 
 def _place_labels(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
-    """Labels to the right of their points. Labels that would overlap horizontally form a column
-    right of the column's rightmost point, stacked in the order of their points' heights, with a
-    leader line from each point whose label moved. Call once the layout is final (pixels)."""
+    """Labels right of their points; labels that would overlap form a column right of its
+    rightmost point, stacked by their points' heights, with a leader line from each point whose
+    label moved. Call once the layout is final (pixels)."""
     renderer = ax.figure.canvas.get_renderer()
     measured = []
     for x, y, text in labels:
@@ -164,8 +158,8 @@ def _place_labels(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
 
 
 def _spread(column: list[tuple], low: float, high: float) -> list[float]:
-    """Label centres (pixels) as near their points as they can be without overlapping: clusters
-    of overlapping labels merge and centre on their points' mean, inside [low, high]."""
+    """Label centres (pixels) as near their points as they can be without overlapping: clusters of
+    overlapping labels merge and centre on their points' mean, inside [low, high]."""
     clusters = [[i] for i in range(len(column))]
     heights = [item[3] + 1.0 for item in column]
 

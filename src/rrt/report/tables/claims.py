@@ -1,12 +1,9 @@
 """The summary: the paper's claims, each checked against this run's numbers (none is written in
-by hand), and the comparisons behind each verdict.
-
-A comparison holds when the model is better than its reference on every measure the run has for
-both: the suite average (with the p-value of a paired test over the same items) and the held-out
-CE. A claim is reproduced when all its comparisons hold, not reproduced when none does (or, for a
-claim about the best, when any fails), partly otherwise, and not tested when the experiment makes
-none of the models it needs (with what would test it).
-"""
+by hand), and the comparisons behind each verdict. A comparison holds when the model beats its
+reference on every measure the run has for both (the suite average, by a paired test over the same
+items, and the held-out CE); a claim is reproduced when all its comparisons hold, not reproduced
+when none does (a claim about the best: when any fails), partly otherwise, and not tested when the
+experiment makes none of the models it needs."""
 
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -26,6 +23,7 @@ DATA = (
     "claim", "model", "reference", "delta_average", "p_average", "held_out_ce_model",
     "held_out_ce_reference", "holds", "note",
 )  # fmt: skip
+OUTCOMES = ("reproduced", "partly reproduced", "not reproduced", "not tested")
 
 
 class Check(NamedTuple):
@@ -98,9 +96,9 @@ def stepwise_checks(ctx: Context) -> Checks:
     for (kind, _, _), names in sorted(init_groups(ctx).items(), key=lambda kv: str(kv[0])):
         best = next((n for n in names if n.init == "stepwise"), None)
         if kind == "recursive" and best is not None:
-            for other in names:
-                if other is not best:
-                    yield better(ctx, best, other, "stepwise vs other init")
+            yield from (
+                better(ctx, best, o, "stepwise vs other init") for o in names if o is not best
+            )
 
 
 def kd_checks(ctx: Context) -> Checks:
@@ -109,8 +107,7 @@ def kd_checks(ctx: Context) -> Checks:
         for weight, seeds in sorted(weights.items()):
             for seed, training in sorted(seeds.items()):
                 if weight != low and (reference := weights[low].get(seed)) is not None:
-                    ce = (training.ce, reference.ce)
-                    yield check(training.name, reference.name, None, ce)
+                    yield check(training.name, reference.name, None, (training.ce, reference.ce))
 
 
 def exit_checks(ctx: Context) -> Checks:
@@ -125,11 +122,9 @@ def exit_checks(ctx: Context) -> Checks:
         result = ctx.compare(full, ctx.evaluation(base), "after vs before post-training")
         yield kept(name.name, base, result, ctx.alpha)
         # 3. loop 1 keeps the full depth's accuracy: not significantly worse
-        first = ctx.evaluation(name.name, 1) if (name.loops or 1) > 1 else None
-        if first:
-            yield kept(
-                label(first), name.name, ctx.compare(first, full, "vs full depth"), ctx.alpha
-            )
+        if (name.loops or 1) > 1 and (first := ctx.evaluation(name.name, 1)):
+            result = ctx.compare(first, full, "vs full depth")
+            yield kept(label(first), name.name, result, ctx.alpha)
 
 
 CHECKS: dict[str, Callable[[Context], Checks]] = {
@@ -151,7 +146,7 @@ class Verdict(NamedTuple):
 
     @property
     def outcome(self) -> str:
-        held = sum(bool(c.holds) for c in self.checks)
+        held = sum(c.holds for c in self.checks)
         if not self.checks:
             return "not tested"
         if held == len(self.checks):
@@ -161,8 +156,8 @@ class Verdict(NamedTuple):
     def text(self, alpha: float) -> str:
         if not self.checks:
             return f"not tested: {self.claim['needs']}"
-        held = sum(bool(c.holds) for c in self.checks)
-        text = f"{self.outcome} ({held} of {len(self.checks)} comparisons hold"
+        text = f"{self.outcome} ({sum(c.holds for c in self.checks)} of {len(self.checks)} "
+        text += "comparisons hold"
         if tested := [c.average for c in self.checks if c.average is not None]:
             significant = sum(a.p < alpha for a in tested)
             text += f"; {significant} of {len(tested)} accuracy differences significant at "
@@ -179,33 +174,31 @@ def section(ctx: Context, found: list[Verdict]) -> Section:
     """The summary: the experiment in a sentence, each claim's verdict, and the comparisons."""
     record, alpha, text = ctx.results.record, ctx.alpha, TEXT["summary"]
     config = f"config sha256 `{record['config_sha256'][:16]}`" if record else "no experiment record"
-    outcomes = ("reproduced", "partly reproduced", "not reproduced", "not tested")
-    by_outcome = {o: "; ".join(v.claim["claim"] for v in found if v.outcome == o) for o in outcomes}
     rows, data = [], []
     for claim, checks in found:
         for c in checks:
+            average = (c.average.delta, c.average.p) if c.average else (None, None)
+            values = (claim["id"], c.model, c.reference, *average, *(c.ce or (None, None)))
+            data.append(dict(zip(DATA, (*values, c.holds, c.note), strict=True)))
             ce = f"{c.ce[0]:.4f} vs {c.ce[1]:.4f}" if c.ce else fmt.DASH
             shown = (claim["short"], c.model, c.reference, fmt.delta(c.average, alpha), ce)
             rows.append(
                 dict(zip(HEADERS, (*shown, "yes" if c.holds else "no", c.note), strict=True))
             )
-            average = (c.average.delta, c.average.p) if c.average else (None, None)
-            values = (claim["id"], c.model, c.reference, *average, *(c.ce or (None, None)))
-            data.append(dict(zip(DATA, (*values, bool(c.holds), c.note), strict=True)))
         if not checks:
             data.append({"claim": claim["id"], "note": f"not tested: {claim['needs']}"})
     verdicts = [
         {"paper's claim": v.claim["claim"], "paper": v.claim["paper"], "this run": v.text(alpha)}
         for v in found
     ]
+    said = {o: "; ".join(v.claim["claim"] for v in found if v.outcome == o) for o in OUTCOMES}
     intro = text["intro"].format(
-        experiment=ctx.results.experiment, config=config, models=len(ctx.models),
-        gaps=len(ctx.gaps), averaged=sum(averaged for _, _, averaged in ctx.tasks), alpha=alpha,
+        experiment=ctx.results.experiment, models=len(ctx.models), gaps=len(ctx.gaps),
+        averaged=sum(averaged for _, _, averaged in ctx.tasks), alpha=alpha, config=config,
     )  # fmt: skip
-    outcome = ". ".join(f"**{o}**: {said}" for o, said in by_outcome.items() if said)
     blocks = [
         intro,
-        f"In this run, {outcome}.",
+        f"In this run, {'. '.join(f'**{o}**: {claims}' for o, claims in said.items() if claims)}.",
         table("claims", text["claims"], verdicts, [text["claims_note"]]),
         table("checks", text["checks"], rows, [text["checks_note"].format(alpha=alpha)], HEADERS),
     ]

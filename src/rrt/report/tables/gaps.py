@@ -19,12 +19,11 @@ class Gap(NamedTuple):
 
 
 def find_gaps(results: Results) -> list[Gap]:
-    """The record's expected results that are not there (without a record: evaluations of the
-    models present)."""
-    paths = {
-        p for kind in ("evaluations", "models", "benchmarks") for p in results.expected(kind) or []
-    }
-    if results.record is None:  # without the record, only models present but not evaluated
+    """The record's expected results that are not there (without a record: the evaluations of
+    the models present)."""
+    kinds = ("evaluations", "models", "benchmarks")
+    paths = {p for kind in kinds for p in results.expected(kind) or []}
+    if results.record is None:
         for n in map(parse_name, results.models_present):
             if (n.kind in ("full-size", "reduced") or n.uptrained) and n.sweep is None:
                 paths.add(f"eval/{n.name}.json")
@@ -33,8 +32,7 @@ def find_gaps(results: Results) -> list[Gap]:
 
 
 def job(relative: str) -> tuple[str | None, str | None]:
-    """The log of the job that makes ``relative`` (the workflow's naming of logs), and the model
-    it is made from."""
+    """The log of the job that makes ``relative`` (as the workflow names logs), and its model."""
     parts = relative.split("/")
     folder, stem = parts[0], parts[-1].removesuffix(".json")
     if folder == "benchmarks":
@@ -79,10 +77,9 @@ def _last_line(path: Path) -> str:
 
 def add(section: Section, gaps: list[Gap], recorded: bool) -> None:
     """The list of gaps (each also shows in its table), or why there is none."""
-    text = TEXT["gaps"]
+    text, rows = TEXT["gaps"], [{"missing result": g.path, "reason": g.reason} for g in gaps]
     if not gaps:
         section.blocks.append(text["none" if recorded else "no_record"])
         return
-    rows = [{"missing result": g.path, "reason": g.reason} for g in gaps]
     section.data["gaps"] = pl.DataFrame(rows)
     section.blocks += [text["some"].format(count=len(gaps)), table("gaps", text["caption"], rows)]

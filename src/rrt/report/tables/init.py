@@ -28,9 +28,8 @@ def groups(ctx: Context) -> dict[tuple[str, int, str | None], list[Name]]:
 def section(ctx: Context) -> Section:
     rows = []
     for _, names in sorted(groups(ctx).items(), key=lambda kv: str(kv[0])):
-        stepwise = next((n.name for n in names if n.init == "stepwise"), None)
-        reference = ctx.evaluation(stepwise) if stepwise else None
-        ce_ref = ctx.ce(stepwise) if stepwise else None
+        stepwise = next((n.name for n in names if n.init == "stepwise"), "")
+        reference, ce_ref = ctx.evaluation(stepwise), ctx.ce(stepwise)
         for name in names:
             row = ctx.facts(name)
             if name.init != "stepwise":

@@ -33,16 +33,13 @@ def section(ctx: Context) -> Section:
     for (base, tokens), weights in sorted(groups(ctx).items()):
         low = min(weights)
         for weight, seeds in sorted(weights.items()):
-            data += [
-                {"model": base, "tokens": tokens, "kd_weight": weight, "seed": seed}
-                | {"held_out_ce": t.ce}
-                | {
-                    f"{m}_loop{loop}": v
-                    for loop, e in sorted(t.exits.items())
-                    for m, v in e.items()
-                }
-                for seed, t in sorted(seeds.items())
-            ]
+            for seed, t in sorted(seeds.items()):
+                row = {"model": base, "tokens": tokens, "kd_weight": weight, "seed": seed}
+                row["held_out_ce"] = t.ce
+                data.append(
+                    row
+                    | {f"{m}_loop{n}": v for n, e in sorted(t.exits.items()) for m, v in e.items()}
+                )
             ces = {s: t.ce for s, t in seeds.items() if t.ce is not None}
             reference = {s: weights[low][s].ce for s in ces if s in weights[low]}
             diffs = [ces[s] - ref for s, ref in sorted(reference.items()) if ref is not None]
@@ -51,12 +48,10 @@ def section(ctx: Context) -> Section:
                 f"Δ CE vs w={low:g} per seed": ", ".join(f"{d:+.4f}" for d in diffs),
                 "better on": f"{sum(d < 0 for d in diffs)} of {len(diffs)} seeds",
             }
+            mean_sd = _mean_sd(list(ces.values()))
             rows.append(
                 {"model": base, "tokens": fmt.count(tokens), "KD w": f"{weight:g}"}
-                | {
-                    "seeds": str(len(seeds)),
-                    "held-out CE (mean ± sd)": _mean_sd(list(ces.values())),
-                }
+                | {"seeds": str(len(seeds)), "held-out CE (mean ± sd)": mean_sd}
                 | {k: v if test else fmt.DASH for k, v in tested.items()}
                 | {"paired t over seeds": fmt.delta(test, ctx.alpha, scale=1.0, digits=4)}
             )

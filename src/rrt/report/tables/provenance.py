@@ -1,13 +1,14 @@
 """Provenance: where the numbers come from (the config's hash, the git commits, library versions
 and hardware of the result files and of the workflow run), counted over the files that say."""
 
-from collections import Counter, defaultdict
+from collections import Counter
 from importlib import metadata
+from itertools import groupby
 from typing import Any
 
+from rrt.report.context import Context
 from rrt.report.document import Section
 from rrt.report.record import RECORD
-from rrt.report.results import Results
 
 
 def _machine(info: dict[str, Any]) -> str:
@@ -27,17 +28,17 @@ def _counted(values: list[str], what: str) -> str:
     return "; ".join(f"{k} ({n} {what})" for k, n in sorted(counter.items()))
 
 
-def section(results: Results) -> Section:
+def section(ctx: Context) -> Section:
+    results = ctx.results
     record = results.record or {}
     workflow = record.get("workflow") or {}
     evaluations = [e.report for e in results.evaluations.values()]
     trained = [t.provenance for t in results.trainings.values() if t.provenance]
     files = [(e.git_commit, e.versions) for e in evaluations]
     files += [(p.get("git_commit"), p.get("versions") or {}) for p in trained]
-    versions: dict[str, list[str]] = defaultdict(list)
-    for _, libraries in files:
-        for library, version in libraries.items():
-            versions[library].append(str(version))
+    versions = sorted(
+        (library, str(v)) for _, libraries in files for library, v in libraries.items()
+    )
     devices = [
         f"{e.model.device or '?'}, {e.model.dtype or '?'}, "
         f"{e.run.get('torch_threads') or '?'} torch threads"
@@ -50,7 +51,8 @@ def section(results: Results) -> Section:
         else f"unknown: `{root}/{RECORD}` (written when the workflow starts) is missing"
     )
     machine = _machine(workflow["hardware"]) if workflow.get("hardware") else "not recorded"
-    libraries = "; ".join(f"{lib} {_counted(v, 'files')}" for lib, v in sorted(versions.items()))
+    by_library = groupby(versions, key=lambda pair: pair[0])
+    libraries = "; ".join(f"{lib} {_counted([v for _, v in p], 'files')}" for lib, p in by_library)
     hardware = [_machine(p["hardware"]) for p in trained if p.get("hardware")]
     hosts = [str(p["host"]) for p in trained if p.get("host")]
     built = ", ".join(f"{lib} {metadata.version(lib)}" for lib in ("polars", "matplotlib"))

@@ -27,15 +27,8 @@ def groups(ctx: Context) -> dict[tuple[int, str], list[Name]]:
 
 def recursive_of(ctx: Context, loops: int, init: str) -> Name | None:
     """The uptrained recursive model of ``loops`` and ``init`` (the relaxed models' rank 0)."""
-    return next(
-        (
-            n
-            for n in ctx.models
-            if n.kind == "recursive" and (n.loops, n.init) == (loops, init)
-            if n.uptrained and not n.early_exit
-        ),
-        None,
-    )
+    found = (n for n in ctx.models if n.kind == "recursive" and (n.loops, n.init) == (loops, init))
+    return next((n for n in found if n.uptrained and not n.early_exit), None)
 
 
 def section(ctx: Context) -> Section:
@@ -46,8 +39,9 @@ def section(ctx: Context) -> Section:
         for name in ([recursive] if recursive else []) + names:
             row = ctx.facts(name) | {"rank": name.rank or "0"}
             if name is not recursive:
-                evaluation = ctx.evaluation(name.name)
-                row |= ctx.versus("rank0", "Δ avg vs rank 0", evaluation, base, "vs rank 0")
+                row |= ctx.versus(
+                    "rank0", "Δ avg vs rank 0", ctx.evaluation(name.name), base, "vs rank 0"
+                )
             rows.append(row)
     shown = [fmt.cells(r, HEADERS) for r in rows]
     if rows and (full := ctx.full_size()):

@@ -1,14 +1,18 @@
 """Throughput (paper sec. 3.8, app. K): each benchmark file's systems, their speed against
-vanilla's, latencies, agreement with full-depth decoding and, where counted, the roofline."""
+vanilla's, latencies, agreement with full-depth decoding and, where counted, the roofline; and
+a figure of throughput and agreement against the early-exit threshold."""
 
+from itertools import cycle
 from pathlib import Path
 from typing import Any
 
 import polars as pl
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
 from rrt.report import document, fmt
 from rrt.report.context import Context
-from rrt.report.document import Section, table
+from rrt.report.document import Figure, Section, table
+from rrt.report.figures import COLORS, new, png
 from rrt.report.results import finite
 
 ORDER = (
@@ -22,7 +26,7 @@ NUMBERS = (
     "decode_step_ms", "decode_gb_per_s", "decode_bandwidth_fraction", "decode_gflop_per_s",
     "decode_compute_fraction", "error",
 )  # fmt: skip
-# header, field, digits (None: a share, in percent), scale
+# header, field, digits (None: a share, in percent) or a format, scale
 SYSTEM = (
     ("tokens/s", "tokens_per_s", ",.1f"), ("× vanilla", "ratio_to_vanilla", 2),
     ("latency p50 (s)", "latency_p50_s", 3), ("latency p99 (s)", "latency_p99_s", 3),
@@ -39,8 +43,8 @@ ROOFLINE = (
 
 
 def _cells(values: dict[str, Any], spec: tuple[tuple, ...]) -> dict[str, str]:
-    """Each field of ``values`` (a served system, every number finite: its contract's check): a
-    share in percent, a number of ``digits``, or by a format (scaled first where given)."""
+    """Each field of a served system (every number finite: its contract's check) as ``spec``
+    says: a share in percent, a number of ``digits``, or by a format (scaled first where given)."""
     cells = {}
     for header, key, digits, *scale in spec:
         value = values.get(key)
@@ -119,5 +123,53 @@ def section(ctx: Context) -> Section:
                 table(f"roofline-{_slug(name)}", f"Roofline: {caption}", roofline, [note])
             )
     if ctx.results.benchmarks:
-        section.data["throughput"] = pl.DataFrame(data, infer_schema_length=None)
+        section.data["throughput"] = frame = pl.DataFrame(data, infer_schema_length=None)
+        for name in ctx.results.benchmarks:
+            if (image := figure(frame.filter(pl.col("benchmark") == name), name)) is not None:
+                caption = TEXT["figure"].format(benchmark=name)
+                section.blocks.append(Figure(f"throughput-{name}", caption, image))
     return section
+
+
+def figure(rows: pl.DataFrame, benchmark: str) -> bytes | None:
+    """Throughput and agreement against the early-exit threshold, of one benchmark's rows of
+    tables/throughput.csv (None without early-exit systems)."""
+    exits = rows.filter(
+        pl.col("threshold").is_not_null() & pl.col("system").str.starts_with("depthwise_exit")
+    )
+    if exits.is_empty():
+        return None
+    figure, (ax,) = new(7.2, 4.4)
+    right = ax.twinx()
+    right.grid(False)
+    modes = sorted({str(m) for m in exits["kv_fill"].to_list()})
+    lines: list[Any] = []
+    for color, mode in zip(cycle(COLORS), modes, strict=False):
+        part = exits.filter(pl.col("kv_fill").cast(pl.String) == mode).sort("threshold")
+        x = part["threshold"].to_list()
+        lines += ax.plot(x, part["tokens_per_s"].to_list(), marker="o", color=color,
+                         label=f"tokens/s, KV of exited tokens: {mode}")  # fmt: skip
+        agreement = [None if a is None else a * 100 for a in part["agreement"].to_list()]
+        lines += right.plot(x, agreement, marker="s", linestyle=":", color=color,
+                            label=f"agreement, KV: {mode}")  # fmt: skip
+    for system, style, color in (("vanilla", "--", "#222222"), ("depthwise", "-.", "#8c8c8c")):
+        value = rows.filter(pl.col("system") == system)["tokens_per_s"].to_list()
+        if value and value[0] is not None:
+            lines.append(ax.axhline(value[0], linestyle=style, color=color, linewidth=1,
+                                    label=f"{system} (no early exit): tokens/s"))  # fmt: skip
+    speeds = [v for v in rows["tokens_per_s"].to_list() if v]
+    if speeds and max(speeds) > 10 * min(speeds):  # systems an order of magnitude apart
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
+        ax.yaxis.set_minor_formatter(NullFormatter())
+        ax.set_ylabel("throughput (generated tokens/s, log scale)")
+    else:
+        ax.set(ylim=(0, None), ylabel="throughput (generated tokens/s)")
+    ax.set_xlabel("early-exit confidence threshold (max softmax probability)")
+    ax.set_title(f"Throughput and agreement against the exit threshold ({benchmark})")
+    agreements = [a * 100 for a in exits["agreement"].to_list() if a is not None]
+    bottom = max(0.0, min(agreements, default=0.0) - 5.0)
+    right.set(ylabel="agreement with full-depth decoding (%)", ylim=(bottom, 100.5))
+    figure.legend(handles=lines, loc="outside lower center", ncols=2, frameon=False)
+    return png(figure)
