@@ -269,7 +269,8 @@ def _attend(q, keys, values, mask, scaling, softcap) -> torch.Tensor:
     ``mask`` [n, 1, width, length]. Each KV head's query heads are one matmul over its keys (no
     copy of the cache per query head), the softmax in fp32. Written out rather than through
     ``F.scaled_dot_product_attention``: Inductor fuses it, where the CPU's SDPA kernel took half
-    of a compiled bf16 decode step at 16 rows (one query a row over 96 keys, 8x slower).
+    of a compiled bf16 decode step of SmolLM2 at 16 rows (one query a row over 96 keys; 24 steps
+    took 2.18 s with it, 1.29 s written out).
     """
     n, heads, width, head_dim = q.shape
     kv_heads, length = keys.shape[1], keys.shape[2]
