@@ -43,7 +43,7 @@ def compose(results_dir: str | Path, alpha: float) -> Report:
     tested = [c for c in found if c.checks]
     metrics = {
         "models": len(ctx.models),
-        "missing_results": len(ctx.gaps),
+        "missing_results": len(ctx.results.gaps),
         "claims_tested": len(tested),
         "claims_reproduced": sum(c.outcome == "reproduced" for c in tested),
     }

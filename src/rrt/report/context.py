@@ -11,9 +11,8 @@ import polars as pl
 
 from rrt.report import fmt, stats
 from rrt.report.document import frame
-from rrt.report.results import Evaluation, Name, Results, Training, parse_name
+from rrt.report.results import Evaluation, Name, Results, Training, missing_reason, parse_name
 from rrt.report.stats import Paired
-from rrt.report.tables.gaps import Gap, find_gaps, missing_reason
 
 UNPAIRED = "unpaired z (no per-sample file or different items)"
 COLUMNS = (
@@ -71,14 +70,11 @@ class Context:
     comparisons: dict[tuple[str, str, str], tuple[str, str, Measures]] = field(default_factory=dict)
 
     @cached_property
-    def gaps(self) -> list[Gap]:
-        return find_gaps(self.results)
-
-    @cached_property
     def models(self) -> list[Name]:
         """Every model the experiment evaluates at full depth (present or expected), in order."""
         names = {name for name, loop in self.results.evaluations if loop is None}
-        for path in (self.results.expected("evaluations") or []) + [g.path for g in self.gaps]:
+        gaps = [gap.path for gap in self.results.gaps]
+        for path in (self.results.expected("evaluations") or []) + gaps:
             if path.startswith("eval/") and path.count("/") == 1:
                 names.add(path.removeprefix("eval/").removesuffix(".json"))
         return sorted((parse_name(n) for n in names), key=lambda n: n.order)
@@ -103,6 +99,10 @@ class Context:
         task = self.perplexity_task
         score = evaluation.scores.get(task[0]) if evaluation and task else None
         return score.value if score else None
+
+    def uptrained(self, *kinds: str) -> list[Name]:
+        """The uptrained models of ``kinds``, not post-trained for early exit, in order."""
+        return [n for n in self.models if n.kind in kinds and n.uptrained and not n.early_exit]
 
     def evaluation(self, name: str, loop: int | None = None) -> Evaluation | None:
         return self.results.evaluations.get((name, loop))
@@ -191,18 +191,36 @@ class Context:
     def versus(
         self,
         key: str,
-        header: str,
         model: Evaluation | None,
         reference: Evaluation | None,
         relation: str,
+        header: str | None = None,
     ) -> dict[str, Any]:
-        """A difference of suite averages as data (delta_average_vs_KEY, p_vs_KEY) and as a cell."""
+        """A difference of suite averages as data (delta_average_vs_KEY, p_vs_KEY) and as a cell
+        (headed ``Δ avg RELATION`` unless ``header`` says otherwise)."""
         result = self.compare(model, reference, relation)
         return {
             f"delta_average_vs_{key}": result.delta if result else None,
             f"p_vs_{key}": result.p if result else None,
-            header: fmt.delta(result, self.alpha),
+            header or f"Δ avg {relation}": fmt.delta(result, self.alpha),
         }
+
+    def against(
+        self, names: list[Name], reference: Name | None, key: str, relation: str
+    ) -> list[dict[str, Any]]:
+        """Each model's facts and its differences to ``reference`` (Δ avg and Δ CE RELATION), but
+        on the reference's own row."""
+        base = self.evaluation(reference.name) if reference else None
+        ce = self.ce(reference.name) if reference else None
+        rows = []
+        for name in names:
+            row = self.facts(name)
+            if name != reference:
+                row |= self.versus(key, self.evaluation(name.name), base, relation)
+                if row["held_out_ce"] is not None and ce is not None:
+                    row[f"Δ CE {relation}"] = f"{row['held_out_ce'] - ce:+.4f}"
+            rows.append(row)
+        return rows
 
     def comparisons_frame(self) -> pl.DataFrame:
         """tables/comparisons.csv: every measure of every comparison the report made."""

@@ -28,15 +28,20 @@ def value_pm(value: float | None, stderr: float | None = None, digits: int = 3) 
     return _pm(lambda v: f"{v:.4g}" if abs(v) >= 1e4 else number(v, digits), value, stderr)
 
 
+def unit(value: float) -> tuple[float, str]:
+    """The scale and unit (B, M, K, or none) a count of ``value`` reads in."""
+    return next(((scale, unit) for unit, scale in UNITS if abs(value) >= scale), (1.0, ""))
+
+
 def count(value: float | None) -> str:
     """1,410,176 -> 1.41 M; 262,144 -> 262 K."""
     if value is None:
         return DASH
-    for unit, scale in UNITS:
-        if abs(value) >= scale:
-            scaled = value / scale
-            return f"{scaled:.3g} {unit}" if scaled < 100 else f"{scaled:.0f} {unit}"
-    return f"{value:.0f}"
+    scale, name = unit(value)
+    if not name:
+        return f"{value:.0f}"
+    scaled = value / scale
+    return f"{scaled:.3g} {name}" if scaled < 100 else f"{scaled:.0f} {name}"
 
 
 def number(value: float | None, digits: int = 4) -> str:

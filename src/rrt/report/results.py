@@ -1,8 +1,8 @@
 """Reading an experiment's results folder (only ``results/<experiment>/``, never MLflow, so the
 same folder gives the same report): evaluations, per-sample files, training metrics and step logs,
 benchmarks and the record, each through its :mod:`rrt.contracts` class. A file that is there but
-cannot be read is one line naming it (a ContractError); a result that is not there is a gap
-(:mod:`rrt.report.tables.gaps`), never an error.
+cannot be read is one line naming it (a ContractError); a result that is not there is a gap, with
+why (the failed job's last log line, or the missing result it waits for), never an error.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rrt.names import parse as parse_name
 from rrt.report.record import RECORD
 
 __all__ = ["Name", "parse_name"]  # what a model's name says: rrt.names, re-exported for the report
+LOG_RULES = {"reduced": "reduced", "recursive": "convert", "relaxed": "relax"}  # model kind -> rule
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -184,6 +185,11 @@ def read_training(folder: Path, root: Path) -> Training | None:
     )
 
 
+class Gap(NamedTuple):
+    path: str
+    reason: str
+
+
 @dataclass
 class Results:
     root: Path
@@ -202,6 +208,63 @@ class Results:
         if self.record is None:
             return None
         return list((self.record.get("expected") or {}).get(kind, []))
+
+    @cached_property
+    def gaps(self) -> list[Gap]:
+        """The record's expected results that are not there (without a record: the evaluations of
+        the models present)."""
+        kinds = ("evaluations", "models", "benchmarks")
+        paths = {p for kind in kinds for p in self.expected(kind) or []}
+        if self.record is None:
+            for n in map(parse_name, self.models_present):
+                if (n.kind in ("full-size", "reduced") or n.uptrained) and n.sweep is None:
+                    paths.add(f"eval/{n.name}.json")
+        missing = sorted(p for p in paths if not (self.root / p).exists())
+        return [Gap(p, missing_reason(self.root, p)) for p in missing]
+
+
+def job(relative: str) -> tuple[str | None, str | None]:
+    """The log of the job that makes ``relative`` (as the workflow names logs), and its model."""
+    parts = relative.split("/")
+    folder, stem = parts[0], parts[-1].removesuffix(".json")
+    if folder == "benchmarks":
+        return f"logs/benchmark/{stem}.log", None
+    if folder == "eval":  # an exit's evaluation (eval/exits/) is made from the model
+        model = re.sub(r"-exit\d+$", "", stem) if len(parts) == 3 else stem
+        return f"logs/evaluate/{stem}.log", f"models/{model}"
+    if folder != "models":
+        return None, None
+    model, name = parts[1], parse_name(parts[1])
+    base = model.split(".", 1)[0]
+    if name.early_exit:
+        return f"logs/early_exit/{base}.log", "models/" + model.removesuffix(".ee")
+    if name.uptrained:
+        before, variant = model.split(".up", 1)
+        return f"logs/uptrain/{base}{variant}.log", f"models/{before}"
+    if name.kind == "full-size":
+        return "logs/pretrain/source.log", None
+    rule = LOG_RULES.get(name.kind)
+    log = f"logs/{rule}/{base.split('-', 1)[1]}.log" if rule else None
+    return log, f"models/recursive-B{name.loops}-{name.init}" if name.kind == "relaxed" else None
+
+
+def missing_reason(root: Path, relative: str) -> str:
+    """Why ``relative`` is missing: the failed job's last log line, or what it waits for."""
+    if (root / (relative + ".work")).is_dir():
+        return f"training interrupted or still running ({relative}.work holds its checkpoints)"
+    log, source = job(relative)
+    if log is not None and (root / log).is_file():
+        return f"its job failed: {log} ends with: {_last_line(root / log)}"
+    if source is not None and not (root / source).exists():
+        return f"not run: {source} is missing ({missing_reason(root, source)})"
+    return "not run yet (no result and no job log)"
+
+
+def _last_line(path: Path) -> str:
+    lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("rrt ") and ": error:" in line]
+    line = (errors or lines or ["(an empty log)"])[-1]
+    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def load(root: str | Path) -> Results:

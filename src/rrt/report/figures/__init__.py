@@ -2,14 +2,11 @@
 gives the same PNG bytes (no software or date metadata; fonts are matplotlib's own)."""
 
 import io
-from collections.abc import Iterable
 
 import matplotlib
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-
-from rrt.report.fmt import UNITS
 
 DPI = 110
 RC = {
@@ -36,9 +33,3 @@ def new(width: float, height: float, panels: int = 1) -> tuple[Figure, list[Axes
     figure = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
     FigureCanvasAgg(figure)
     return figure, list(figure.subplots(1, panels, squeeze=False)[0])
-
-
-def scale(values: Iterable[float]) -> tuple[float, str]:
-    """The unit (K, M, B) of the largest value."""
-    top = max(values, default=1.0)
-    return next(((s, u) for u, s in UNITS if top >= s), (1.0, ""))

@@ -5,11 +5,11 @@ import math
 from itertools import cycle
 
 import polars as pl
-from matplotlib.axes import Axes
 
+from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section
-from rrt.report.figures import COLORS, new, png, scale
+from rrt.report.figures import COLORS, new, png
 from rrt.report.results import Name, parse_name
 
 SERIES = ("loss", "ce", "kd", "learning_rate", "grad_norm")
@@ -64,14 +64,16 @@ def plot(curves: pl.DataFrame) -> bytes | None:
     if not chosen:
         return None
     figure, axes = new(5.0 * len(chosen) + 1.0, 4.6, len(chosen))
-    unit_scale, unit = scale(curves["tokens"].drop_nulls().to_list())
+    unit_scale, unit = fmt.unit(max(curves["tokens"].drop_nulls(), default=1.0))
     for ax, (key, names) in zip(axes, chosen.items(), strict=True):
         series = ["ce", "ce_loop1"] if key == "early exit" else ["ce"]
+        kept = []  # the smoothed curves after the first tenth of training (loss-only ones aside)
         for color, model in zip(cycle(COLORS), names, strict=False):
             rows = curves.filter(pl.col("model") == model)
             for s in series:
                 part = rows.filter(pl.col("series") == s)
-                if part.is_empty() and s == "ce":  # a model that logs its loss only
+                logged = not part.is_empty()
+                if not logged and s == "ce":  # a model that logs its loss only
                     part = rows.filter(pl.col("series") == "loss")
                 if part.is_empty():
                     continue
@@ -80,30 +82,19 @@ def plot(curves: pl.DataFrame) -> bytes | None:
                 ax.plot(x, y, color=color, alpha=0.18, linewidth=0.8)
                 label = f"{model}: full depth" if key == "early exit" else model
                 label = label if s == "ce" else f"{model}: exit after loop 1"
+                smooth = _smooth(y)
                 ax.plot(
-                    x, _smooth(y), color=color, linewidth=1.6, label=label,
+                    x, smooth, color=color, linewidth=1.6, label=label,
                     linestyle="--" if s == "ce_loop1" else "-",
                 )  # fmt: skip
+                kept += smooth[len(smooth) // 10 :] if logged else []
         xlabel = f"tokens seen ({unit})" if unit else "tokens seen"
         ax.set(title=PANELS[key], xlabel=xlabel, ylabel="training cross-entropy (nats/token)")
         ax.legend(loc="upper right", fontsize=7)
-        _clip_start(
-            ax, curves.filter(pl.col("model").is_in(names) & pl.col("series").is_in(series))
-        )
+        if kept:  # with a margin: the first steps' high loss would flatten the curves
+            pad = (max(kept) - min(kept)) * 0.15 or 0.05
+            ax.set_ylim(min(kept) - pad, max(kept) + pad)
     return png(figure)
-
-
-def _clip_start(ax: Axes, rows: pl.DataFrame) -> None:
-    """The y range of the smoothed curves after the first tenth of training, with a margin (the
-    first steps' high loss would flatten them)."""
-    values = []
-    for _, part in rows.group_by(["model", "series"], maintain_order=True):
-        smooth = _smooth(part.sort("step")["value"].to_list())
-        values += smooth[len(smooth) // 10 :]
-    if values:
-        low, high = min(values), max(values)
-        pad = (high - low) * 0.15 or 0.05
-        ax.set_ylim(low - pad, high + pad)
 
 
 def _smooth(values: list[float]) -> list[float]:

@@ -6,9 +6,10 @@ import math
 import polars as pl
 from matplotlib.axes import Axes
 
+from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section, frame
-from rrt.report.figures import DPI, new, png, scale
+from rrt.report.figures import DPI, new, png
 from rrt.report.results import Name, parse_name
 
 COLUMNS = (
@@ -71,7 +72,7 @@ def plot(points: pl.DataFrame, perplexity_label: str) -> bytes | None:
     points = points.filter(pl.col("non_embedding_params").is_not_null())
     if points.is_empty():
         return None
-    unit_scale, unit = scale(points["non_embedding_params"].to_list())
+    unit_scale, unit = fmt.unit(max(points["non_embedding_params"], default=1.0))
     names = [parse_name(m) for m in points["model"]]
     several = len({n.loops for n in names if n.loops}) > 1
     panels = [("suite_average", "suite average accuracy (%)", 100.0)]

@@ -1,9 +1,5 @@
 """The summary: the paper's claims, each checked against this run's numbers (none is written in
-by hand), and the comparisons behind each verdict. A comparison holds when the model beats its
-reference on every measure the run has for both (the suite average, by a paired test over the same
-items, and the held-out CE); a claim is reproduced when all its comparisons hold, not reproduced
-when none does (a claim about the best: when any fails), partly otherwise, and not tested when the
-experiment makes none of the models it needs."""
+by hand), and the comparisons behind each verdict."""
 
 from collections.abc import Callable, Iterator
 from itertools import pairwise
@@ -44,14 +40,17 @@ def check(
     (higher) and the held-out CE (model, reference: lower); None where it has neither."""
     ce = None if None in ce else ce
     verdicts = ([average.delta > 0] if average else []) + ([ce[0] < ce[1]] if ce else [])
-    if len(set(verdicts)) > 1:
-        note = "the two measures disagree"
+    disagree = "the two measures disagree" if len(set(verdicts)) > 1 else ""
+    note = "; ".join(filter(None, [disagree, note]))
     return Check(model, reference, average, ce, all(verdicts), note) if verdicts else None
 
 
-def better(ctx: Context, model: Name, reference: Name, relation: str) -> Check | None:
+def better(
+    ctx: Context, model: Name, reference: Name, relation: str, note: str = ""
+) -> Check | None:
     average = ctx.compare(ctx.evaluation(model.name), ctx.evaluation(reference.name), relation)
-    return check(model.name, reference.name, average, (ctx.ce(model.name), ctx.ce(reference.name)))
+    ce = (ctx.ce(model.name), ctx.ce(reference.name))
+    return check(model.name, reference.name, average, ce, note)
 
 
 def kept(model: str, reference: str, result: Paired | None, alpha: float) -> Check | None:
@@ -66,22 +65,19 @@ Checks = Iterator[Check | None]
 
 
 def relaxed_checks(ctx: Context) -> Checks:
-    for (loops, init), names in sorted(rank.groups(ctx).items()):
+    for (loops, init), names in rank.groups(ctx).items():
         # the recursive model it relaxes; else the paper's recursive baseline (stepwise)
         recursive = rank.recursive_of(ctx, loops, init) or rank.recursive_of(ctx, loops, "stepwise")
         if recursive is None:
             continue
         for name in names:
             same = recursive.init == init
-            check = better(ctx, name, recursive, "vs rank 0" if same else "vs recursive")
-            if check is not None and not same:
-                notes = [check.note, f"no recursive model of init {init}"]
-                check = check._replace(note="; ".join(filter(None, notes)))
-            yield check
+            note = "" if same else f"no recursive model of init {init}"
+            yield better(ctx, name, recursive, "vs rank 0" if same else "vs recursive", note)
 
 
 def rank_checks(ctx: Context) -> Checks:
-    for _, names in sorted(rank.groups(ctx).items()):
+    for _, names in rank.groups(ctx).items():
         for low, high in pairwise(sorted(names, key=lambda n: n.rank_value)):
             yield better(ctx, high, low, "vs lower rank")
 
@@ -93,7 +89,7 @@ def reduced_checks(ctx: Context) -> Checks:
 
 
 def stepwise_checks(ctx: Context) -> Checks:
-    for (kind, _, _), names in sorted(init_groups(ctx).items(), key=lambda kv: str(kv[0])):
+    for (kind, _, _), names in init_groups(ctx).items():
         best = next((n for n in names if n.init == "stepwise"), None)
         if kind == "recursive" and best is not None:
             yield from (
@@ -146,6 +142,8 @@ class Verdict(NamedTuple):
 
     @property
     def outcome(self) -> str:
+        """Reproduced when every comparison holds, not reproduced when none does (a claim about the
+        best: when any fails), partly otherwise; not tested without the models it needs."""
         held = sum(c.holds for c in self.checks)
         if not self.checks:
             return "not tested"
@@ -193,7 +191,7 @@ def section(ctx: Context, found: list[Verdict]) -> Section:
     ]
     said = {o: "; ".join(v.claim["claim"] for v in found if v.outcome == o) for o in OUTCOMES}
     intro = text["intro"].format(
-        experiment=ctx.results.experiment, models=len(ctx.models), gaps=len(ctx.gaps),
+        experiment=ctx.results.experiment, models=len(ctx.models), gaps=len(ctx.results.gaps),
         averaged=sum(averaged for _, _, averaged in ctx.tasks), alpha=alpha, config=config,
     )  # fmt: skip
     blocks = [

@@ -23,14 +23,13 @@ def models(ctx: Context) -> list[Name]:
 def section(ctx: Context) -> Section:
     rows, data = [], []
     for name in models(ctx):
-        full, after = ctx.evaluation(name.name), ctx.training(name.name)
-        before = ctx.training(name.name.removesuffix(".ee"))
-        for loop in range(1, (name.loops or 1) + 1):
-            at = None if loop == (name.loops or 1) else loop
+        full, loops = ctx.evaluation(name.name), name.loops or 1
+        trainings = [ctx.training(name.name.removesuffix(".ee")), ctx.training(name.name)]
+        for loop in range(1, loops + 1):
+            at = None if loop == loops else loop  # the last loop's exit is the full depth
             evaluation = ctx.evaluation(name.name, at)
             result = ctx.compare(evaluation, full, "vs full depth") if at is not None else None
-            ce_before = (before.exits.get(loop) or {}) if before else {}
-            ce_after = (after.exits.get(loop) or {}) if after else {}
+            ce_before, ce_after = ((t.exits.get(loop) or {}) if t else {} for t in trainings)
             average = (evaluation.average, evaluation.average_stderr) if evaluation else (None,)
             rows.append(
                 {"model": name.name, "exit after loop": str(loop)}

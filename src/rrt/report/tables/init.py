@@ -17,28 +17,18 @@ DATA = (
 
 
 def groups(ctx: Context) -> dict[tuple[str, int, str | None], list[Name]]:
-    """(kind, loops, rank) -> its uptrained models, where they have two or more inits."""
+    """(kind, loops, rank) -> its uptrained models, where they have two or more inits; sorted."""
     found: dict[tuple[str, int, str | None], list[Name]] = defaultdict(list)
-    for name in ctx.models:
-        if name.kind in ("recursive", "relaxed") and name.uptrained and not name.early_exit:
-            found[(name.kind, name.loops or 0, name.rank)].append(name)
-    return {k: v for k, v in found.items() if len({n.init for n in v}) >= 2}
+    for name in ctx.uptrained("recursive", "relaxed"):
+        found[(name.kind, name.loops or 0, name.rank)].append(name)
+    mixed = {k: v for k, v in found.items() if len({n.init for n in v}) >= 2}
+    return dict(sorted(mixed.items(), key=lambda kv: str(kv[0])))  # a rank may be None
 
 
 def section(ctx: Context) -> Section:
     rows = []
-    for _, names in sorted(groups(ctx).items(), key=lambda kv: str(kv[0])):
-        stepwise = next((n.name for n in names if n.init == "stepwise"), "")
-        reference, ce_ref = ctx.evaluation(stepwise), ctx.ce(stepwise)
-        for name in names:
-            row = ctx.facts(name)
-            if name.init != "stepwise":
-                evaluation = ctx.evaluation(name.name)
-                row |= ctx.versus(
-                    "stepwise", "Δ avg vs stepwise", evaluation, reference, "vs stepwise"
-                )
-                if row["held_out_ce"] is not None and ce_ref is not None:
-                    row["Δ CE vs stepwise"] = f"{row['held_out_ce'] - ce_ref:+.4f}"
-            rows.append(row)
+    for names in groups(ctx).values():
+        stepwise = next((n for n in names if n.init == "stepwise"), None)
+        rows += ctx.against(names, stepwise, "stepwise", "vs stepwise")
     shown = [fmt.cells(r, HEADERS) for r in rows]
     return one_table("init", frame(rows, DATA), shown, alpha=ctx.alpha)

@@ -1,12 +1,13 @@
 """Every model, one row each: the paper-style summary (tables/models.csv) with its differences to
-the full-size and the matched reduced-size model, each task's accuracy, and every score of every
-evaluation (tables/scores.csv)."""
+the full-size and the matched reduced-size model, each task's accuracy, every score of every
+evaluation (tables/scores.csv), and the results the experiment misses (tables/gaps.csv)."""
+
+import polars as pl
 
 from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Section, frame, table
 from rrt.report.results import Name
-from rrt.report.tables import gaps
 
 DATA = (
     "model", "kind", "loops", "init", "rank", "early_exit", "non_embedding_params", "lora_params",
@@ -41,8 +42,8 @@ def section(ctx: Context) -> Section:
         mine = full is not None and full.name == name.name
         rows.append(
             ctx.facts(name)
-            | ctx.versus("full_size", FULL, evaluation, None if mine else full, "vs full-size")
-            | ctx.versus("reduced", REDUCED, evaluation, reduced, "vs reduced, matched tokens")
+            | ctx.versus("full_size", evaluation, None if mine else full, "vs full-size")
+            | ctx.versus("reduced", evaluation, reduced, "vs reduced, matched tokens", REDUCED)
             | ctx.task_cells(evaluation, averaged=False)
             | ctx.task_cells(evaluation, averaged=True)
             | {
@@ -65,5 +66,12 @@ def section(ctx: Context) -> Section:
         table("models", text["caption"], [fmt.cells(r, summary) for r in rows], notes),
         table("tasks", text["tasks"], [fmt.cells(r, per_task) for r in rows]),
     ]
-    gaps.add(section, ctx.gaps, ctx.results.record is not None)
+    said = TEXT["gaps"]
+    missing = [{"missing result": g.path, "reason": g.reason} for g in ctx.results.gaps]
+    if not missing:  # else each gap shows in its table, and all of them in a list
+        section.blocks.append(said["none" if ctx.results.record else "no_record"])
+        return section
+    section.data["gaps"] = pl.DataFrame(missing)
+    listed = table("gaps", said["caption"], missing)
+    section.blocks += [said["some"].format(count=len(missing)), listed]
     return section

@@ -36,9 +36,7 @@ def section(ctx: Context) -> Section:
     trained = [t.provenance for t in results.trainings.values() if t.provenance]
     files = [(e.git_commit, e.versions) for e in evaluations]
     files += [(p.get("git_commit"), p.get("versions") or {}) for p in trained]
-    versions = sorted(
-        (library, str(v)) for _, libraries in files for library, v in libraries.items()
-    )
+    versions = sorted((lib, str(v)) for _, libraries in files for lib, v in libraries.items())
     devices = [
         f"{e.model.device or '?'}, {e.model.dtype or '?'}, "
         f"{e.run.get('torch_threads') or '?'} torch threads"

@@ -17,32 +17,27 @@ DATA = (
 
 
 def groups(ctx: Context) -> dict[tuple[int, str], list[Name]]:
-    """(loops, init) -> the uptrained relaxed models of that recursive model, every rank."""
+    """(loops, init) -> the uptrained relaxed models of that recursive model, every rank; sorted."""
     found: dict[tuple[int, str], list[Name]] = defaultdict(list)
-    for name in ctx.models:
-        if name.kind == "relaxed" and name.uptrained and not name.early_exit:
-            found[(name.loops or 0, name.init or "")].append(name)
-    return dict(found)
+    for name in ctx.uptrained("relaxed"):
+        found[(name.loops or 0, name.init or "")].append(name)
+    return dict(sorted(found.items()))
 
 
 def recursive_of(ctx: Context, loops: int, init: str) -> Name | None:
     """The uptrained recursive model of ``loops`` and ``init`` (the relaxed models' rank 0)."""
-    found = (n for n in ctx.models if n.kind == "recursive" and (n.loops, n.init) == (loops, init))
-    return next((n for n in found if n.uptrained and not n.early_exit), None)
+    found = (n for n in ctx.uptrained("recursive") if (n.loops, n.init) == (loops, init))
+    return next(found, None)
 
 
 def section(ctx: Context) -> Section:
     rows = []
-    for (loops, init), names in sorted(groups(ctx).items()):
+    for (loops, init), names in groups(ctx).items():
         recursive = recursive_of(ctx, loops, init)
-        base = ctx.evaluation(recursive.name) if recursive else None
-        for name in ([recursive] if recursive else []) + names:
-            row = ctx.facts(name) | {"rank": name.rank or "0"}
-            if name is not recursive:
-                row |= ctx.versus(
-                    "rank0", "Δ avg vs rank 0", ctx.evaluation(name.name), base, "vs rank 0"
-                )
-            rows.append(row)
+        models = [recursive, *names] if recursive else names
+        rows += ctx.against(models, recursive, "rank0", "vs rank 0")
+    for row in rows:
+        row["rank"] = row["rank"] or "0"
     shown = [fmt.cells(r, HEADERS) for r in rows]
     if rows and (full := ctx.full_size()):
         reference = ctx.facts(Name(full.name, "full-size")) | {"lora_params": None}

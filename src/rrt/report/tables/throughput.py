@@ -20,12 +20,6 @@ ORDER = (
     "depthwise",
 )  # fmt: skip
 TEXT = document.TEXT["throughput"]
-NUMBERS = (
-    "latency_p50_s", "latency_p99_s", "ttft_p50_s", "mean_exit_loop", "agreement", "peak_mem_mb",
-    "flops_per_token", "bytes_per_token", "roofline_tokens_per_s", "roofline_fraction",
-    "decode_step_ms", "decode_gb_per_s", "decode_bandwidth_fraction", "decode_gflop_per_s",
-    "decode_compute_fraction", "error",
-)  # fmt: skip
 # header, field, digits (None: a share, in percent) or a format, scale
 SYSTEM = (
     ("tokens/s", "tokens_per_s", ",.1f"), ("× vanilla", "ratio_to_vanilla", 2),
@@ -40,6 +34,8 @@ ROOFLINE = (
     ("decode GB/s", "decode_gb_per_s", 2), ("% of bandwidth", "decode_bandwidth_fraction", None),
     ("decode GFLOP/s", "decode_gflop_per_s", 1), ("% of matmul", "decode_compute_fraction", None),
 )  # fmt: skip
+# tables/throughput.csv: the numbers of both tables (not the bound, a word), and the error
+NUMBERS = [key for _, key, *_ in SYSTEM + ROOFLINE if key != "roofline_bound"] + ["error"]
 
 
 def _cells(values: dict[str, Any], spec: tuple[tuple, ...]) -> dict[str, str]:
@@ -78,7 +74,7 @@ def _slug(text: str) -> str:
 
 def section(ctx: Context) -> Section:
     section = Section("throughput", TEXT["title"])
-    missing = [g for g in ctx.gaps if g.path.startswith("benchmarks/")]
+    missing = [g for g in ctx.results.gaps if g.path.startswith("benchmarks/")]
     section.blocks += [f"Missing {gap.path}: {gap.reason}." for gap in missing]
     if not ctx.results.benchmarks and not missing:
         section.blocks.append(TEXT["none"])
@@ -94,9 +90,8 @@ def section(ctx: Context) -> Section:
             what += f" (missing: this system failed: {failed})" if failed else ""
             rows.append({"system": system, "what it is": what} | _cells(values, SYSTEM))
             data.append(
-                {"benchmark": name, "system": system, "threshold": values.get("threshold")}
-                | {k: values.get(k) for k in ("kv_fill", "tokens_per_s", "ratio_to_vanilla")}
-                | {k: values.get(k) for k in NUMBERS}
+                {"benchmark": name, "system": system}
+                | {k: values.get(k) for k in ("threshold", "kv_fill", *NUMBERS)}
             )
             if None not in (values.get("flops_per_token"), values.get("bytes_per_token")):
                 roofline.append({"system": system} | _cells(values, ROOFLINE))

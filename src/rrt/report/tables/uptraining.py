@@ -23,26 +23,18 @@ def section(ctx: Context) -> Section:
         if name.kind not in ("recursive", "relaxed") or name.uptrained:
             continue
         uptrained = names.uptrained(name).name
-        before, after = ctx.evaluation(name.name), ctx.evaluation(uptrained)
-        ppl = [ctx.perplexity(before), ctx.perplexity(after)]
-        average = [before.average if before else None, after.average if after else None]
-        rows.append(
-            {
-                "model": name.name, "loops": name.loops, "B": str(name.loops), "init": name.init,
-                "rank": str(name.rank or 0), "perplexity_task": task and task[0],
-                "perplexity_init": ppl[0], "perplexity at init": fmt.value_pm(ppl[0], None, 2),
-                "perplexity_uptrained": ppl[1],
-                "perplexity uptrained": fmt.value_pm(ppl[1], None, 2),
-                "average_init": average[0], "average at init": fmt.pct(average[0]),
-                "average_uptrained": average[1], "average uptrained": fmt.pct(average[1]),
-                "status": ctx.status(name.name) or ctx.status(uptrained),
-            }
-        )  # fmt: skip
+        row = {"model": name.name, "kind": name.kind, "loops": name.loops, "init": name.init}
+        row |= {"rank": str(name.rank or 0), "perplexity_task": task and task[0]}
+        for stage, model in (("init", name.name), ("uptrained", uptrained)):
+            evaluation, said = ctx.evaluation(model), "at init" if stage == "init" else stage
+            ppl, average = ctx.perplexity(evaluation), evaluation.average if evaluation else None
+            row |= {f"perplexity_{stage}": ppl, f"perplexity {said}": fmt.value_pm(ppl, None, 2)}
+            row |= {f"average_{stage}": average, f"average {said}": fmt.pct(average)}
+        rows.append(row | {"status": ctx.status(name.name) or ctx.status(uptrained)})
     notes = [
         f"Perplexity: {task[0]} ({task[1]}); lower is better." if task else "No perplexity task."
     ]
     if source := ctx.evaluation("source"):
         ppl = fmt.value_pm(ctx.perplexity(source), None, 2)
         notes.append(f"The source: perplexity {ppl}, average {fmt.pct(source.average)}.")
-    shown = [{h: r[h] for h in HEADERS} for r in rows]
-    return one_table("uptraining", frame(rows, DATA), shown, notes)
+    return one_table("uptraining", frame(rows, DATA), [fmt.cells(r, HEADERS) for r in rows], notes)
