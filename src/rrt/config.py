@@ -77,6 +77,12 @@ def command_settings(path: str) -> dict[str, dict[str, Any]]:
     return {name: spec for name, spec in properties(path).items() if not spec.get("x-workflow")}
 
 
+def command_values(path: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` (the section at ``path``) that its command takes."""
+    settings = command_settings(path)
+    return {k: v for k, v in values.items() if k in settings}
+
+
 def defaults(path: str) -> dict[str, Any]:
     """Every default of the section at ``path``, nested sections included."""
     return resolve_defaults({}, path)
@@ -185,8 +191,7 @@ def from_values(cls: type, values: dict[str, Any]) -> Any:
     """An instance of a :func:`section` dataclass from a config mapping (unknown keys refused)."""
     path = getattr(cls, SECTION)
     validate(values, path)
-    settings = command_settings(path)
-    return cls(**{k: v for k, v in values.items() if k in settings})
+    return cls(**command_values(path, values))
 
 
 # --- command-line options ----------------------------------------------------------------------

@@ -130,8 +130,7 @@ def evaluations():
 
 def command_options(section):
     """The settings of a config section that its rrt command takes (not the workflow's own)."""
-    commands = schema.command_settings(section)
-    return {k: v for k, v in config[section].items() if k in commands}
+    return schema.command_values(section, config[section])
 
 
 def suite_tasks(suite):
