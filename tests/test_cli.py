@@ -176,3 +176,25 @@ def test_every_command_line_ends_with_the_tracking_options_the_workflow_appends(
         options = {o for action in leaf._actions for o in action.option_strings}
         assert "--mlflow-tag" in options, leaf.prog
         assert ("--out" in options) == ("--overwrite" in options), leaf.prog
+
+
+def test_ctrl_c_inside_a_del_while_starting_still_ends_the_process():
+    """A Ctrl-C that lands in a ``__del__`` during the imports: Python swallows a
+    KeyboardInterrupt there and the import went on; while starting, it ends the process."""
+    script = """if True:
+        import os, signal
+        from _rrt_launch import starting
+
+        class Collected:
+            def __del__(self):
+                os.kill(os.getpid(), signal.SIGINT)
+                for _ in range(10**6):  # the handler runs between bytecodes, here
+                    pass
+
+        with starting():
+            Collected()
+            print("the import went on")
+        """
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert (result.returncode, result.stdout) == (130, "")
+    assert result.stderr == "rrt: interrupted while starting; nothing was written\n"

@@ -19,7 +19,7 @@ from contextlib import contextmanager, nullcontext, suppress
 from pathlib import Path
 from typing import Any, NoReturn
 
-from _rrt_launch import interrupted_while_starting
+from _rrt_launch import starting
 from rrt import tracking
 from rrt.errors import UserError
 from rrt.io import check_output, die_with_launcher, overwriting, writer_lock
@@ -113,10 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     die_with_launcher()  # a torchrun worker: before the seconds of loading that follow
     argv = sys.argv[1:] if argv is None else argv
     command = next((word for word in argv if word in COMMANDS), None)
-    try:
+    with starting():
         parser = build_parser([command] if command else [])  # imports the command's modules
-    except KeyboardInterrupt:
-        return interrupted_while_starting()
     args = parser.parse_args(argv)
     run = None
     try:
