@@ -18,8 +18,8 @@ INTERRUPTED = "rrt: interrupted while starting; nothing was written\n"
 def starting() -> Iterator[None]:
     """While rrt imports, a Ctrl-C ends the process at once: one line, exit status 130 (nothing
     is written yet). Not by a KeyboardInterrupt: raised inside an import, one is swallowed when it
-    lands in a ``__del__`` (the import goes on), and one inside an extension's initialisation
-    aborted the process (exit status -6, CI's fresh clone)."""
+    lands in a ``__del__`` (the import goes on), and a Ctrl-C half a second into CI's fresh clone
+    (imports compiling their bytecode) once ended in an abort (exit status -6) instead."""
     if threading.current_thread() is not threading.main_thread():
         yield  # only the main thread can take signals (rrt.cli.main called from a thread)
         return
