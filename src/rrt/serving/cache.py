@@ -1,6 +1,7 @@
 """The KV cache: preallocated once, one slot per running request, keyed by virtual depth.
 
-Keys and values live in two tensors of shape [depth, slots, kv_heads, max_len, head_dim]: entry
+Keys and values live in two tensors of shape [depth, slots, kv_heads, max_len, head_dim] (a
+compiled engine's has a spare slot and a spare position, below): entry
 ``[d, s]`` holds one request's keys at one virtual depth d (loop * K + layer), so the B loops of a
 shared layer never overwrite one another, and every slot at one depth is one strided view that
 attention reads without a copy. Nothing is allocated per token.
@@ -35,11 +36,15 @@ class KVCache:
         if slots < 1:
             raise UserError("the KV-cache budget holds no request slot: raise kv_cache_mb")
         # ``spare``: one slot more that no request gets, where a compiled step's padding rows
-        # write (``slots`` counts it, ``free_slots`` does not)
+        # write (``slots`` counts it, ``free_slots`` does not), and one position more than
+        # ``max_len``, so that the keys a compiled step reads (a length of its own, up to
+        # ``max_len``) are never the whole tensor: a slice of all of it would be a special case
+        # that the compiled graph's dynamic length could not cover
         self.spare_slot = slots if spare else None
         slots += spare
         self.depth, self.slots, self.max_len = depth, slots, max_len
-        shape = (depth, slots, kv_heads, max_len, head_dim)
+        self.positions = max_len + spare
+        shape = (depth, slots, kv_heads, self.positions, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self._free = list(range(slots - 1 - spare, -1, -1))

@@ -252,8 +252,8 @@ class Engine:
             logits = self.runner.exit_logits(hidden[[ends[i] for i in asks]])
             probs = torch.softmax(logits, -1)
             best, token = probs.max(-1)
-            for j, i in enumerate(asks):
-                tokens[i], confidence[i] = int(token[j]), float(best[j])
+            tokens = dict(zip(asks, token.tolist(), strict=True))
+            confidence = dict(zip(asks, best.tolist(), strict=True))
         now = time.perf_counter() - start
         carried: list[Work] = []
         finished: set[int] = set()

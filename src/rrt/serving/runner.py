@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -75,23 +75,19 @@ def bucket(rows: int) -> int:
 @dataclass
 class Static:
     """A decode step at a fixed shape, for the compiled graph: ``rows`` one-token rows (a
-    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0. Attention
-    reads each row's keys over the cache's whole length, masked, so no shape depends on how far
-    requests have got. ``depth`` (sequence-wise: every row at one depth a layer) attends over a
-    view of every slot at that depth; else each row's keys are gathered at its own depth."""
+    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0. Each row's
+    first ``len(key_pos)`` keys are gathered at its depth and attended, masked: the step's
+    longest row's, a length the graph takes as a dynamic size (:meth:`Runner._graph_of`), so
+    one graph serves every length and reads no more keys than the step needs, and only the
+    rows' own slots, however many the cache has. ``depth`` is the depth of every row at the
+    layer offset 0 (sequence-wise: one loop of every row), or None (depth-wise: ``depth0``)."""
 
     cache: KVCache
+    key_pos: torch.Tensor  # [length] 0 .. length - 1
     pos: torch.Tensor  # [rows]
     depth0: torch.Tensor  # [rows] virtual depth at the layer offset 0
     slots: torch.Tensor  # [rows]
     depth: int | None  # sequence-wise: the depth at the layer offset 0 (the pass adds its own)
-    slot_pos: torch.Tensor = field(init=False)  # sequence-wise: [cache slots] each slot's query
-    # position in this step (0 for slots not in it), computed once for all the step's layers
-
-    def __post_init__(self) -> None:
-        if self.depth is not None:
-            slots = self.cache.k.shape[1]
-            self.slot_pos = self.pos.new_zeros(slots).index_copy(0, self.slots, self.pos)
 
 
 class Batch:
@@ -242,24 +238,18 @@ def _static_attention(call: LayerCall, q_all: torch.Tensor, scaling, softcap) ->
     returns [rows, heads, head_dim]."""
     batch, cache = call.batch, call.batch.cache
     q = q_all.transpose(0, 1).unsqueeze(2)  # [rows, heads, 1, head_dim]
-    key_pos = torch.arange(cache.max_len, device=q.device)
-    if batch.depth is not None:  # every row at one depth: attend over every slot's keys there
-        depth = batch.depth + call.offset
-        keys, values = cache.at_depth(depth, cache.max_len)
-        q = q.new_zeros(keys.shape[0], *q.shape[1:]).index_copy(0, batch.slots, q)
-        query_pos = batch.slot_pos
-        window = call.windows[depth] if call.windows is not None else None
-    else:
-        depths = batch.depth0 + call.offset
-        keys, values = cache.k[depths, batch.slots], cache.v[depths, batch.slots]
-        query_pos = batch.pos
-        window = call.windows[depths] if call.windows is not None else None
-    allowed = key_pos <= query_pos[:, None]  # [queries, keys]
+    key_pos = batch.key_pos
+    length = key_pos.shape[0]
+    # each row's depth: one for all of them sequence-wise
+    depths = (batch.depth if batch.depth is not None else batch.depth0) + call.offset
+    keys = cache.k[depths, batch.slots, :, :length]
+    values = cache.v[depths, batch.slots, :, :length]
+    window = call.windows[depths] if call.windows is not None else None
+    allowed = key_pos <= batch.pos[:, None]  # [rows, keys]
     if window is not None:  # 0: no window
-        lower = torch.where(window > 0, query_pos - window, -1)
-        allowed = allowed & (key_pos > lower[:, None])
-    o = _attend_one(q, keys, values, allowed, scaling, softcap)
-    return o.index_select(0, batch.slots) if batch.depth is not None else o
+        lower = torch.where(window > 0, batch.pos - window, -1)
+        allowed = allowed & (key_pos > lower[..., None])
+    return _attend_one(q, keys, values, allowed, scaling, softcap)
 
 
 def _attend_one(q, keys, values, allowed, scaling, softcap) -> torch.Tensor:
@@ -429,27 +419,40 @@ class Runner:
         padded[:, :n] = h
         layout = [[w.start, 0 if sequence else w.loop, w.request.slot] for w in works]
         layout += [[0, 0, cache.spare_slot]] * (rows - n)
-        return self._graph_of(padded, torch.tensor(layout, device=self.device), cache, sequence)[
-            0, :n
-        ]
+        layout = torch.tensor(layout, device=self.device)
+        length = max(w.start for w in works) + 1
+        return self._graph_of(padded, layout, cache, sequence, length)[0, :n]
 
     def _graph_of(
-        self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache, sequence: bool
+        self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache, sequence: bool, length: int
     ) -> torch.Tensor:
         """Run the compiled pass on ``h`` [1, rows, hidden] and ``layout`` [rows, 3] (position,
-        loop, slot of each row): sequence-wise one call a loop, depth-wise one call."""
+        loop, slot of each row), attending over the first ``length`` keys: sequence-wise one
+        call a loop, depth-wise one call.
+
+        ``length`` reaches the graph as the size of a tensor marked dynamic (2 to the cache's
+        ``max_len``), so each row bucket's graph is compiled once and then reads only the keys
+        the step's longest row needs, not the whole cache: at 64 rows of the embedded model,
+        attention over all 256 positions was most of a compiled step. On a GPU the length is
+        rounded up to a multiple of 64, as CUDA graphs record one graph for each size they see."""
         pos, loops, slots = layout.unbind(1)
         rows, depth0 = h.shape[1], loops * self.shared
+        if self.device.type == "cuda":
+            length = -(-length // 64) * 64
+        key_pos = torch.arange(min(max(length, 2), cache.max_len), device=self.device)
+        if cache.max_len > 2:
+            torch._dynamo.mark_dynamic(key_pos, 0, min=2, max=cache.max_len)
+        step = (cache, key_pos, pos, depth0, slots)
         with compiling(self.device):
             if not self.recursive:
-                return self._graph(h, cache, pos, depth0, slots, "all", 0, True)
+                return self._graph(h, *step, "all", 0, True)
             if not sequence:
                 views = self._bucket_views(rows, None)
                 self._loop_ids[views].copy_(loops[None])
-                return self._graph(h, cache, pos, depth0, slots, views, 0, False)
+                return self._graph(h, *step, views, 0, False)
             for loop in range(self.loops):
                 views = self._bucket_views(rows, loop)
-                h = self._graph(h, cache, pos, depth0, slots, views, loop * self.shared, True)
+                h = self._graph(h, *step, views, loop * self.shared, True)
             return h
 
     def _bucket_views(self, rows: int, loop: int | None) -> str:
@@ -476,7 +479,7 @@ class Runner:
         for size in sizes:
             h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
             layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
-            self._graph_of(h, layout, cache, sequence)
+            self._graph_of(h, layout, cache, sequence, cache.max_len)
             self.exit_logits(h[0])
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
@@ -564,6 +567,7 @@ class StepGraph(nn.Module):
         self,
         h: torch.Tensor,
         cache: KVCache,
+        key_pos: torch.Tensor,
         pos: torch.Tensor,
         depth0: torch.Tensor,
         slots: torch.Tensor,
@@ -573,7 +577,7 @@ class StepGraph(nn.Module):
     ) -> torch.Tensor:
         """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
         one loop of every row (one depth a layer), else one depth-wise pass."""
-        layout = Static(cache, pos, depth0, slots, 0 if sequence else None)
+        layout = Static(cache, key_pos, pos, depth0, slots, 0 if sequence else None)
         for i, layer in enumerate(self.views[views]):
             emb = rotary_at(self.rotary, self.layer_types, h, layout, base + i)
             call = LayerCall(layout, base + i, self.windows)
