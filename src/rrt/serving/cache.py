@@ -43,8 +43,7 @@ class KVCache:
         self.spare_slot = slots if spare else None
         slots += spare
         self.depth, self.slots, self.max_len = depth, slots, max_len
-        self.positions = max_len + spare
-        shape = (depth, slots, kv_heads, self.positions, head_dim)
+        shape = (depth, slots, kv_heads, max_len + spare, head_dim)
         self.k = torch.zeros(shape, dtype=dtype, device=device)
         self.v = torch.zeros(shape, dtype=dtype, device=device)
         self._free = list(range(slots - 1 - spare, -1, -1))

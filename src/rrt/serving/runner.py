@@ -242,8 +242,7 @@ def _static_attention(call: LayerCall, q_all: torch.Tensor, scaling, softcap) ->
     length = key_pos.shape[0]
     # each row's depth: one for all of them sequence-wise
     depths = (batch.depth if batch.depth is not None else batch.depth0) + call.offset
-    keys = cache.k[depths, batch.slots, :, :length]
-    values = cache.v[depths, batch.slots, :, :length]
+    keys, values = cache.gather(depths, batch.slots, length)
     window = call.windows[depths] if call.windows is not None else None
     allowed = key_pos <= batch.pos[:, None]  # [rows, keys]
     if window is not None:  # 0: no window
