@@ -322,25 +322,48 @@ class LoopedNorm(nn.Module):
 # --- position views -----------------------------------------------------------------------------
 
 
-def _view(module: nn.Module, overrides: dict[str, dict[str, Any]], pairs: list, path: str = ""):
+def _view(
+    module: nn.Module,
+    overrides: dict[str, dict[str, Any]],
+    pairs: list,
+    path: str = "",
+    hooks: bool = True,
+):
     """A copy of ``module``'s tree sharing its parameters, buffers and hooks (the same dicts), with
-    ``overrides[path]`` set on the copy at ``path``; records (view, origin, overridden names)."""
+    ``overrides[path]`` set on the copy at ``path``; records (view, origin, overridden names).
+    ``hooks=False``: the copies run no forward hooks (dicts of their own, empty)."""
     view = copy.copy(module)  # a shallow copy: _parameters, _buffers and hook dicts are shared
     view.__dict__["_modules"] = {
-        name: _view(child, overrides, pairs, f"{path}{name}.") if child is not None else None
+        name: _view(child, overrides, pairs, f"{path}{name}.", hooks) if child is not None else None
         for name, child in module._modules.items()
     }
+    if not hooks:
+        for name in _FORWARD_HOOKS:
+            view.__dict__[name] = type(module.__dict__[name])()
     own = overrides.get(path.rstrip("."), {})
     view.__dict__.update(own)
     pairs.append((view, module, frozenset(own)))
     return view
 
 
-def module_view(module: nn.Module, overrides: dict[str, dict[str, Any]]) -> nn.Module:
+_FORWARD_HOOKS = (
+    "_forward_pre_hooks",
+    "_forward_pre_hooks_with_kwargs",
+    "_forward_hooks",
+    "_forward_hooks_with_kwargs",
+    "_forward_hooks_always_called",
+)
+
+
+def module_view(
+    module: nn.Module, overrides: dict[str, dict[str, Any]], hooks: bool = True
+) -> nn.Module:
     """A copy of ``module``'s tree sharing its parameters, buffers and hooks, with
     ``overrides[path]`` set on the copy at ``path`` (``""``: the module itself): how a caller
-    fixes, once, what its own calls of the module need (the engine: its attention function)."""
-    return _view(module, overrides, [])
+    fixes, once, what its own calls of the module need (the engine: its attention function).
+    ``hooks=False``: the copy runs no forward hooks, not even those added to ``module`` later
+    (the engine: transformers' output capture, which ``torch.compile`` cannot trace)."""
+    return _view(module, overrides, [], hooks=hooks)
 
 
 def _refresh(pairs: list) -> None:
@@ -406,6 +429,7 @@ class LoopedLayers(nn.ModuleList):
         index: int,
         loops: torch.Tensor | LoopSpans,
         fixed: dict[str, dict[str, Any]] | None = None,
+        hooks: bool = True,
     ) -> nn.Module:
         """A view of shared layer ``index`` whose rows run their own loops (per-token ``loops``).
 
@@ -413,7 +437,8 @@ class LoopedLayers(nn.ModuleList):
         LoRA (every loop's LoRA stacked, the other loops masked; never row by row). What else
         depends on the position (the attention's KV slot, its sliding window) is None here: a
         caller that mixes depths in one call brings its own KV cache and attention masks, and
-        ``fixed`` sets what else it needs on the view, by path (as :func:`module_view` does).
+        ``fixed`` sets what else it needs on the view, by path, and ``hooks=False`` drops its
+        forward hooks (as :func:`module_view` does).
         """
         if isinstance(loops, LoopSpans):
             loops.check(len(self.positions) // len(self))
@@ -426,7 +451,7 @@ class LoopedLayers(nn.ModuleList):
                     mixed.setdefault(path, {})[name] = loops if name == "loop" else None
         for path, attrs in (fixed or {}).items():
             mixed.setdefault(path, {}).update(attrs)
-        return _view(self[index], mixed, [])
+        return _view(self[index], mixed, [], hooks=hooks)
 
     def train(self, mode: bool = True) -> LoopedLayers:
         super().train(mode)

@@ -322,8 +322,12 @@ class Runner:
         config = copy.deepcopy(text)
         config._attn_implementation = ATTENTION
         self.attention_override = {self.family.attention_block: {"config": config}}
+        # The views run no forward hooks: transformers installs its output capture on a model's
+        # layers the first time hidden states are asked for (as the benchmark's exit calibration
+        # does), and its hook reads a ContextVar, which torch.compile cannot trace: the compiled
+        # step fell back to a graph a layer.
         own = layers.positions if recursive else list(layers)
-        self.positions = [module_view(view, self.attention_override) for view in own]
+        self.positions = [module_view(v, self.attention_override, hooks=False) for v in own]
         self.layers = layers
         self.base = self.lm.get_submodule(self.family.layers.rsplit(".", 1)[0])
         self.rotary = self.base.rotary_emb
@@ -465,7 +469,7 @@ class Runner:
         if name not in self._loop_ids:
             ids = torch.full((1, rows), loop or 0, dtype=torch.long, device=self.device)
             fixed = self.attention_override
-            views = [self.layers.at_loops(i, ids, fixed) for i in range(self.shared)]
+            views = [self.layers.at_loops(i, ids, fixed, hooks=False) for i in range(self.shared)]
             self._step.views[name] = nn.ModuleList(views)
             self._loop_ids[name] = ids
         return name
@@ -519,7 +523,8 @@ class Runner:
             j = works[0].loop
             return self.positions[j * k : (j + 1) * k]
         spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
-        return [self.layers.at_loops(i, spans, self.attention_override) for i in range(k)]
+        fixed = self.attention_override
+        return [self.layers.at_loops(i, spans, fixed, hooks=False) for i in range(k)]
 
     def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
         return rotary_at(self.rotary, self.layer_types, h, batch, offset)
