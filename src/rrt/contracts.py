@@ -265,6 +265,8 @@ class ServedSystem(Contract):
     kv_fill: str | None = None  # ride, propagate; skipped for the simulated estimate
     agreement_target: float | None = None
     speedup_vs_vanilla: float | None = None
+    x_depthwise: float | None = None  # an exit system's tokens/s over depth-wise's
+    x_depthwise_counted: float | None = None  # the same for their rooflines: what counts predict
     steps: int | None = None
     rows_per_step: float | None = None
     compile_s: float | None = None  # torch.compile's time, before and outside ``seconds``
@@ -299,6 +301,22 @@ class ServedSystem(Contract):
 
 
 @dataclasses.dataclass
+class ExitCeiling(Contract):
+    """What the counts allow early exit at best (:func:`rrt.benchmark.bench.exit_ceiling`):
+    roofline tokens/s of decode steps of ``rows`` rows at position ``position``."""
+
+    WHAT: ClassVar[str] = "an rrt benchmark result"
+
+    rows: int
+    position: int
+    depthwise_tokens_per_s: float
+    all_exit_tokens_per_s: float
+    sequence_continuous_tokens_per_s: float | None  # None without the full-size model
+    all_exit_x_depthwise: float
+    all_exit_x_sequence_continuous: float | None
+
+
+@dataclasses.dataclass
 class BenchmarkResult(Contract):
     """``rrt benchmark``'s result: one workload, every system, the machine's ceilings."""
 
@@ -311,3 +329,4 @@ class BenchmarkResult(Contract):
     hardware: dict[str, Any]
     calibration: dict[str, Any] | None
     systems: dict[str, ServedSystem]
+    exit_ceiling: ExitCeiling | None = None  # None in results written before it

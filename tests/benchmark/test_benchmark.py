@@ -80,6 +80,22 @@ def test_every_system_serves_the_workload_into_one_json(served):
         assert 1.0 <= systems[name]["mean_exit_loop"] <= 2.0
         assert systems[name]["threshold"] is not None
     assert systems["simulated"]["mean_exit_loop"] <= 2.0
+    # Exits against depth-wise without them, measured and as their counts predict.
+    depthwise = systems["depthwise"]
+    for name in exits:
+        row = systems[name]
+        assert row["x_depthwise"] == row["tokens_per_s"] / depthwise["tokens_per_s"]
+        counted = row["roofline_tokens_per_s"] / depthwise["roofline_tokens_per_s"]
+        assert row["x_depthwise_counted"] == counted
+    assert all(systems[n].get("x_depthwise") is None for n in base)
+    # The best the counts allow exits: every token leaving after loop 1 does less a token than
+    # no exit, and at most the loops' factor less.
+    ceiling = result["exit_ceiling"]
+    assert ceiling["rows"] == 4
+    assert 1.0 < ceiling["all_exit_x_depthwise"] <= 2.0
+    assert ceiling["all_exit_x_sequence_continuous"] == pytest.approx(
+        ceiling["all_exit_tokens_per_s"] / ceiling["sequence_continuous_tokens_per_s"]
+    )
     # The roofline: the machine's measured ceilings, and each system's counts against them
     # wherever its steps can be seen (not inside transformers' continuous batching).
     peaks = result["hardware"]["peaks"]

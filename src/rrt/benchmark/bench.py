@@ -554,6 +554,57 @@ def roofline(
     return out
 
 
+def exit_ceiling(
+    model: Any, baseline: Any, work: Workload, rows: int, peaks: dict[str, Any]
+) -> dict[str, Any]:
+    """What the counts allow early exit at best (:class:`~rrt.serving.cost.CostModel`): decode
+    steps of ``rows`` rows at the workload's mean decoding position, depth-wise with every token
+    leaving after loop 1 (its deeper keys and values propagated: the least work any exit system
+    does), against the same steps without exits and against the full-size model's (c), each at
+    its roofline (the tokens/s the measured ceilings allow at its counts). Where ``x_(c)`` is
+    under the paper's 1.5, no engine reaches 1.5x (c) with this model on this machine."""
+    from rrt.serving.cost import CostModel
+    from rrt.serving.request import Kind, Work
+    from rrt.serving.runner import Runner
+
+    positions = [
+        len(p) + i for p, n in zip(work.prompts, work.outputs, strict=True) for i in range(n)
+    ]
+    at = round(float(np.mean(positions)))
+    loops = model.num_loops
+
+    def rate(cost: CostModel, works: list[Work], fills: list[Work], sequence: bool, asks: int):
+        step = cost.step(works, fills, sequence, asks, sum(w.loop == 0 for w in works))
+        seconds = max(
+            step.bytes / (peaks["memory_gb_per_s"] * 1e9),
+            step.flops / (peaks["matmul_gflop_per_s"] * 1e9),
+        )
+        return asks / seconds
+
+    def rows_at(loop: int, n: int, kind: Kind = Kind.MAIN) -> list[Work]:
+        return [Work(None, at, loop, kind, ids=[0]) for _ in range(n)]
+
+    counts = CostModel.of(Runner(model))
+    per_loop = max(1, rows // loops)  # no exits: a token a loop in each step, rows split evenly
+    depthwise = rate(
+        counts, [w for j in range(loops) for w in rows_at(j, per_loop)], [], False, per_loop
+    )
+    fills = [w for j in range(1, loops) for w in rows_at(j, rows, Kind.PROPAGATE)]
+    all_exit = rate(counts, rows_at(0, rows), fills, False, rows)
+    full = None
+    if baseline is not None:
+        full = rate(CostModel.of(Runner(baseline)), rows_at(0, rows), [], True, rows)
+    return {
+        "rows": rows,
+        "position": at,
+        "depthwise_tokens_per_s": depthwise,
+        "all_exit_tokens_per_s": all_exit,
+        "sequence_continuous_tokens_per_s": full,
+        "all_exit_x_depthwise": all_exit / depthwise,
+        "all_exit_x_sequence_continuous": all_exit / full if full else None,
+    }
+
+
 def simulated(depthwise: dict[str, Any], oracle: list[int], loops: int) -> dict[str, Any]:
     """The paper's estimate: depth-wise throughput scaled by the loop work that oracle exits
     (the first loop whose token is the full depth's) would leave, with exited tokens' deeper KV
@@ -740,6 +791,13 @@ def benchmark(
         systems[name]["sequence_agreement"] = sequence_agreement(tokens, reference)
     if "simulated" in chosen and "tokens_per_s" in systems.get("depthwise", {}):
         systems["simulated"] = simulated(systems["depthwise"], oracle, model.num_loops)
+    depthwise = systems.get("depthwise", {})
+    for row in systems.values():  # exits against depth-wise without them: measured, and counted
+        if row.get("threshold") is not None and "tokens_per_s" in depthwise:
+            row["x_depthwise"] = row["tokens_per_s"] / depthwise["tokens_per_s"]
+            if row["roofline_tokens_per_s"] and depthwise["roofline_tokens_per_s"]:
+                counted = row["roofline_tokens_per_s"] / depthwise["roofline_tokens_per_s"]
+                row["x_depthwise_counted"] = counted
     if "tokens_per_s" in systems.get("vanilla", {}):
         for row in systems.values():
             if "tokens_per_s" in row:
@@ -759,4 +817,5 @@ def benchmark(
         "hardware": {**hardware(dev, dtype), "peaks": ceilings},
         "calibration": calibration,
         "systems": systems,
+        "exit_ceiling": exit_ceiling(model, baseline, work, cfg.max_batch, ceilings),
     }
