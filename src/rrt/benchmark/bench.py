@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from rrt import config as schema
 from rrt import names
@@ -153,7 +154,7 @@ def calibrate(model: Any, docs: list[list[int]], targets: list[float]) -> dict[s
     depth's. The lowest threshold that reaches a target is chosen (the most exits)."""
     conf, agree = [], []
     device = next(model.parameters()).device
-    for doc in docs:
+    for doc in tqdm(docs, desc="calibrating exits", unit="doc", file=sys.stderr):
         logits = model.loop_logits(torch.tensor([doc], device=device))
         final = logits[-1][0].argmax(-1)
         conf.append(torch.stack([lg[0].float().softmax(-1).max(-1).values for lg in logits[:-1]]))
