@@ -9,7 +9,7 @@ import torch
 from _embedded import corpus, tokenizer
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from rrt.benchmark.bench import ROOFLINE_FIELDS
+from rrt.benchmark.bench import ROOFLINE_FIELDS, Workload, exit_ceiling
 from rrt.cli import main
 from rrt.method.convert import convert
 from rrt.method.relax import relax
@@ -109,6 +109,30 @@ def test_every_system_serves_the_workload_into_one_json(served):
         assert all(systems[name][k] is None for k in ROOFLINE_FIELDS), name
     # Static batches compute their padding: more FLOPs a token than the engine, same model.
     assert systems["vanilla"]["flops_per_token"] > systems["sequence_continuous"]["flops_per_token"]
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+def test_the_exit_ceiling_counts_a_token_per_row_and_depth_whatever_the_batch(rows):
+    """Without exits each row leaves a token every ``loops`` steps, even with fewer rows than
+    loops; with every token leaving after loop 1 it leaves one a step, so exits do less a token
+    but at most the loops' factor less (the old count split rows evenly over loops: at 1 row it
+    counted a token a step without exits, and exits came out slower)."""
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+    )  # fmt: skip
+    source = LlamaForCausalLM(cfg).eval()
+    model = relax(convert(source, loops=2, init="average"), source, rank=4)
+    work = Workload(prompts=[[1] * 8], outputs=[4], arrivals_s=[0.0])
+    memory_bound = {"memory_gb_per_s": 1.0, "matmul_gflop_per_s": 1e9}
+    ceiling = exit_ceiling(model, source, work, rows, memory_bound)
+    assert ceiling["rows"] == rows and ceiling["position"] == 10
+    assert 1.0 < ceiling["all_exit_x_depthwise"] <= 2.0
+    # (c) reads the full-size model once a step for every row: more bytes than one recursive
+    # pass, fewer than two.
+    x_full = ceiling["depthwise_tokens_per_s"] / ceiling["sequence_continuous_tokens_per_s"]
+    assert 0.5 < x_full < 1.0
 
 
 def test_bad_benchmark_settings_are_one_line(served, capsys):

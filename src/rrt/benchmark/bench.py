@@ -523,6 +523,15 @@ def summarize(
     }
 
 
+def roofline_seconds(flops: float, nbytes: float, peaks: dict[str, Any]) -> tuple[float, str]:
+    """The least time ``flops`` and ``nbytes`` take at the measured ceilings (the slower of
+    reading the bytes at the memory bandwidth and doing the FLOPs at the matmul rate), and which
+    of the two binds."""
+    memory = nbytes / (peaks["memory_gb_per_s"] * 1e9)
+    compute = flops / (peaks["matmul_gflop_per_s"] * 1e9)
+    return max(memory, compute), "memory" if memory >= compute else "compute"
+
+
 def roofline(
     cost: dict[str, float] | None, produced: int, tokens_per_s: float, peaks: dict[str, Any] | None
 ) -> dict[str, Any]:
@@ -544,10 +553,10 @@ def roofline(
         out["decode_gb_per_s"] = cost["decode_bytes"] / seconds / 1e9
         out["decode_gflop_per_s"] = cost["decode_flops"] / seconds / 1e9
     if peaks:
-        memory = peaks["memory_gb_per_s"] * 1e9 / out["bytes_per_token"]
-        compute = peaks["matmul_gflop_per_s"] * 1e9 / out["flops_per_token"]
-        out["roofline_tokens_per_s"] = min(memory, compute)
-        out["roofline_bound"] = "memory" if memory <= compute else "compute"
+        seconds, out["roofline_bound"] = roofline_seconds(
+            out["flops_per_token"], out["bytes_per_token"], peaks
+        )
+        out["roofline_tokens_per_s"] = 1 / seconds
         out["roofline_fraction"] = tokens_per_s / out["roofline_tokens_per_s"]
         if out["decode_gb_per_s"] is not None:
             out["decode_bandwidth_fraction"] = out["decode_gb_per_s"] / peaks["memory_gb_per_s"]
@@ -574,27 +583,28 @@ def exit_ceiling(
     at = round(float(np.mean(positions)))
     loops = model.num_loops
 
-    def rate(cost: CostModel, works: list[Work], fills: list[Work], sequence: bool, asks: int):
+    def seconds(
+        cost: CostModel, works: list[Work], fills: list[Work], asks: int, sequence: bool = False
+    ) -> float:
         step = cost.step(works, fills, sequence, asks, sum(w.loop == 0 for w in works))
-        seconds = max(
-            step.bytes / (peaks["memory_gb_per_s"] * 1e9),
-            step.flops / (peaks["matmul_gflop_per_s"] * 1e9),
-        )
-        return asks / seconds
+        return roofline_seconds(step.flops, step.bytes, peaks)[0]
 
-    def rows_at(loop: int, n: int, kind: Kind = Kind.MAIN) -> list[Work]:
-        return [Work(None, at, loop, kind, ids=[0]) for _ in range(n)]
+    def rows_at(loops_of_rows: list[int], kind: Kind = Kind.MAIN) -> list[Work]:
+        return [Work(None, at, loop, kind, ids=[0]) for loop in loops_of_rows]
 
     counts = CostModel.of(Runner(model))
-    per_loop = max(1, rows // loops)  # no exits: a token a loop in each step, rows split evenly
-    depthwise = rate(
-        counts, [w for j in range(loops) for w in rows_at(j, per_loop)], [], False, per_loop
-    )
-    fills = [w for j in range(1, loops) for w in rows_at(j, rows, Kind.PROPAGATE)]
-    all_exit = rate(counts, rows_at(0, rows), fills, False, rows)
+    # Without exits, row i is at loop (i + s) % loops in step s: over ``loops`` steps each row
+    # passes every loop once and leaves one token, whether or not ``rows`` splits evenly.
+    steps = [[(i + s) % loops for i in range(rows)] for s in range(loops)]
+    depthwise = rows / sum(seconds(counts, rows_at(o), [], o.count(loops - 1)) for o in steps)
+    # Every token leaves after loop 1: every row asks the head each step, its deeper loops' keys
+    # and values filled by propagation.
+    fills = rows_at([j for j in range(1, loops) for _ in range(rows)], Kind.PROPAGATE)
+    all_exit = rows / seconds(counts, rows_at([0] * rows), fills, rows)
     full = None
     if baseline is not None:
-        full = rate(CostModel.of(Runner(baseline)), rows_at(0, rows), [], True, rows)
+        baseline_counts = CostModel.of(Runner(baseline))
+        full = rows / seconds(baseline_counts, rows_at([0] * rows), [], rows, sequence=True)
     return {
         "rows": rows,
         "position": at,
