@@ -89,10 +89,10 @@ def test_every_system_serves_the_workload_into_one_json(served):
         assert row["x_depthwise_counted"] == counted
     assert all(systems[n].get("x_depthwise") is None for n in base)
     # The best the counts allow exits: every token leaving after loop 1 does less a token than
-    # no exit, and at most the loops' factor less.
+    # no exit.
     ceiling = result["exit_ceiling"]
     assert ceiling["rows"] == 4
-    assert 1.0 < ceiling["all_exit_x_depthwise"] <= 2.0
+    assert ceiling["all_exit_x_depthwise"] > 1.0
     assert ceiling["all_exit_x_sequence_continuous"] == pytest.approx(
         ceiling["all_exit_tokens_per_s"] / ceiling["sequence_continuous_tokens_per_s"]
     )
@@ -111,12 +111,12 @@ def test_every_system_serves_the_workload_into_one_json(served):
     assert systems["vanilla"]["flops_per_token"] > systems["sequence_continuous"]["flops_per_token"]
 
 
-@pytest.mark.parametrize("rows", [1, 2, 3])
-def test_the_exit_ceiling_counts_a_token_per_row_and_depth_whatever_the_batch(rows):
+def test_the_exit_ceiling_counts_a_token_per_row_and_depth_whatever_the_batch():
     """Without exits each row leaves a token every ``loops`` steps, even with fewer rows than
-    loops; with every token leaving after loop 1 it leaves one a step, so exits do less a token
-    but at most the loops' factor less (the old count split rows evenly over loops: at 1 row it
-    counted a token a step without exits, and exits came out slower)."""
+    loops, so each row more shares the weights' reads and raises tokens/s; every token leaving
+    after loop 1 does less a token at any batch. (The old count split the rows evenly over the
+    loops: 1 row counted as 2 rows leaving a token a step, as fast as 2 rows, and exits came
+    out slower.)"""
     torch.manual_seed(0)
     cfg = LlamaConfig(
         vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
@@ -126,13 +126,16 @@ def test_the_exit_ceiling_counts_a_token_per_row_and_depth_whatever_the_batch(ro
     model = relax(convert(source, loops=2, init="average"), source, rank=4)
     work = Workload(prompts=[[1] * 8], outputs=[4], arrivals_s=[0.0])
     memory_bound = {"memory_gb_per_s": 1.0, "matmul_gflop_per_s": 1e9}
-    ceiling = exit_ceiling(model, source, work, rows, memory_bound)
-    assert ceiling["rows"] == rows and ceiling["position"] == 10
-    assert 1.0 < ceiling["all_exit_x_depthwise"] <= 2.0
+    ceilings = [exit_ceiling(model, source, work, rows, memory_bound) for rows in (1, 2, 3, 4)]
+    assert [c["rows"] for c in ceilings] == [1, 2, 3, 4]
+    assert {c["position"] for c in ceilings} == {10}
+    depthwise = [c["depthwise_tokens_per_s"] for c in ceilings]
+    assert depthwise == sorted(set(depthwise))
+    assert all(c["all_exit_x_depthwise"] > 1.0 for c in ceilings)
     # (c) reads the full-size model once a step for every row: more bytes than one recursive
     # pass, fewer than two.
-    x_full = ceiling["depthwise_tokens_per_s"] / ceiling["sequence_continuous_tokens_per_s"]
-    assert 0.5 < x_full < 1.0
+    for c in ceilings:
+        assert 0.5 < c["depthwise_tokens_per_s"] / c["sequence_continuous_tokens_per_s"] < 1.0
 
 
 def test_bad_benchmark_settings_are_one_line(served, capsys):

@@ -70,11 +70,30 @@ def served(model, **kwargs) -> Engine:
     return engine
 
 
+def test_a_fill_counts_only_the_key_and_value_projections_of_its_loop(relaxed):
+    """State propagation needs an exited token's keys and values at the loop it skipped: the
+    shared key and value projections with that loop's LoRA, not the queries or the output."""
+    engine = Engine(relaxed)
+    cost = engine.cost.step([], [work(2, 7, loop=1)], False, asks=0, embeds=0)
+    runner = engine.runner
+    kv = [
+        getattr(runner.layers[i].self_attn, name)
+        for i in range(runner.shared)
+        for name in ("k_proj", "v_proj")
+    ]
+    macs = sum(m.in_features * m.out_features for m in kv)
+    lora = sum(m.rank * (m.in_features + m.out_features) for m in kv)
+    assert lora > 0
+    assert cost.flops == 2 * 2 * (macs + lora)
+    written = 2 * runner.shared * 2 * runner.kv_heads * runner.head_dim  # 2 rows, k and v
+    assert cost.bytes == 4 * (macs + lora + written)
+
+
 def test_depth_wise_batching_and_ride_along_compute_what_the_sequence_computes(relaxed):
     """Every token runs both loops whichever way it is batched: depth-wise, the FLOPs are the
     sequence-wise ones; with every decode token exiting after loop 1 and riding loop 2 for its
     KV, too, but for each request's last token, whose KV nothing reads. State propagation
-    computes less: only the attention block of the skipped loop."""
+    computes less: only the key and value projections of the skipped loop."""
     engines = {
         "sequence": served(relaxed, mode="sequence"),
         "depthwise": served(relaxed),

@@ -352,8 +352,8 @@ def _compiled_equals_eager(model, **kwargs) -> Engine:
     """Serve the prompts eagerly and compiled; the compiled engine's tokens and exits must be the
     eager engine's (which are generate's, tested above). The compiled engine compiles one graph
     for each row bucket (and loop, sequence-wise) its steps use, and one exit head for each
-    bucket of rows asked, whatever the lengths of keys its steps read. Returns the compiled
-    engine."""
+    bucket of rows asked (and of state propagation's rows), whatever the lengths of keys its
+    steps read. Returns the compiled engine."""
     from torch._dynamo.utils import counters
 
     # Hidden states asked for once, as the benchmark's exit calibration does: transformers then
@@ -374,6 +374,7 @@ def _compiled_equals_eager(model, **kwargs) -> Engine:
     # the step graph's arguments: h, cache, key_pos, pos, depth0, slots, views, offset, sequence
     runner._graph = spy(runner._graph, lambda h, *step: (h.shape[1], step[5], step[6]))
     runner._head = spy(runner._head, lambda h: ("head", h.shape[0]))
+    runner._fill = spy(runner._fill, lambda h, *step: ("fill", h.shape[1]))
     graphs = counters["stats"]["unique_graphs"]
     out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
     assert counters["stats"]["unique_graphs"] - graphs == len(calls)
@@ -402,20 +403,23 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("family", "mode", "relax_vectors"),
+    ("family", "mode", "relax_vectors", "kv_fill"),
     [
-        ("gemma2", "sequence", False),
-        ("gemma2", "depthwise", True),
-        ("gemma3_text", "depthwise", True),
+        ("gemma2", "sequence", False, None),
+        ("gemma2", "depthwise", True, "ride"),
+        ("gemma3_text", "depthwise", True, "propagate"),
     ],
 )
-def test_compiled_steps_keep_softcapping_windows_and_layer_types(family, mode, relax_vectors):
+def test_compiled_steps_keep_softcapping_windows_and_layer_types(
+    family, mode, relax_vectors, kv_fill
+):
     """Sequence-wise steps attend over a view of every slot, depth-wise ones gather each row's
     keys: both with Gemma 2's logit softcapping and sliding windows, and depth-wise with exits,
-    Gemma 3's per-layer rotary types, and each loop's own norms (Gemma 3's q/k norms too)."""
+    Gemma 3's per-layer rotary types, and each loop's own norms (Gemma 3's q/k norms too), in
+    the step and, propagating, in the compiled state propagation."""
     source = source_model(family, seed=0)
     recursive = convert(source, loops=2, init="average")
     relaxed = relax(recursive, source, rank=4, relax_vectors=relax_vectors)
-    exits = {"exit_threshold": 0.02} if mode == "depthwise" else {}
+    exits = {"exit_threshold": 0.02, "kv_fill": kv_fill} if mode == "depthwise" else {}
     engine = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0

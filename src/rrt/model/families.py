@@ -31,6 +31,9 @@ class Family:
     # engine runs them alone to compute an exited token's keys and values (state propagation).
     attention_block: str = "self_attn"
     attention_norm: str = "input_layernorm"
+    # The linears of the attention block that its keys and values need: all that state
+    # propagation's compiled step computes (the queries and output projection are dropped).
+    keys: tuple[str, ...] = ("self_attn.k_proj", "self_attn.v_proj")
 
     @property
     def linears(self) -> tuple[str, ...]:
@@ -78,6 +81,7 @@ FAMILIES: dict[str, Family] = {
         ("attention.query_key_value", "attention.dense"),
         ("mlp.dense_h_to_4h", "mlp.dense_4h_to_h"),
         attention_block="attention",
+        keys=("attention.query_key_value",),  # queries, keys and values in one linear
     ),
 }
 

@@ -74,7 +74,7 @@ class CostModel:
         self,
         layers: list[nn.Module],
         linear_names: tuple[str, ...],
-        attention_names: tuple[str, ...],
+        key_names: tuple[str, ...],
         loops: int,
         heads: int,
         kv_heads: int,
@@ -86,9 +86,7 @@ class CostModel:
     ) -> None:
         self.k, self.loops = len(layers), loops
         self.layer = Linears.of(m.get_submodule(n) for m in layers for n in linear_names)
-        self.attention_block = Linears.of(
-            m.get_submodule(n) for m in layers for n in attention_names
-        )
+        self.keys = Linears.of(m.get_submodule(n) for m in layers for n in key_names)
         self.score_flops = 4 * heads * head_dim  # q.k and p.v for one query and one key
         self.kv_position = 2 * kv_heads * head_dim * element_size  # a key and a value
         self.head_flops = 2 * hidden_size * vocab_size
@@ -106,7 +104,7 @@ class CostModel:
         return cls(
             [runner.layers[i] for i in range(runner.shared)],
             runner.family.linears,
-            runner.family.attention,
+            runner.family.keys,
             runner.loops,
             text.num_attention_heads,
             runner.kv_heads,
@@ -121,7 +119,8 @@ class CostModel:
         self, works: list[Work], fills: list[Work], sequence: bool, asks: int, embeds: int
     ) -> StepCost:
         """One step: ``works`` through their loop (sequence-wise: through every loop), the
-        ``fills`` (state propagation) through the attention blocks of their loop, the exit head
+        ``fills`` (state propagation) through the key and value projections of their loop (all
+        they need; the compiled fill computes nothing else), the exit head
         over ``asks`` rows, ``embeds`` token embeddings looked up."""
         cost = StepCost(bytes=embeds * self.embed_bytes)
         if asks:
@@ -141,10 +140,10 @@ class CostModel:
             for w in works:
                 cost.add(self._attention(w, self.windows[w.loop]))
         if fills:
-            block = self.attention_block
+            keys = self.keys
             present = {w.loop for w in fills}
-            cost.flops += 2 * sum(w.n for w in fills) * (block.macs + block.lora_macs)
-            cost.bytes += block.bytes + len(present) * block.lora_bytes
+            cost.flops += 2 * sum(w.n for w in fills) * (keys.macs + keys.lora_macs)
+            cost.bytes += keys.bytes + len(present) * keys.lora_bytes
             cost.bytes += sum(w.n for w in fills) * self.k * self.kv_position  # keys written
         return cost
 

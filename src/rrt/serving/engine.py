@@ -42,9 +42,9 @@ class Engine:
     is preallocated for ``max_len`` positions a request); ``max_batch_tokens`` caps the tokens a
     step runs (prompts are chunked to fit). ``exit_threshold`` switches real early exit on.
     ``eos_token_id`` is the token (or tokens) that ends a request: by default the model's
-    generation config's, as ``generate``; ``[]`` is none. ``compile`` runs decode steps and
-    the exit head as compiled graphs (:meth:`~rrt.serving.runner.Runner.compile`), compiled at
-    their first use (a few graphs: one per row bucket).
+    generation config's, as ``generate``; ``[]`` is none. ``compile`` runs decode steps, state
+    propagation and the exit head as compiled graphs (:meth:`~rrt.serving.runner.Runner.compile`),
+    compiled at their first use (a few graphs: one per row bucket).
     """
 
     def __init__(
@@ -197,7 +197,10 @@ class Engine:
         """Compile now every graph a compiled engine's steps can use (no-op when eager)."""
         if self.runner.compiled:
             rows = self.slots * (1 if self.sequence else self.runner.loops)
-            self.runner.warm_up(self._cache(), rows, self.sequence)
+            propagates = self.exit_threshold is not None and self.kv_fill is Kind.PROPAGATE
+            # an exit at loop j owes the loops after it: at most loops - 1 fills a slot
+            fills = self.slots * (self.runner.loops - 1) if propagates else 0
+            self.runner.warm_up(self._cache(), rows, self.sequence, fills)
 
     def _cache(self) -> KVCache:
         return KVCache(

@@ -80,10 +80,11 @@ class Static:
     longest row's, a length the graph takes as a dynamic size (:meth:`Runner._graph_of`), so
     one graph serves every length and reads no more keys than the step needs, and only the
     rows' own slots, however many the cache has. ``depth`` is the depth of every row at the
-    layer offset 0 (sequence-wise: one loop of every row), or None (depth-wise: ``depth0``)."""
+    layer offset 0 (sequence-wise: one loop of every row), or None (depth-wise: ``depth0``).
+    ``key_pos`` is None in state propagation's step, which writes keys and reads none."""
 
     cache: KVCache
-    key_pos: torch.Tensor  # [length] 0 .. length - 1
+    key_pos: torch.Tensor | None  # [length] 0 .. length - 1
     pos: torch.Tensor  # [rows]
     depth0: torch.Tensor  # [rows] virtual depth at the layer offset 0
     slots: torch.Tensor  # [rows]
@@ -197,10 +198,10 @@ def engine_attention(
         value[0].transpose(0, 1),
     )
     heads, head_dim = query.shape[1], query.shape[3]
-    if isinstance(batch, Static):
-        return _static_attention(call, query[0], scaling, softcap).unsqueeze(0), None
     if call.keys_only:
         return query.new_zeros(1, query.shape[2], heads, head_dim), None
+    if isinstance(batch, Static):
+        return _static_attention(call, query[0], scaling, softcap).unsqueeze(0), None
     out = query.new_empty(query.shape[2], heads, head_dim)
     q_all = query[0]
     for g in batch.groups:
@@ -359,11 +360,12 @@ class Runner:
         return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
 
     def compile(self) -> None:
-        """Run decode steps (every work one token) and the exit head as compiled graphs from
-        now on (:func:`compile_options`); prompt chunks and state propagation stay eager."""
+        """Run decode steps (every work one token), state propagation and the exit head as
+        compiled graphs from now on (:func:`compile_options`); prompt chunks stay eager."""
         options = compile_options(self.device)
         self._step = StepGraph(self)
         self._graph = torch.compile(self._step, dynamic=False, **options)
+        self._fill = torch.compile(FillGraph(self, self._step.views), dynamic=False, **options)
         self._head = torch.compile(ExitHead(self), dynamic=False, **options)
         # Every engine compiles its own graphs of these two functions, one per row bucket.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
@@ -391,7 +393,9 @@ class Runner:
         """
         h = self._inputs(works)
         if self.compiled and h.shape[1] == len(works):  # every work one token
-            return self._decode(works, h, cache, sequence)
+            padded, layout = self._static(works, h, cache, sequence)
+            length = max(w.start for w in works) + 1
+            return self._graph_of(padded, layout, cache, sequence, length)[0, : len(works)]
         batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
@@ -412,19 +416,17 @@ class Runner:
                 pieces[i] = e
         return torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
 
-    def _decode(
+    def _static(
         self, works: list[Work], h: torch.Tensor, cache: KVCache, sequence: bool
-    ) -> torch.Tensor:
-        """One-token works through the compiled graph of their row bucket: the step's inputs
-        padded to the bucket, its layout written into tensors in one call."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One-token works as a compiled graph takes them: their inputs ``h`` padded to the row
+        bucket, and their layout [rows, 3] (position, loop, slot) written into one tensor."""
         n, rows = len(works), bucket(len(works))
         padded = h.new_zeros(1, rows, h.shape[2])
         padded[:, :n] = h
         layout = [[w.start, 0 if sequence else w.loop, w.request.slot] for w in works]
         layout += [[0, 0, cache.spare_slot]] * (rows - n)
-        layout = torch.tensor(layout, device=self.device)
-        length = max(w.start for w in works) + 1
-        return self._graph_of(padded, layout, cache, sequence, length)[0, :n]
+        return padded, torch.tensor(layout, device=self.device)
 
     def _graph_of(
         self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache, sequence: bool, length: int
@@ -475,15 +477,18 @@ class Runner:
         return name
 
     @torch.inference_mode()
-    def warm_up(self, cache: KVCache, rows: int, sequence: bool) -> None:
-        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses (padding
-        rows only: they write at the spare slot)."""
-        sizes = [b for b in BUCKETS if b < bucket(rows)] + [bucket(rows)]
-        for size in sizes:
+    def warm_up(self, cache: KVCache, rows: int, sequence: bool, fills: int = 0) -> None:
+        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses, and the
+        state propagation's of up to ``fills`` rows (padding rows only: they write at the
+        spare slot)."""
+        for size in _buckets_to(rows):
             h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
             layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
             self._graph_of(h, layout, cache, sequence, cache.max_len)
             self.exit_logits(h[0])
+        for size in _buckets_to(fills) if fills else ():
+            h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
+            self._fill_of(h, torch.tensor([[0, 0, cache.spare_slot]] * size), cache)
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -499,8 +504,12 @@ class Runner:
         """CALM's state propagation: the keys and values an exited token owes to the loops it
         skipped come from its exit hidden state, fed to each skipped layer's attention block
         (its norm, key/value projections and rotary) alone; the attention itself, the MLP and
-        the residual stream are never computed for it."""
+        the residual stream are never computed for it. Compiled, one-token works (an exit is
+        a decode row) go through the fill graph of their row bucket."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
+        if self.compiled and h.shape[1] == len(works):
+            self._fill_of(*self._static(works, h, cache, False), cache)
+            return
         batch = Batch(works, cache, self.shared, False, self.device)
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         norm, block = self.family.attention_norm, self.family.attention_block
@@ -513,6 +522,16 @@ class Runner:
                 attention_mask=None,
                 rrt_batch=call,
             )
+
+    def _fill_of(self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache) -> None:
+        """Run the compiled state propagation on ``h`` [1, rows, hidden] at ``layout`` [rows,
+        3] (position, loop, slot of each row), through the views of the step graph's row
+        bucket (the loop ids copied into them)."""
+        pos, loops, slots = layout.to(self.device).unbind(1)
+        views = self._bucket_views(h.shape[1], None)
+        self._loop_ids[views].copy_(loops[None])
+        with compiling(self.device):
+            self._fill(h, cache, pos, loops * self.shared, slots, views)
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
         """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
@@ -590,6 +609,40 @@ class StepGraph(nn.Module):
         return h
 
 
+class FillGraph(nn.Module):
+    """State propagation at a fixed shape, what a compiled runner compiles: each of the K
+    shared layers' attention block, behind its norm, over the rows' exit hidden states, storing
+    their keys and values (:meth:`Runner.propagate`). It returns nothing, so the compiler drops
+    what the stored keys and values do not need (the queries, the output projection). Its
+    views are the step graph's (:meth:`Runner._bucket_views`), by name."""
+
+    def __init__(self, runner: Runner, views: nn.ModuleDict) -> None:
+        super().__init__()
+        self.views = views
+        self.rotary = runner.rotary
+        self.windows, self.layer_types = runner.windows, runner.layer_types
+        self.norm, self.block = runner.family.attention_norm, runner.family.attention_block
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cache: KVCache,
+        pos: torch.Tensor,
+        depth0: torch.Tensor,
+        slots: torch.Tensor,
+        views: str,
+    ) -> None:
+        layout = Static(cache, None, pos, depth0, slots, None)
+        for i, layer in enumerate(self.views[views]):
+            emb = rotary_at(self.rotary, self.layer_types, h, layout, i)
+            layer.get_submodule(self.block)(
+                hidden_states=layer.get_submodule(self.norm)(h),
+                position_embeddings=emb,
+                attention_mask=None,
+                rrt_batch=LayerCall(layout, i, self.windows, keys_only=True),
+            )
+
+
 class ExitHead(nn.Module):
     """The exit head (shared final norm and head) as a module, to compile."""
 
@@ -621,6 +674,11 @@ def compiling(device: torch.device) -> contextlib.AbstractContextManager:
     if device.type == "cuda":
         return contextlib.nullcontext()
     return torch._inductor.config.patch(freezing=True, max_autotune=True)
+
+
+def _buckets_to(rows: int) -> list[int]:
+    """Every row bucket a step of 1 to ``rows`` rows can use."""
+    return [b for b in BUCKETS if b < bucket(rows)] + [bucket(rows)]
 
 
 def _window(layer: nn.Module) -> int | None:
