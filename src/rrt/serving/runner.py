@@ -367,7 +367,7 @@ class Runner:
         self._graph = torch.compile(self._step, dynamic=False, **options)
         self._fill = torch.compile(FillGraph(self, self._step.views), dynamic=False, **options)
         self._head = torch.compile(ExitHead(self), dynamic=False, **options)
-        # Every engine compiles its own graphs of these two functions, one per row bucket.
+        # Every engine compiles its own graphs of these three functions, one per row bucket.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.compiled = True
 
