@@ -54,7 +54,11 @@ def test_the_cpu_kit_records_every_check_a_failure_and_an_overrun_and_judges_no_
     threads = torch.get_num_threads()
     try:
         args = ["--out", str(out), "--device", "cpu", "--tiny", "--threads", "1"]
-        assert kit.main([*args, "--budget", "uptrain_190m=0"]) == 0
+        # the ceilings are measured at rrt benchmark's sizes, --tiny or not: on this CPU they
+        # once took 15.9 s against the GPU's budget of 15, so they get room here (the overrun
+        # is tested on uptrain_190m)
+        budgets = ["--budget", "ceilings=300", "--budget", "uptrain_190m=0"]
+        assert kit.main([*args, *budgets]) == 0
     finally:
         torch.set_num_threads(threads)
 
