@@ -348,12 +348,13 @@ def test_per_loop_norms_and_biases_are_served_depth_wise(family):
     assert [g.tokens for g in out] == expected(model)
 
 
-def _compiled_equals_eager(model, **kwargs) -> Engine:
+def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     """Serve the prompts eagerly and compiled; the compiled engine's tokens and exits must be the
     eager engine's (which are generate's, tested above). The compiled engine compiles one graph
     for each row bucket (and loop, sequence-wise) its steps use, and one exit head for each
     bucket of rows asked (and of state propagation's rows), whatever the lengths of keys its
-    steps read. Returns the compiled engine."""
+    steps read. Returns the compiled engine and the graph calls it made (row bucket and
+    views of the step graph's, ``("head", rows)``, ``("fill", rows)``)."""
     from torch._dynamo.utils import counters
 
     # Hidden states asked for once, as the benchmark's exit calibration does: transformers then
@@ -380,7 +381,7 @@ def _compiled_equals_eager(model, **kwargs) -> Engine:
     assert counters["stats"]["unique_graphs"] - graphs == len(calls)
     assert [g.tokens for g in out] == [g.tokens for g in eager]
     assert [g.exit_loops for g in out] == [g.exit_loops for g in eager]
-    return engine
+    return engine, calls
 
 
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
@@ -394,7 +395,7 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
     Compiled with the engine's real settings (frozen weights, max_autotune)."""
-    engine = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
+    engine, _ = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
     assert engine.runner.compiled
     assert engine.stats["decode_steps"] > 0
     assert engine.stats["exits"] > 0 and engine.stats["mixed_steps"] > 0
@@ -421,5 +422,6 @@ def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     recursive = convert(source, loops=2, init="average")
     relaxed = relax(recursive, source, rank=4, relax_vectors=relax_vectors)
     exits = {"exit_threshold": 0.02, "kv_fill": kv_fill} if mode == "depthwise" else {}
-    engine = _compiled_equals_eager(relaxed, mode=mode, **exits)
+    engine, calls = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0
+    assert any(c[0] == "fill" for c in calls) == (kv_fill == "propagate")

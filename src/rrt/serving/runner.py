@@ -452,9 +452,7 @@ class Runner:
             if not self.recursive:
                 return self._graph(h, *step, "all", 0, True)
             if not sequence:
-                views = self._bucket_views(rows, None)
-                self._loop_ids[views].copy_(loops[None])
-                return self._graph(h, *step, views, 0, False)
+                return self._graph(h, *step, self._depthwise_views(loops), 0, False)
             for loop in range(self.loops):
                 views = self._bucket_views(rows, loop)
                 h = self._graph(h, *step, views, loop * self.shared, True)
@@ -476,19 +474,27 @@ class Runner:
             self._loop_ids[name] = ids
         return name
 
+    def _depthwise_views(self, loops: torch.Tensor) -> str:
+        """The depth-wise views of the row bucket of ``loops`` [rows] (each row's loop), with
+        those loops copied into their loop ids."""
+        views = self._bucket_views(loops.shape[0], None)
+        self._loop_ids[views].copy_(loops[None])
+        return views
+
     @torch.inference_mode()
     def warm_up(self, cache: KVCache, rows: int, sequence: bool, fills: int = 0) -> None:
         """Compile now the graphs of every bucket a step of up to ``rows`` rows uses, and the
         state propagation's of up to ``fills`` rows (padding rows only: they write at the
         spare slot)."""
-        for size in _buckets_to(rows):
+        steps, filled = set(_buckets_to(rows)), set(_buckets_to(fills) if fills else ())
+        for size in sorted(steps | filled):
             h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
             layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
-            self._graph_of(h, layout, cache, sequence, cache.max_len)
-            self.exit_logits(h[0])
-        for size in _buckets_to(fills) if fills else ():
-            h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
-            self._fill_of(h, torch.tensor([[0, 0, cache.spare_slot]] * size), cache)
+            if size in steps:
+                self._graph_of(h, layout, cache, sequence, cache.max_len)
+                self.exit_logits(h[0])
+            if size in filled:
+                self._fill_of(h, layout, cache)
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -527,9 +533,8 @@ class Runner:
         """Run the compiled state propagation on ``h`` [1, rows, hidden] at ``layout`` [rows,
         3] (position, loop, slot of each row), through the views of the step graph's row
         bucket (the loop ids copied into them)."""
-        pos, loops, slots = layout.to(self.device).unbind(1)
-        views = self._bucket_views(h.shape[1], None)
-        self._loop_ids[views].copy_(loops[None])
+        pos, loops, slots = layout.unbind(1)
+        views = self._depthwise_views(loops)
         with compiling(self.device):
             self._fill(h, cache, pos, loops * self.shared, slots, views)
 
