@@ -372,8 +372,12 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
 
         return call
 
-    # the step graph's arguments: h, cache, key_pos, pos, depth0, slots, views, offset, sequence
-    runner._graph = spy(runner._graph, lambda h, *step: (h.shape[1], step[5], step[6]))
+    # the step graph's arguments: h, cache, key_pos, pos, depth0, slots, views, offset, sequence;
+    # the prompt chunks' graph is one whatever its rows
+    def step_key(h, *step):
+        return ("chunk" if step[5].startswith("chunk") else h.shape[1], step[5], step[6])
+
+    runner._graph = spy(runner._graph, step_key)
     runner._head = spy(runner._head, lambda h: ("head", h.shape[0]))
     runner._fill = spy(runner._fill, lambda h, *step: ("fill", h.shape[1]))
     graphs = counters["stats"]["unique_graphs"]
@@ -391,15 +395,29 @@ def test_a_compiled_step_pads_its_rows_to_few_buckets():
     assert [bucket(n) for n in rows] == [1, 4, 4, 8, 16, 16, 32, 64, 64, 128, 192]
 
 
-def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
+def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
-    Compiled with the engine's real settings (frozen weights, max_autotune)."""
-    engine, _ = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
+    Compiled with the engine's real settings (frozen weights, max_autotune). Steps with more
+    rows than the prompt chunks' graph takes run eager (here all of them: its compilation is
+    tested, slow, below)."""
+    monkeypatch.setattr("rrt.serving.runner.MAX_ROWS", 1)
+    engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
     assert engine.runner.compiled
+    assert not any(c[0] == "chunk" for c in calls)
     assert engine.stats["decode_steps"] > 0
     assert engine.stats["exits"] > 0 and engine.stats["mixed_steps"] > 0
     assert engine.cache.free_slots == 3  # the spare slot of padding rows is never handed out
+
+
+@pytest.mark.slow
+def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed):
+    """Steps with prompt chunks (16 tokens a step, beside decode rows at either loop, with
+    exits) run as one compiled graph whose rows are dynamic, a row a token: tokens and exits
+    equal eager's, one graph for all of them."""
+    engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
+    assert ("chunk", "chunk", 0) in calls
+    assert engine.stats["exits"] > 0
 
 
 @pytest.mark.slow
@@ -412,12 +430,15 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed):
     ],
 )
 def test_compiled_steps_keep_softcapping_windows_and_layer_types(
-    family, mode, relax_vectors, kv_fill
+    family, mode, relax_vectors, kv_fill, monkeypatch
 ):
     """Sequence-wise steps attend over a view of every slot, depth-wise ones gather each row's
     keys: both with Gemma 2's logit softcapping and sliding windows, and depth-wise with exits,
     Gemma 3's per-layer rotary types, and each loop's own norms (Gemma 3's q/k norms too), in
-    the step and, propagating, in the compiled state propagation."""
+    the step and, propagating, in the compiled state propagation. Prompt chunks run eager
+    (their graph is the same step's, tested above with Llama; it would double the compile
+    time)."""
+    monkeypatch.setattr("rrt.serving.runner.MAX_ROWS", 1)
     source = source_model(family, seed=0)
     recursive = convert(source, loops=2, init="average")
     relaxed = relax(recursive, source, rank=4, relax_vectors=relax_vectors)

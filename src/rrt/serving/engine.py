@@ -42,9 +42,9 @@ class Engine:
     is preallocated for ``max_len`` positions a request); ``max_batch_tokens`` caps the tokens a
     step runs (prompts are chunked to fit). ``exit_threshold`` switches real early exit on.
     ``eos_token_id`` is the token (or tokens) that ends a request: by default the model's
-    generation config's, as ``generate``; ``[]`` is none. ``compile`` runs decode steps, state
+    generation config's, as ``generate``; ``[]`` is none. ``compile`` runs steps, state
     propagation and the exit head as compiled graphs (:meth:`~rrt.serving.runner.Runner.compile`),
-    compiled at their first use (a few graphs: one per row bucket).
+    compiled at their first use (a few graphs: one per row bucket, one for prompt chunks).
     """
 
     def __init__(

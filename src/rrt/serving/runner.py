@@ -62,6 +62,9 @@ class Chunks:
 
 
 BUCKETS = (1, 4, 8, 16, 32, 64)
+# The most rows the prompt chunks' graph takes (a step with more runs eager): a dynamic size needs
+# a bound, and torch 2.13's guards on this graph admitted no more than 4096.
+MAX_ROWS = 4096
 
 
 def bucket(rows: int) -> int:
@@ -74,8 +77,10 @@ def bucket(rows: int) -> int:
 
 @dataclass
 class Static:
-    """A decode step at a fixed shape, for the compiled graph: ``rows`` one-token rows (a
-    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0. Each row's
+    """A step at a fixed shape, for the compiled graph: ``rows`` one-query rows (a
+    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0; or a prompt
+    chunk step's tokens, a row each (their number dynamic), which attend one another's keys
+    through the cache as they are written first. Each row's
     first ``len(key_pos)`` keys are gathered at its depth and attended, masked: the step's
     longest row's, a length the graph takes as a dynamic size (:meth:`Runner._graph_of`), so
     one graph serves every length and reads no more keys than the step needs, and only the
@@ -360,8 +365,10 @@ class Runner:
         return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
 
     def compile(self) -> None:
-        """Run decode steps (every work one token), state propagation and the exit head as
-        compiled graphs from now on (:func:`compile_options`); prompt chunks stay eager."""
+        """Run every step, state propagation and the exit head as compiled graphs from now on
+        (:func:`compile_options`): decode steps (every work one token) padded to row buckets,
+        steps with prompt chunks as one graph whose rows are dynamic (a row a token, up to
+        :data:`MAX_ROWS`; more run eager)."""
         options = compile_options(self.device)
         self._step = StepGraph(self)
         self._graph = torch.compile(self._step, dynamic=False, **options)
@@ -396,6 +403,15 @@ class Runner:
             padded, layout = self._static(works, h, cache, sequence)
             length = max(w.start for w in works) + 1
             return self._graph_of(padded, layout, cache, sequence, length)[0, : len(works)]
+        if self.compiled and h.shape[1] <= MAX_ROWS:  # prompt chunks: a row a token, dynamic
+            layout = [
+                [w.start + t, 0 if sequence else w.loop, w.request.slot]
+                for w in works
+                for t in range(w.n)
+            ]
+            layout = torch.tensor(layout, device=self.device)
+            length = max(w.start + w.n for w in works)
+            return self._graph_of(h, layout, cache, sequence, length, chunk=True)[0]
         batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
@@ -429,7 +445,13 @@ class Runner:
         return padded, torch.tensor(layout, device=self.device)
 
     def _graph_of(
-        self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache, sequence: bool, length: int
+        self,
+        h: torch.Tensor,
+        layout: torch.Tensor,
+        cache: KVCache,
+        sequence: bool,
+        length: int,
+        chunk: bool = False,
     ) -> torch.Tensor:
         """Run the compiled pass on ``h`` [1, rows, hidden] and ``layout`` [rows, 3] (position,
         loop, slot of each row), attending over the first ``length`` keys: sequence-wise one
@@ -439,7 +461,10 @@ class Runner:
         ``max_len``), so each row bucket's graph is compiled once and then reads only the keys
         the step's longest row needs, not the whole cache: at 64 rows of the embedded model,
         attention over all 256 positions was most of a compiled step. On a GPU the length is
-        rounded up to a multiple of 64, as CUDA graphs record one graph for each size they see."""
+        rounded up to a multiple of 64, as CUDA graphs record one graph for each size they see.
+
+        ``chunk``: the rows are a prompt-chunk step's tokens, unpadded, their number a dynamic
+        size (one graph for every such step, sequence-wise one a loop)."""
         pos, loops, slots = layout.unbind(1)
         rows, depth0 = h.shape[1], loops * self.shared
         if self.device.type == "cuda":
@@ -447,45 +472,59 @@ class Runner:
         key_pos = torch.arange(min(max(length, 2), cache.max_len), device=self.device)
         if cache.max_len > 2:
             torch._dynamo.mark_dynamic(key_pos, 0, min=2, max=cache.max_len)
+        if chunk:
+            torch._dynamo.mark_dynamic(h, 1, min=2, max=MAX_ROWS)
+            for t in (pos, depth0, slots):
+                torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_ROWS)
         step = (cache, key_pos, pos, depth0, slots)
         with compiling(self.device):
             if not self.recursive:
-                return self._graph(h, *step, "all", 0, True)
+                return self._graph(h, *step, "chunk" if chunk else "all", 0, True)
             if not sequence:
-                return self._graph(h, *step, self._depthwise_views(loops), 0, False)
+                views = self._depthwise_views(loops, chunk)
+                return self._graph(h, *step, views, 0, False)
             for loop in range(self.loops):
-                views = self._bucket_views(rows, loop)
+                views = self._bucket_views(rows, loop, chunk)
                 h = self._graph(h, *step, views, loop * self.shared, True)
             return h
 
-    def _bucket_views(self, rows: int, loop: int | None) -> str:
+    def _bucket_views(self, rows: int, loop: int | None, chunk: bool = False) -> str:
         """The name of a row bucket's views of the shared layers in the step graph, built at
         first use. Depth-wise (``loop`` None) their per-row loop ids are a tensor that each
         step's are copied into; sequence-wise, one loop's, its ids all that loop. Per-row loop
         ids even then, so that no LoRA is a slice of the stacked weight: with frozen weights
         and ``max_autotune``, Inductor computed ``F.linear(x, A[1])`` of a stacked parameter
-        ``A`` wrong, and ``A[0]`` right (torch 2.13; a test checks the compiled tokens)."""
-        name = f"{rows}" if loop is None else f"{rows}/{loop}"
+        ``A`` wrong, and ``A[0]`` right (torch 2.13; a test checks the compiled tokens).
+
+        ``chunk``: the prompt chunks' views, one set whatever the rows: their loop ids are
+        resized to each step's ``rows``, a dynamic size of the graph."""
+        name = "chunk" if chunk else f"{rows}"
+        name = name if loop is None else f"{name}/{loop}"
         if name not in self._loop_ids:
             ids = torch.full((1, rows), loop or 0, dtype=torch.long, device=self.device)
             fixed = self.attention_override
             views = [self.layers.at_loops(i, ids, fixed, hooks=False) for i in range(self.shared)]
             self._step.views[name] = nn.ModuleList(views)
             self._loop_ids[name] = ids
+        ids = self._loop_ids[name]
+        if chunk:
+            if ids.shape[1] != rows:
+                ids.resize_(1, rows).fill_(loop or 0)
+            torch._dynamo.mark_dynamic(ids, 1, min=2, max=MAX_ROWS)
         return name
 
-    def _depthwise_views(self, loops: torch.Tensor) -> str:
+    def _depthwise_views(self, loops: torch.Tensor, chunk: bool = False) -> str:
         """The depth-wise views of the row bucket of ``loops`` [rows] (each row's loop), with
         those loops copied into their loop ids."""
-        views = self._bucket_views(loops.shape[0], None)
+        views = self._bucket_views(loops.shape[0], None, chunk)
         self._loop_ids[views].copy_(loops[None])
         return views
 
     @torch.inference_mode()
     def warm_up(self, cache: KVCache, rows: int, sequence: bool, fills: int = 0) -> None:
-        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses, and the
-        state propagation's of up to ``fills`` rows (padding rows only: they write at the
-        spare slot)."""
+        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses, the
+        state propagation's of up to ``fills`` rows, and the prompt chunks' (padding rows only:
+        they write at the spare slot)."""
         steps, filled = set(_buckets_to(rows)), set(_buckets_to(fills) if fills else ())
         for size in sorted(steps | filled):
             h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
@@ -495,6 +534,12 @@ class Runner:
                 self.exit_logits(h[0])
             if size in filled:
                 self._fill_of(h, layout, cache)
+        # the prompt chunks' graph: one, its rows dynamic (this first size is the hint that
+        # max_autotune times its matmuls at: a prompt chunk and the decode rows beside it)
+        size = 2 * rows + 16
+        h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
+        layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
+        self._graph_of(h, layout, cache, sequence, cache.max_len, chunk=True)
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -588,6 +633,7 @@ class StepGraph(nn.Module):
         self.views = nn.ModuleDict()
         if not runner.recursive:
             self.views["all"] = nn.ModuleList(runner.positions)
+            self.views["chunk"] = self.views["all"]
         self.rotary = runner.rotary
         self.windows, self.layer_types = runner.windows, runner.layer_types
 
