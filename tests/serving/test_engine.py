@@ -410,6 +410,35 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     assert engine.cache.free_slots == 3  # the spare slot of padding rows is never handed out
 
 
+def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
+    llama_relaxed, monkeypatch
+):
+    """The compiled engine's step, fill and head modules run uncompiled, each prompt-chunk
+    step's rows padded to a multiple of 64 as on a GPU (the padding rows at the spare slot,
+    position 0): tokens and exits equal the eager engine's, decode steps still in buckets."""
+    monkeypatch.setattr("torch.compile", lambda module, **options: module)
+    monkeypatch.setattr(
+        "rrt.serving.runner.chunk_rows", lambda tokens, device: -(-tokens // 64) * 64
+    )
+    kwargs = {"exit_threshold": 0.02, "kv_fill": "propagate"}
+    eager = served(llama_relaxed, **kwargs).generate(prompts(), list(NEW_TOKENS), progress=False)
+    engine = served(llama_relaxed, compile=True, **kwargs)
+    runner, rows = engine.runner, []
+
+    def step(h, *args):
+        rows.append((args[5], h.shape[1]))
+        return runner._step(h, *args)
+
+    runner._graph = step
+    out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert [g.tokens for g in out] == [g.tokens for g in eager]
+    assert [g.exit_loops for g in out] == [g.exit_loops for g in eager]
+    assert engine.stats["exits"] > 0
+    chunks = {n for views, n in rows if views.startswith("chunk")}
+    assert chunks and all(n % 64 == 0 for n in chunks)
+    assert {n for views, n in rows if not views.startswith("chunk")} <= {1, 4}
+
+
 @pytest.mark.slow
 def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed):
     """Steps with prompt chunks (16 tokens a step, beside decode rows at either loop, with

@@ -75,12 +75,19 @@ def bucket(rows: int) -> int:
     return next((b for b in BUCKETS if rows <= b), -(-rows // 64) * 64)
 
 
+def chunk_rows(tokens: int, device: torch.device) -> int:
+    """The rows a compiled prompt-chunk step of ``tokens`` tokens runs: as many on a CPU (the
+    graph's rows are a dynamic size); on a GPU rounded up to a multiple of 64 (at most
+    :data:`MAX_ROWS`), as CUDA graphs record one graph for each size they see."""
+    return min(-(-tokens // 64) * 64, MAX_ROWS) if device.type == "cuda" else tokens
+
+
 @dataclass
 class Static:
-    """A step at a fixed shape, for the compiled graph: ``rows`` one-query rows (a
-    :func:`bucket`), the padding ones at the cache's spare slot, position 0, loop 0; or a prompt
-    chunk step's tokens, a row each (their number dynamic), which attend one another's keys
-    through the cache as they are written first. Each row's
+    """The layout of a compiled graph's step: ``rows`` one-query rows (a :func:`bucket`), the
+    padding ones at the cache's spare slot, position 0, loop 0; or a prompt chunk step's tokens,
+    a row each (their number a dynamic size, :func:`chunk_rows`), which attend one another's
+    keys through the cache as they are written first. Each row's
     first ``len(key_pos)`` keys are gathered at its depth and attended, masked: the step's
     longest row's, a length the graph takes as a dynamic size (:meth:`Runner._graph_of`), so
     one graph serves every length and reads no more keys than the step needs, and only the
@@ -399,19 +406,14 @@ class Runner:
         row with its loop's LoRA.
         """
         h = self._inputs(works)
-        if self.compiled and h.shape[1] == len(works):  # every work one token
-            padded, layout = self._static(works, h, cache, sequence)
-            length = max(w.start for w in works) + 1
-            return self._graph_of(padded, layout, cache, sequence, length)[0, : len(works)]
-        if self.compiled and h.shape[1] <= MAX_ROWS:  # prompt chunks: a row a token, dynamic
-            layout = [
-                [w.start + t, 0 if sequence else w.loop, w.request.slot]
-                for w in works
-                for t in range(w.n)
-            ]
-            layout = torch.tensor(layout, device=self.device)
+        tokens = h.shape[1]
+        decode = tokens == len(works)  # every work one token: rows padded to a bucket
+        if self.compiled and (decode or tokens <= MAX_ROWS):  # else prompt chunks: a row a token
+            rows = bucket(tokens) if decode else chunk_rows(tokens, self.device)
+            padded, layout = self._padded(h, self._layout(works, sequence), rows, cache)
             length = max(w.start + w.n for w in works)
-            return self._graph_of(h, layout, cache, sequence, length, chunk=True)[0]
+            out = self._graph_of(padded, layout, cache, sequence, length, chunk=not decode)
+            return out[0, :tokens]
         batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
@@ -432,17 +434,29 @@ class Runner:
                 pieces[i] = e
         return torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
 
-    def _static(
-        self, works: list[Work], h: torch.Tensor, cache: KVCache, sequence: bool
+    @staticmethod
+    def _layout(works: list[Work], sequence: bool) -> list[list[int]]:
+        """The rows of ``works`` as a compiled graph takes them, a row a token: its position,
+        loop (sequence-wise 0: each call runs one loop of every row) and slot."""
+        return [
+            [w.start + t, 0 if sequence else w.loop, w.request.slot]
+            for w in works
+            for t in range(w.n)
+        ]
+
+    def _padded(
+        self, h: torch.Tensor, layout: list[list[int]], rows: int, cache: KVCache
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One-token works as a compiled graph takes them: their inputs ``h`` padded to the row
-        bucket, and their layout [rows, 3] (position, loop, slot) written into one tensor."""
-        n, rows = len(works), bucket(len(works))
-        padded = h.new_zeros(1, rows, h.shape[2])
-        padded[:, :n] = h
-        layout = [[w.start, 0 if sequence else w.loop, w.request.slot] for w in works]
-        layout += [[0, 0, cache.spare_slot]] * (rows - n)
-        return padded, torch.tensor(layout, device=self.device)
+        """Inputs ``h`` [1, tokens, hidden] and their ``layout`` padded to ``rows`` rows, the
+        padding ones at the cache's spare slot, position 0, loop 0 (so they write no request's
+        keys); the layout as one tensor [rows, 3] on the device."""
+        n = len(layout)
+        if rows > n:
+            padded = h.new_zeros(1, rows, h.shape[2])
+            padded[:, :n] = h
+            h = padded
+        layout = layout + [[0, 0, cache.spare_slot]] * (rows - n)
+        return h, torch.tensor(layout, device=self.device)
 
     def _graph_of(
         self,
@@ -526,9 +540,9 @@ class Runner:
         state propagation's of up to ``fills`` rows, and the prompt chunks' (padding rows only:
         they write at the spare slot)."""
         steps, filled = set(_buckets_to(rows)), set(_buckets_to(fills) if fills else ())
+        empty = torch.zeros(1, 0, self.hidden_size, dtype=self.dtype, device=self.device)
         for size in sorted(steps | filled):
-            h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
-            layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
+            h, layout = self._padded(empty, [], size, cache)
             if size in steps:
                 self._graph_of(h, layout, cache, sequence, cache.max_len)
                 self.exit_logits(h[0])
@@ -536,10 +550,10 @@ class Runner:
                 self._fill_of(h, layout, cache)
         # the prompt chunks' graph: one, its rows dynamic (this first size is the hint that
         # max_autotune times its matmuls at: a prompt chunk and the decode rows beside it)
-        size = 2 * rows + 16
-        h = torch.zeros(1, size, self.hidden_size, dtype=self.dtype, device=self.device)
-        layout = torch.tensor([[0, 0, cache.spare_slot]] * size, device=self.device)
-        self._graph_of(h, layout, cache, sequence, cache.max_len, chunk=True)
+        if MAX_ROWS >= 2:
+            size = chunk_rows(min(2 * rows + 16, MAX_ROWS), self.device)
+            h, layout = self._padded(empty, [], size, cache)
+            self._graph_of(h, layout, cache, sequence, cache.max_len, chunk=True)
 
     def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
         for base, views in passes:
@@ -559,7 +573,8 @@ class Runner:
         a decode row) go through the fill graph of their row bucket."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
         if self.compiled and h.shape[1] == len(works):
-            self._fill_of(*self._static(works, h, cache, False), cache)
+            rows = bucket(len(works))
+            self._fill_of(*self._padded(h, self._layout(works, False), rows, cache), cache)
             return
         batch = Batch(works, cache, self.shared, False, self.device)
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
@@ -620,7 +635,7 @@ def rotary_at(rotary: nn.Module, layer_types, h: torch.Tensor, layout, offset: i
 
 
 class StepGraph(nn.Module):
-    """A decode step at a fixed shape (:class:`Static`), what a compiled runner compiles: a
+    """A step laid out as :class:`Static`, what a compiled runner compiles: a
     module whose children are the runner's views of the layers, so that ``torch.compile`` sees
     their weights as a module's parameters and freezes them into the graph.
 
@@ -633,6 +648,8 @@ class StepGraph(nn.Module):
         self.views = nn.ModuleDict()
         if not runner.recursive:
             self.views["all"] = nn.ModuleList(runner.positions)
+            # the same layers under a second name: dynamo guards on the name, so decode steps
+            # (4 or 8 rows) never match the prompt chunks' graph, whose rows are dynamic
             self.views["chunk"] = self.views["all"]
         self.rotary = runner.rotary
         self.windows, self.layer_types = runner.windows, runner.layer_types
