@@ -398,12 +398,18 @@ def test_a_compiled_step_pads_its_rows_to_few_buckets():
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
-    Compiled with the engine's real settings (frozen weights, max_autotune). Steps with more
+    Compiled with the engine's real settings (frozen weights, max_autotune), held over the
+    whole generation. Steps with more
     rows than the prompt chunks' graph takes run eager (here all of them: its compilation is
     tested, slow, below)."""
+    from rrt.serving import runner
+
     monkeypatch.setattr("rrt.serving.runner.MAX_ROWS", 1)
+    held, compiling = [], runner.compiling
+    monkeypatch.setattr(runner, "compiling", lambda device: held.append(1) or compiling(device))
     engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
     assert engine.runner.compiled
+    assert held == [1]  # Inductor's settings held once over the generation, not at each call
     assert not any(c[0] == "chunk" for c in calls)
     assert engine.stats["decode_steps"] > 0
     assert engine.stats["exits"] > 0 and engine.stats["mixed_steps"] > 0
