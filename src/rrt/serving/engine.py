@@ -253,9 +253,7 @@ class Engine:
         )
         tokens, confidence = {}, {}
         if asks:
-            logits = self.runner.exit_logits(hidden[[ends[i] for i in asks]])
-            probs = torch.softmax(logits, -1)
-            best, token = probs.max(-1)
+            best, token = self.runner.exit_tokens(hidden[[ends[i] for i in asks]])
             tokens = dict(zip(asks, token.tolist(), strict=True))
             confidence = dict(zip(asks, best.tolist(), strict=True))
         now = time.perf_counter() - start

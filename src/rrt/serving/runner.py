@@ -405,15 +405,18 @@ class Runner:
                 self._serving = False
 
     @torch.inference_mode()
-    def exit_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """Logits of an exit after any loop: the shared final norm and head (paper sec. 3.7)."""
+    def exit_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's greedy token at an exit after any loop and its confidence (the max
+        softmax probability): the shared final norm and head (paper sec. 3.7). Compiled, the
+        softmax and its max are in the head's graph."""
         if not self.compiled:
-            return _logits(self.head, self.final_norm, self.softcap, hidden)
+            return _choice(self.head, self.final_norm, self.softcap, hidden)
         rows = hidden.shape[0]
         padded = hidden.new_zeros(bucket(rows), hidden.shape[1])
         padded[:rows] = hidden
         with self.serving():
-            return self._head(padded)[:rows]
+            confidence, token = self._head(padded)
+        return confidence[:rows], token[:rows]
 
     @torch.inference_mode()
     def run(self, works: list[Work], cache: KVCache, sequence: bool) -> torch.Tensor:
@@ -564,7 +567,7 @@ class Runner:
             h, layout = self._padded(empty, [], size, cache)
             if size in steps:
                 self._graph_of(h, layout, cache, sequence, cache.max_len)
-                self.exit_logits(h[0])
+                self.exit_tokens(h[0])
             if size in filled:
                 self._fill_of(h, layout, cache)
         # the prompt chunks' graph: one, its rows dynamic (this first size is the hint that
@@ -731,19 +734,24 @@ class FillGraph(nn.Module):
 
 
 class ExitHead(nn.Module):
-    """The exit head (shared final norm and head) as a module, to compile."""
+    """The exit head (shared final norm and head) and its choice, as a module to compile."""
 
     def __init__(self, runner: Runner) -> None:
         super().__init__()
         self.final_norm, self.head, self.softcap = runner.final_norm, runner.head, runner.softcap
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return _logits(self.head, self.final_norm, self.softcap, hidden)
+    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _choice(self.head, self.final_norm, self.softcap, hidden)
 
 
-def _logits(head: nn.Module, norm: nn.Module, softcap: float | None, hidden: torch.Tensor):
+def _choice(
+    head: nn.Module, norm: nn.Module, softcap: float | None, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The exit's confidence and token of each row of ``hidden``."""
     logits = head(norm(hidden)).float()
-    return torch.tanh(logits / softcap) * softcap if softcap else logits
+    logits = torch.tanh(logits / softcap) * softcap if softcap else logits
+    confidence, token = torch.softmax(logits, -1).max(-1)
+    return confidence, token
 
 
 def compile_options(device: torch.device) -> dict:
