@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -366,7 +365,6 @@ class Runner:
         self.vocab_size = text.vocab_size
         self.context = getattr(text, "max_position_embeddings", None)
         self.compiled = False
-        self._serving = False  # inside :meth:`serving`
         self._loop_ids: dict[str, torch.Tensor] = {}  # of the step graph's views, by name
 
     def embed(self, ids: list[int]) -> torch.Tensor:
@@ -386,23 +384,14 @@ class Runner:
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.compiled = True
 
-    @contextlib.contextmanager
-    def serving(self) -> Iterator[None]:
-        """Hold :func:`compiling`'s settings over many steps (the engine's whole generation):
-        a compiled graph that is new is then compiled with them, and one compiled before runs
-        without paying for them: entered at every call, they cost a compiled two-linear module
-        108 microseconds a call against 50 held (torch 2.13, this CPU), where a compiled decode
-        step of the embedded model takes about 1.5 ms. Each graph call enters it too, a no-op
-        inside it."""
-        if not self.compiled or self._serving:
-            yield
-            return
-        with compiling(self.device):
-            self._serving = True
-            try:
-                yield
-            finally:
-                self._serving = False
+    def serving(self) -> contextlib.AbstractContextManager:
+        """:func:`compiling`'s settings, to hold over many steps (the engine's whole generation):
+        a graph that is new is compiled with them, one compiled before runs without paying for
+        them, and each graph call's own :func:`compiling` is then a no-op. Entered at every
+        call, they cost a compiled two-linear module 108 microseconds a call against 50 held
+        (torch 2.13, this CPU), where a compiled decode step of the embedded model takes about
+        1.5 ms."""
+        return compiling(self.device) if self.compiled else contextlib.nullcontext()
 
     @torch.inference_mode()
     def exit_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -414,7 +403,7 @@ class Runner:
         rows = hidden.shape[0]
         padded = hidden.new_zeros(bucket(rows), hidden.shape[1])
         padded[:rows] = hidden
-        with self.serving():
+        with compiling(self.device):
             confidence, token = self._head(padded)
         return confidence[:rows], token[:rows]
 
@@ -513,7 +502,7 @@ class Runner:
             for t in (pos, depth0, slots):
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_ROWS)
         step = (cache, key_pos, pos, depth0, slots)
-        with self.serving():
+        with compiling(self.device):
             if not self.recursive:
                 return self._graph(h, *step, "chunk" if chunk else "all", 0, True)
             if not sequence:
@@ -617,7 +606,7 @@ class Runner:
         bucket (the loop ids copied into them)."""
         pos, loops, slots = layout.unbind(1)
         views = self._depthwise_views(loops)
-        with self.serving():
+        with compiling(self.device):
             self._fill(h, cache, pos, loops * self.shared, slots, views)
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
@@ -765,10 +754,12 @@ def compiling(device: torch.device) -> contextlib.AbstractContextManager:
     are read then, not from ``torch.compile``'s options): the weights frozen into the graph
     (packed for oneDNN), and ``max_autotune``, which picks for each matmul shape between
     oneDNN and Inductor's own C++ GEMM. At a few rows a step that halves a matmul's time
-    against eager (measured in the README)."""
-    if device.type == "cuda":
+    against eager (measured in the README). A null context where they are in force already
+    (:meth:`Runner.serving` holds them)."""
+    config = torch._inductor.config
+    if device.type == "cuda" or (config.freezing and config.max_autotune):
         return contextlib.nullcontext()
-    return torch._inductor.config.patch(freezing=True, max_autotune=True)
+    return config.patch(freezing=True, max_autotune=True)
 
 
 def _buckets_to(rows: int) -> list[int]:
