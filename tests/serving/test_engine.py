@@ -10,7 +10,7 @@ from _families import VOCAB, source_model
 from rrt.method.convert import convert
 from rrt.method.relax import relax
 from rrt.serving import Engine
-from rrt.serving.runner import SERVED
+from rrt.serving.runner import SERVED, round_up
 
 PROMPT_LENGTHS = (3, 11, 6, 17, 1)
 NEW_TOKENS = (9, 4, 12, 7, 10)
@@ -395,6 +395,14 @@ def test_a_compiled_step_pads_its_rows_to_few_buckets():
     assert [bucket(n) for n in rows] == [1, 4, 4, 8, 16, 16, 32, 64, 64, 128, 192]
 
 
+def test_a_prompt_chunk_runs_its_tokens_on_a_cpu_and_multiples_of_64_on_a_gpu():
+    from rrt.serving.runner import MAX_ROWS, chunk_rows
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert [chunk_rows(n, cpu) for n in (1, 63, 65)] == [1, 63, 65]
+    assert [chunk_rows(n, gpu) for n in (1, 64, 65, MAX_ROWS + 1)] == [64, 64, 128, MAX_ROWS]
+
+
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
@@ -427,9 +435,7 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     step's rows padded to a multiple of 64 as on a GPU (the padding rows at the spare slot,
     position 0): tokens and exits equal the eager engine's, decode steps still in buckets."""
     monkeypatch.setattr("torch.compile", lambda module, **options: module)
-    monkeypatch.setattr(
-        "rrt.serving.runner.chunk_rows", lambda tokens, device: -(-tokens // 64) * 64
-    )
+    monkeypatch.setattr("rrt.serving.runner.chunk_rows", lambda tokens, device: round_up(tokens))
     kwargs = {"exit_threshold": 0.02, "kv_fill": "propagate"}
     eager = served(llama_relaxed, **kwargs).generate(prompts(), list(NEW_TOKENS), progress=False)
     engine = served(llama_relaxed, compile=True, **kwargs)

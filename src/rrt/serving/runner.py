@@ -67,19 +67,26 @@ BUCKETS = (1, 4, 8, 16, 32, 64)
 MAX_ROWS = 4096
 
 
+def round_up(n: int, multiple: int = 64) -> int:
+    """``n`` rounded up to a multiple of ``multiple``: the rows of a step past the last
+    :data:`BUCKETS`, and on a GPU a prompt chunk's rows and a step's key length (CUDA graphs
+    record one graph for each size they see, so sizes must be few)."""
+    return -(-n // multiple) * multiple
+
+
 def bucket(rows: int) -> int:
     """The row count a compiled step pads ``rows`` to: 1, 4, 8, 16, 32, 64, then a multiple of
     64. Few shapes, so few graphs to compile: x4 where a step is bound by reading the weights
     (a padding row is nearly free there), x2 above, where rows cost compute (the embedded
     model at 32 rows, padded to 64, ran slower compiled than eager)."""
-    return next((b for b in BUCKETS if rows <= b), -(-rows // 64) * 64)
+    return next((b for b in BUCKETS if rows <= b), round_up(rows))
 
 
 def chunk_rows(tokens: int, device: torch.device) -> int:
     """The rows a compiled prompt-chunk step of ``tokens`` tokens runs: as many on a CPU (the
     graph's rows are a dynamic size); on a GPU rounded up to a multiple of 64 (at most
     :data:`MAX_ROWS`), as CUDA graphs record one graph for each size they see."""
-    return min(-(-tokens // 64) * 64, MAX_ROWS) if device.type == "cuda" else tokens
+    return min(round_up(tokens), MAX_ROWS) if device.type == "cuda" else tokens
 
 
 @dataclass
@@ -493,7 +500,7 @@ class Runner:
         pos, loops, slots = layout.unbind(1)
         rows, depth0 = h.shape[1], loops * self.shared
         if self.device.type == "cuda":
-            length = -(-length // 64) * 64
+            length = round_up(length)
         key_pos = torch.arange(min(max(length, 2), cache.max_len), device=self.device)
         if cache.max_len > 2:
             torch._dynamo.mark_dynamic(key_pos, 0, min=2, max=cache.max_len)
