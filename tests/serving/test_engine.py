@@ -3,6 +3,8 @@ entries of exited tokens, bad requests."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 from _families import VOCAB, source_model
@@ -10,7 +12,7 @@ from _families import VOCAB, source_model
 from rrt.method.convert import convert
 from rrt.method.relax import relax
 from rrt.serving import Engine
-from rrt.serving.runner import SERVED, round_up
+from rrt.serving.runner import SERVED, RotaryTable, Runner, Static, rotary_at, round_up
 
 PROMPT_LENGTHS = (3, 11, 6, 17, 1)
 NEW_TOKENS = (9, 4, 12, 7, 10)
@@ -401,6 +403,32 @@ def test_a_prompt_chunk_runs_its_tokens_on_a_cpu_and_multiples_of_64_on_a_gpu():
     cpu, gpu = torch.device("cpu"), torch.device("cuda")
     assert [chunk_rows(n, cpu) for n in (1, 63, 65)] == [1, 63, 65]
     assert [chunk_rows(n, gpu) for n in (1, 64, 65, MAX_ROWS + 1)] == [64, 64, 128, MAX_ROWS]
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3_text"])
+def test_the_compiled_graphs_rotary_table_holds_what_the_models_rotary_computes(family):
+    """The table the compiled graphs gather cos and sin from: at any rows' positions and depths
+    (one depth for all rows, or each its own, Gemma 3's layer types differing), the model's
+    own rotary module's values."""
+    source = source_model(family, seed=0)
+    runner = Runner(convert(source, loops=2, init="average"))
+    like = torch.zeros(1)
+    table = RotaryTable(runner.rotary, runner.layer_types, 40, like)
+    pos, depth0 = torch.tensor([0, 39, 7, 12]), torch.tensor([0, 0, 1, 1]) * runner.shared
+    for depth in (None, 0, runner.shared):
+        layout = Static(None, None, pos, depth0, pos, depth)
+        for offset in range(runner.shared):
+            mine = rotary_at(table, runner.layer_types, like, layout, offset)
+            model = rotary_at(runner.rotary, runner.layer_types, like, layout, offset)
+            for a, b in zip(mine, model, strict=True):
+                torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_no_rotary_table_stands_for_a_rotary_that_changes_with_the_longest_position():
+    kinds = ("default", "linear", "llama3", {"full": "default", "sliding": "yarn"})
+    assert all(RotaryTable.serves(SimpleNamespace(rope_type=k)) for k in kinds)
+    for kind in ("dynamic", "longrope", {"full": "default", "sliding": "dynamic"}):
+        assert not RotaryTable.serves(SimpleNamespace(rope_type=kind))
 
 
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):

@@ -80,8 +80,6 @@ class Engine:
             self.tokenizer = store.load_tokenizer(path, required=False)
         self.model = model.eval()
         self.runner = Runner(model)
-        if compile:
-            self.runner.compile()
         self.cost = CostModel.of(self.runner)
         if exit_threshold is not None and self.runner.loops == 1:
             raise UserError("early exit needs a recursive model (B > 1 loops)")
@@ -110,6 +108,8 @@ class Engine:
                     f"{per_slot / 2**20:.2f} MB at max_len {self.max_len}"
                 )
         self.slots = slots
+        if compile:
+            self.runner.compile(self.max_len)
         self.max_batch_tokens = max_batch_tokens
         self.cache: KVCache | None = None  # the last generate's, kept for inspection
         # steps, rows, mixed-loop steps, exits, KV rows; FLOPs, bytes and seconds of all steps
