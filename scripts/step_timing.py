@@ -3,7 +3,7 @@ table (:class:`rrt.serving.runner.RotaryTable`) against computed inside the grap
 process, in turn, best of three, at rows x key lengths; prints a line each. Both engines
 compile every row bucket first (a few minutes each on a 2-core CPU).
 
-    python scripts/step_timing.py MODEL_DIR [--threads 1] [--max-len 160]
+    python scripts/step_timing.py MODEL_DIR [--threads 1] [--max-len 160]  (above 64)
 """
 
 from __future__ import annotations
@@ -24,15 +24,21 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-len", type=int, default=160)
     args = parser.parse_args()
+    if args.max_len <= 64:
+        parser.error(
+            f"--max-len {args.max_len}: the rows sit at positions 60 to 63; give 65 or more"
+        )
     config.set_threads(args.threads)
     model = store.load_model(args.model, dtype="fp32", device="cpu")
     serves = served.RotaryTable.serves
     engines = {}
-    for name, table in (("table", True), ("in the graph", False)):
-        served.RotaryTable.serves = staticmethod(serves if table else lambda rotary: False)
-        engines[name] = Engine(model, max_batch=4, max_len=args.max_len, compile=True)
-        engines[name].warm_up()
-    served.RotaryTable.serves = serves
+    try:
+        for name, table in (("table", True), ("in the graph", False)):
+            served.RotaryTable.serves = staticmethod(serves if table else lambda rotary: False)
+            engines[name] = Engine(model, max_batch=4, max_len=args.max_len, compile=True)
+            engines[name].warm_up()
+    finally:
+        served.RotaryTable.serves = serves
     hidden = engines["table"].runner.hidden_size
     best: dict[tuple[str, int, int], float] = {}
     for _ in range(3):

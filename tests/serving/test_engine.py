@@ -413,7 +413,7 @@ def test_the_compiled_graphs_rotary_table_holds_what_the_models_rotary_computes(
     source = source_model(family, seed=0)
     runner = Runner(convert(source, loops=2, init="average"))
     like = torch.zeros(1)
-    table = RotaryTable(runner.rotary, runner.layer_types, 40, like)
+    table = RotaryTable(runner.rotary, runner.layer_types, 40, like.dtype, like.device)
     pos, depth0 = torch.tensor([0, 39, 7, 12]), torch.tensor([0, 0, 1, 1]) * runner.shared
     for depth in (None, 0, runner.shared):
         layout = Static(None, None, pos, depth0, pos, depth)

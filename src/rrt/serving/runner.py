@@ -355,6 +355,7 @@ class Runner:
         first = next(self.lm.parameters())
         self.device, self.dtype = first.device, first.dtype
         self.rotary = self.base.rotary_emb
+        self.graph_rotary: nn.Module = self.rotary  # a RotaryTable once compiled, where one serves
         typed = "layer_type" in inspect.signature(self.rotary.forward).parameters
         self.layer_types = list(text.layer_types) if typed else None
         windows = [_window(view) for view in self.positions]
@@ -383,10 +384,10 @@ class Runner:
         steps with prompt chunks as one graph whose rows are dynamic (a row a token, up to
         :data:`MAX_ROWS`; more run eager). Their rows' positions are below ``positions``."""
         options = compile_options(self.device)
-        self.graph_rotary = self.rotary
         if RotaryTable.serves(self.rotary):
-            like = torch.zeros(1, dtype=self.dtype, device=self.device)
-            self.graph_rotary = RotaryTable(self.rotary, self.layer_types, positions, like)
+            self.graph_rotary = RotaryTable(
+                self.rotary, self.layer_types, positions, self.dtype, self.device
+            )
         self._step = StepGraph(self)
         self._graph = torch.compile(self._step, dynamic=False, **options)
         self._fill = torch.compile(FillGraph(self, self._step.views), dynamic=False, **options)
@@ -643,16 +644,22 @@ class RotaryTable(nn.Module):
     reduction (Inductor inlines them into the queries it reads there): a compiled decode step of
     the embedded model at 4 rows over 150 keys spent 0.5 of its 1.1 ms in attention."""
 
-    def __init__(self, rotary: nn.Module, layer_types: list[str] | None, positions: int, like):
+    def __init__(
+        self,
+        rotary: nn.Module,
+        layer_types: list[str] | None,
+        positions: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
         super().__init__()
-        pos = torch.arange(positions, device=like.device)[None]
-        kinds = sorted(set(layer_types)) if layer_types else [None]
+        like = torch.zeros(1, dtype=dtype, device=device)  # the rotary's dtype and device
+        pos = torch.arange(positions, device=device)[None]
+        kinds, self.kinds = layer_kinds(layer_types)
         embs = [rotary(like, pos) if t is None else rotary(like, pos, t) for t in kinds]
         self.register_buffer("cos", torch.stack([cos[0] for cos, _ in embs]))  # [kinds, pos, d]
         self.register_buffer("sin", torch.stack([sin[0] for _, sin in embs]))
-        kind = [kinds.index(t) for t in layer_types or []]  # of each virtual depth
-        self.register_buffer("kind", torch.tensor(kind, dtype=torch.long, device=like.device))
-        self.kinds = [kinds.index(t) for t in layer_types] if layer_types else None
+        self.register_buffer("kind", torch.tensor(self.kinds, dtype=torch.long, device=device))
 
     @staticmethod
     def serves(rotary: nn.Module) -> bool:
@@ -663,13 +670,22 @@ class RotaryTable(nn.Module):
         return not any("dynamic" in k or k == "longrope" for k in kinds)
 
     def forward(self, layout: Static, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.kinds is None:
+        if not self.kinds:
             kind: int | torch.Tensor = 0
         elif layout.depth is not None:  # every row at one depth
             kind = self.kinds[layout.depth + offset]
         else:
             kind = self.kind[layout.depth0 + offset]
         return self.cos[kind, layout.pos].unsqueeze(0), self.sin[kind, layout.pos].unsqueeze(0)
+
+
+def layer_kinds(layer_types: list[str] | None) -> tuple[list[str | None], list[int]]:
+    """The distinct layer types, sorted, and each virtual depth's index into them (``[None]``
+    and no indices for a model whose layers share one rotary)."""
+    if not layer_types:
+        return [None], []
+    kinds = sorted(set(layer_types))
+    return kinds, [kinds.index(t) for t in layer_types]
 
 
 def rotary_at(rotary: nn.Module, layer_types, h: torch.Tensor, layout, offset: int):
@@ -684,10 +700,11 @@ def rotary_at(rotary: nn.Module, layer_types, h: torch.Tensor, layout, offset: i
         return rotary(h, pos)
     if layout.depth is not None:  # every token at one depth
         return rotary(h, pos, layer_types[layout.depth + offset])
-    kinds = sorted(set(layer_types))
+    kinds, ids = layer_kinds(layer_types)
     embs = [rotary(h, pos, t) for t in kinds]
-    ids = torch.tensor([kinds.index(t) for t in layer_types], device=h.device)
-    pick = ids[layout.depth0 + offset]  # [tokens] each token's layer type
+    pick = torch.tensor(ids, device=h.device)[
+        layout.depth0 + offset
+    ]  # [tokens] each token's layer type
     rows = torch.arange(pick.shape[0], device=h.device)
     cos = torch.stack([e[0] for e in embs])[pick, 0, rows]
     sin = torch.stack([e[1] for e in embs])[pick, 0, rows]
