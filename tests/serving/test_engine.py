@@ -353,10 +353,10 @@ def test_per_loop_norms_and_biases_are_served_depth_wise(family):
 def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     """Serve the prompts eagerly and compiled; the compiled engine's tokens and exits must be the
     eager engine's (which are generate's, tested above). The compiled engine compiles one graph
-    for each row bucket (and loop, sequence-wise) its steps use, and one exit head for each
-    bucket of rows asked (and of state propagation's rows), whatever the lengths of keys its
-    steps read. Returns the compiled engine and the graph calls it made (row bucket and
-    views of the step graph's, ``("head", rows)``, ``("fill", rows)``)."""
+    for each row bucket (and loop, sequence-wise) its steps use, with each bucket of state
+    propagation's rows (or none) and with the exit head or without, whatever the lengths of
+    keys its steps read. Returns the compiled engine and the graph calls it made (row bucket,
+    views, layer offset, state propagation's rows, head)."""
     from torch._dynamo.utils import counters
 
     # Hidden states asked for once, as the benchmark's exit calibration does: transformers then
@@ -374,20 +374,22 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
 
         return call
 
-    # the step graph's arguments: h, cache, key_pos, pos, depth0, slots, views, offset, sequence;
-    # the prompt chunks' graph is one whatever its rows
-    def step_key(h, *step):
-        return ("chunk" if step[5].startswith("chunk") else h.shape[1], step[5], step[6])
-
-    runner._graph = spy(runner._graph, step_key)
-    runner._head = spy(runner._head, lambda h: ("head", h.shape[0]))
-    runner._fill = spy(runner._fill, lambda h, *step: ("fill", h.shape[1]))
+    runner._graph = spy(runner._graph, _graph_key)
     graphs = counters["stats"]["unique_graphs"]
     out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
     assert counters["stats"]["unique_graphs"] - graphs == len(calls)
     assert [g.tokens for g in out] == [g.tokens for g in eager]
     assert [g.exit_loops for g in out] == [g.exit_loops for g in eager]
     return engine, calls
+
+
+def _graph_key(h, *step) -> tuple:
+    """What tells a step graph's compiled graphs apart, from its arguments (h, cache, key_pos,
+    pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt chunks'
+    graph is one whatever its rows), views, layer offset, fill rows (0: none), head."""
+    rows = "chunk" if step[5].startswith("chunk") else h.shape[1]
+    fill = step[8][0].shape[1] if step[8] is not None else 0
+    return (rows, step[5], step[6], fill, step[9])
 
 
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
@@ -459,9 +461,10 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
 def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     llama_relaxed, monkeypatch
 ):
-    """The compiled engine's step, fill and head modules run uncompiled, each prompt-chunk
-    step's rows padded to a multiple of 64 as on a GPU (the padding rows at the spare slot,
-    position 0): tokens and exits equal the eager engine's, decode steps still in buckets."""
+    """The compiled engine's step module runs uncompiled, each prompt-chunk step's rows padded
+    to a multiple of 64 as on a GPU (the padding rows at the spare slot, position 0): tokens and
+    exits equal the eager engine's, decode steps still in buckets, their exits' state
+    propagation in the same call."""
     monkeypatch.setattr("torch.compile", lambda module, **options: module)
     monkeypatch.setattr("rrt.serving.runner.chunk_rows", lambda tokens, device: round_up(tokens))
     kwargs = {"exit_threshold": 0.02, "kv_fill": "propagate"}
@@ -470,7 +473,7 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     runner, rows = engine.runner, []
 
     def step(h, *args):
-        rows.append((args[5], h.shape[1]))
+        rows.append((args[5], h.shape[1], args[8] is not None))
         return runner._step(h, *args)
 
     runner._graph = step
@@ -478,9 +481,38 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     assert [g.tokens for g in out] == [g.tokens for g in eager]
     assert [g.exit_loops for g in out] == [g.exit_loops for g in eager]
     assert engine.stats["exits"] > 0
-    chunks = {n for views, n in rows if views.startswith("chunk")}
+    chunks = {n for views, n, _ in rows if views.startswith("chunk")}
     assert chunks and all(n % 64 == 0 for n in chunks)
-    assert {n for views, n in rows if not views.startswith("chunk")} <= {1, 4}
+    assert {n for views, n, _ in rows if not views.startswith("chunk")} <= {1, 4}
+    assert any(fill for *_, fill in rows)  # exits' state propagation in the decode step's call
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"mode": "sequence"}, {}, {"exit_threshold": 0.02, "kv_fill": "propagate"}],
+    ids=["sequence", "depthwise", "propagate"],
+)
+def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
+    llama_relaxed, kwargs, monkeypatch
+):
+    """``warm_up`` compiles every graph a generation then calls (the benchmark starts its
+    clock after it): each row bucket, views, layer offset, state propagation's bucket and
+    head or none. The step module runs uncompiled; its calls' keys are compared."""
+    monkeypatch.setattr("torch.compile", lambda module, **options: module)
+    engine = served(llama_relaxed, compile=True, **kwargs)
+    runner, keys = engine.runner, []
+
+    def step(h, *args):
+        keys.append(_graph_key(h, *args))
+        return runner._step(h, *args)
+
+    runner._graph = step
+    engine.warm_up()
+    warmed = set(keys)
+    keys.clear()
+    engine.generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert keys and set(keys) <= warmed
+    assert any(key[3] for key in keys) == ("kv_fill" in kwargs)
 
 
 @pytest.mark.slow
@@ -489,7 +521,7 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
     exits) run as one compiled graph whose rows are dynamic, a row a token: tokens and exits
     equal eager's, one graph for all of them."""
     engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
-    assert ("chunk", "chunk", 0) in calls
+    assert ("chunk", "chunk", 0, 0, False) in calls
     assert engine.stats["exits"] > 0
 
 
@@ -518,4 +550,4 @@ def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     exits = {"exit_threshold": 0.02, "kv_fill": kv_fill} if mode == "depthwise" else {}
     engine, calls = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0
-    assert any(c[0] == "fill" for c in calls) == (kv_fill == "propagate")
+    assert any(c[3] for c in calls) == (kv_fill == "propagate")

@@ -201,7 +201,11 @@ class Engine:
             propagates = self.exit_threshold is not None and self.kv_fill is Kind.PROPAGATE
             # an exit at loop j owes the loops after it: at most loops - 1 fills a slot
             fills = self.slots * (self.runner.loops - 1) if propagates else 0
-            self.runner.warm_up(self._cache(), rows, self.sequence, fills)
+            # every decode step asks the head sequence-wise and, with exits, at nearly every
+            # step (each request's newest token at loop 1); depth-wise without, at some steps
+            asks = self.sequence or self.exit_threshold is not None
+            heads = (True,) if asks else (False, True)
+            self.runner.warm_up(self._cache(), rows, self.sequence, fills, heads)
 
     def _cache(self) -> KVCache:
         return KVCache(
@@ -228,9 +232,6 @@ class Engine:
         self.stats["mixed_steps"] += len({w.loop for w in works}) > 1
         fills = sorted((w for w in works if w.kind is Kind.PROPAGATE), key=lambda w: w.loop)
         works = sorted((w for w in works if w.kind is not Kind.PROPAGATE), key=lambda w: w.loop)
-        hidden = self.runner.run(works, cache, self.sequence) if works else None
-        if fills:
-            self.runner.propagate(fills, cache)
         final = self.runner.loops - 1
         ends, at = [], 0
         for w in works:
@@ -251,9 +252,10 @@ class Engine:
             asks=len(asks),
             embeds=sum(w.n for w in works if w.ids is not None),
         )
+        rows = [ends[i] for i in asks]
+        hidden, best, token = self.runner.step(works, fills, cache, self.sequence, rows)
         tokens, confidence = {}, {}
         if asks:
-            best, token = self.runner.exit_tokens(hidden[[ends[i] for i in asks]])
             tokens = dict(zip(asks, token.tolist(), strict=True))
             confidence = dict(zip(asks, best.tolist(), strict=True))
         now = time.perf_counter() - start

@@ -379,10 +379,11 @@ class Runner:
         return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
 
     def compile(self, positions: int) -> None:
-        """Run every step, state propagation and the exit head as compiled graphs from now on
-        (:func:`compile_options`): decode steps (every work one token) padded to row buckets,
-        steps with prompt chunks as one graph whose rows are dynamic (a row a token, up to
-        :data:`MAX_ROWS`; more run eager). Their rows' positions are below ``positions``."""
+        """Run every step as a compiled graph from now on (:func:`compile_options`): a decode
+        step (every work one token) padded to a row bucket, with its state propagation's rows
+        and the exit head in the same graph (:meth:`step`); a step with prompt chunks as one
+        graph whose rows are dynamic (a row a token, up to :data:`MAX_ROWS`; more run eager).
+        Their rows' positions are below ``positions``."""
         options = compile_options(self.device)
         if RotaryTable.serves(self.rotary):
             self.graph_rotary = RotaryTable(
@@ -390,9 +391,7 @@ class Runner:
             )
         self._step = StepGraph(self)
         self._graph = torch.compile(self._step, dynamic=False, **options)
-        self._fill = torch.compile(FillGraph(self, self._step.views), dynamic=False, **options)
-        self._head = torch.compile(ExitHead(self), dynamic=False, **options)
-        # Every engine compiles its own graphs of these three functions, one per row bucket.
+        # Every engine compiles its own graphs, one per row bucket (and fill bucket, and head).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.compiled = True
 
@@ -408,16 +407,40 @@ class Runner:
     @torch.inference_mode()
     def exit_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's greedy token at an exit after any loop and its confidence (the max
-        softmax probability): the shared final norm and head (paper sec. 3.7). Compiled, the
-        softmax and its max are in the head's graph."""
-        if not self.compiled:
-            return _choice(self.head, self.final_norm, self.softcap, hidden)
-        rows = hidden.shape[0]
-        padded = hidden.new_zeros(bucket(rows), hidden.shape[1])
-        padded[:rows] = hidden
-        with compiling(self.device):
-            confidence, token = self._head(padded)
-        return confidence[:rows], token[:rows]
+        softmax probability): the shared final norm and head (paper sec. 3.7). Compiled decode
+        steps compute it in their graph (:meth:`step`); this runs it eager."""
+        return _choice(self.head, self.final_norm, self.softcap, hidden)
+
+    @torch.inference_mode()
+    def step(
+        self, works: list[Work], fills: list[Work], cache: KVCache, sequence: bool, asks: list[int]
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """One engine step: ``works`` through their loops (:meth:`run`), the state propagation
+        of ``fills`` (:meth:`propagate`), and the exit head's confidence and token at the rows
+        ``asks`` of the hidden states returned (None and None where none is asked).
+
+        Compiled, a decode step (every work one token) is one graph call: its rows, the fills'
+        rows and the head over every row (only where a row asks). As graphs of their own, the
+        fills' and the head's took 0.57 and 0.27 ms a step beside a 1.79 ms step graph
+        (propagating exits on the embedded model, at 11d3f19), most of it the calls."""
+        if self.compiled and works and all(w.n == 1 for w in works):
+            h, layout = self._padded(
+                self._inputs(works), self._layout(works, sequence), bucket(len(works)), cache
+            )
+            fill = None
+            if fills:
+                states = torch.cat([w.hidden.to(self.dtype) for w in fills]).unsqueeze(0)
+                fill = self._padded(states, self._layout(fills, False), bucket(len(fills)), cache)
+            length = max(w.start + 1 for w in works)
+            out, choice = self._graph_of(h, layout, cache, sequence, length, fill, bool(asks))
+            hidden = out[0, : len(works)]
+            return (hidden, None, None) if choice is None else (hidden, *(c[asks] for c in choice))
+        hidden = self.run(works, cache, sequence) if works else None
+        if fills:
+            self.propagate(fills, cache)
+        if not asks:
+            return hidden, None, None
+        return hidden, *self.exit_tokens(hidden[asks])
 
     @torch.inference_mode()
     def run(self, works: list[Work], cache: KVCache, sequence: bool) -> torch.Tensor:
@@ -435,7 +458,7 @@ class Runner:
             rows = bucket(tokens) if decode else chunk_rows(tokens, self.device)
             padded, layout = self._padded(h, self._layout(works, sequence), rows, cache)
             length = max(w.start + w.n for w in works)
-            out = self._graph_of(padded, layout, cache, sequence, length, chunk=not decode)
+            out, _ = self._graph_of(padded, layout, cache, sequence, length, chunk=not decode)
             return out[0, :tokens]
         batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
@@ -488,11 +511,17 @@ class Runner:
         cache: KVCache,
         sequence: bool,
         length: int,
+        fill: tuple[torch.Tensor, torch.Tensor] | None = None,
+        head: bool = False,
         chunk: bool = False,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Run the compiled pass on ``h`` [1, rows, hidden] and ``layout`` [rows, 3] (position,
         loop, slot of each row), attending over the first ``length`` keys: sequence-wise one
-        call a loop, depth-wise one call.
+        call a loop, depth-wise one call. Returns the hidden states leaving it and, ``head``,
+        every row's exit confidence and token (computed in the last call).
+
+        ``fill``: exit hidden states [1, fill rows, hidden] and their layout, whose state
+        propagation (:meth:`propagate`) runs in the same call (depth-wise only).
 
         ``length`` reaches the graph as the size of a tensor marked dynamic (2 to the cache's
         ``max_len``), so each row bucket's graph is compiled once and then reads only the keys
@@ -516,16 +545,26 @@ class Runner:
         step = (cache, key_pos, pos, depth0, slots)
         with compiling(self.device):
             if not self.recursive:
-                return self._graph(h, *step, "chunk" if chunk else "all", 0, True)
+                return self._graph(h, *step, "chunk" if chunk else "all", 0, True, None, head)
             if not sequence:
                 views = self._depthwise_views(loops, chunk)
-                return self._graph(h, *step, views, 0, False)
+                if fill is not None:
+                    states, (fill_pos, fill_loops, fill_slots) = fill[0], fill[1].unbind(1)
+                    fill_views = self._depthwise_views(fill_loops, fill=True)
+                    depth = fill_loops * self.shared
+                    fill = (states, fill_pos, depth, fill_slots, fill_views)
+                return self._graph(h, *step, views, 0, False, fill, head)
             for loop in range(self.loops):
                 views = self._bucket_views(rows, loop, chunk)
-                h = self._graph(h, *step, views, loop * self.shared, True)
-            return h
+                last = loop == self.loops - 1
+                h, choice = self._graph(
+                    h, *step, views, loop * self.shared, True, None, last and head
+                )
+            return h, choice
 
-    def _bucket_views(self, rows: int, loop: int | None, chunk: bool = False) -> str:
+    def _bucket_views(
+        self, rows: int, loop: int | None, chunk: bool = False, fill: bool = False
+    ) -> str:
         """The name of a row bucket's views of the shared layers in the step graph, built at
         first use. Depth-wise (``loop`` None) their per-row loop ids are a tensor that each
         step's are copied into; sequence-wise, one loop's, its ids all that loop. Per-row loop
@@ -534,8 +573,9 @@ class Runner:
         ``A`` wrong, and ``A[0]`` right (torch 2.13; a test checks the compiled tokens).
 
         ``chunk``: the prompt chunks' views, one set whatever the rows: their loop ids are
-        resized to each step's ``rows``, a dynamic size of the graph."""
-        name = "chunk" if chunk else f"{rows}"
+        resized to each step's ``rows``, a dynamic size of the graph. ``fill``: the state
+        propagation's, apart from the step's rows' own."""
+        name = "chunk" if chunk else f"fill{rows}" if fill else f"{rows}"
         name = name if loop is None else f"{name}/{loop}"
         if name not in self._loop_ids:
             ids = torch.full((1, rows), loop or 0, dtype=torch.long, device=self.device)
@@ -550,27 +590,33 @@ class Runner:
             torch._dynamo.mark_dynamic(ids, 1, min=2, max=MAX_ROWS)
         return name
 
-    def _depthwise_views(self, loops: torch.Tensor, chunk: bool = False) -> str:
+    def _depthwise_views(self, loops: torch.Tensor, chunk: bool = False, fill: bool = False) -> str:
         """The depth-wise views of the row bucket of ``loops`` [rows] (each row's loop), with
         those loops copied into their loop ids."""
-        views = self._bucket_views(loops.shape[0], None, chunk)
+        views = self._bucket_views(loops.shape[0], None, chunk, fill)
         self._loop_ids[views].copy_(loops[None])
         return views
 
     @torch.inference_mode()
-    def warm_up(self, cache: KVCache, rows: int, sequence: bool, fills: int = 0) -> None:
-        """Compile now the graphs of every bucket a step of up to ``rows`` rows uses, the
-        state propagation's of up to ``fills`` rows, and the prompt chunks' (padding rows only:
-        they write at the spare slot)."""
-        steps, filled = set(_buckets_to(rows)), set(_buckets_to(fills) if fills else ())
+    def warm_up(
+        self,
+        cache: KVCache,
+        rows: int,
+        sequence: bool,
+        fills: int = 0,
+        heads: tuple[bool, ...] = (False, True),
+    ) -> None:
+        """Compile now the graphs of every bucket a decode step of up to ``rows`` rows uses,
+        with each bucket of up to ``fills`` state propagation's rows (and none), with the exit
+        head and without as ``heads`` says, and the prompt chunks' (padding rows only: they
+        write at the spare slot)."""
         empty = torch.zeros(1, 0, self.hidden_size, dtype=self.dtype, device=self.device)
-        for size in sorted(steps | filled):
+        filled = [None] + [self._padded(empty, [], n, cache) for n in _buckets_to(fills)]
+        for size in _buckets_to(rows):
             h, layout = self._padded(empty, [], size, cache)
-            if size in steps:
-                self._graph_of(h, layout, cache, sequence, cache.max_len)
-                self.exit_tokens(h[0])
-            if size in filled:
-                self._fill_of(h, layout, cache)
+            for fill in filled:
+                for head in heads:
+                    self._graph_of(h, layout, cache, sequence, cache.max_len, fill, head)
         # the prompt chunks' graph: one, its rows dynamic (this first size is the hint that
         # max_autotune times its matmuls at: a prompt chunk and the decode rows beside it)
         if MAX_ROWS >= 2:
@@ -592,13 +638,9 @@ class Runner:
         """CALM's state propagation: the keys and values an exited token owes to the loops it
         skipped come from its exit hidden state, fed to each skipped layer's attention block
         (its norm, key/value projections and rotary) alone; the attention itself, the MLP and
-        the residual stream are never computed for it. Compiled, one-token works (an exit is
-        a decode row) go through the fill graph of their row bucket."""
+        the residual stream are never computed for it. Compiled, a decode step's run in its
+        graph (:meth:`step`); this runs it eager."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
-        if self.compiled and h.shape[1] == len(works):
-            rows = bucket(len(works))
-            self._fill_of(*self._padded(h, self._layout(works, False), rows, cache), cache)
-            return
         batch = Batch(works, cache, self.shared, False, self.device)
         rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
         norm, block = self.family.attention_norm, self.family.attention_block
@@ -611,15 +653,6 @@ class Runner:
                 attention_mask=None,
                 rrt_batch=call,
             )
-
-    def _fill_of(self, h: torch.Tensor, layout: torch.Tensor, cache: KVCache) -> None:
-        """Run the compiled state propagation on ``h`` [1, rows, hidden] at ``layout`` [rows,
-        3] (position, loop, slot of each row), through the views of the step graph's row
-        bucket (the loop ids copied into them)."""
-        pos, loops, slots = layout.unbind(1)
-        views = self._depthwise_views(loops)
-        with compiling(self.device):
-            self._fill(h, cache, pos, loops * self.shared, slots, views)
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
         """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
@@ -730,6 +763,8 @@ class StepGraph(nn.Module):
             self.views["chunk"] = self.views["all"]
         self.rotary = runner.graph_rotary
         self.windows, self.layer_types = runner.windows, runner.layer_types
+        self.norm, self.block = runner.family.attention_norm, runner.family.attention_block
+        self.final_norm, self.head, self.softcap = runner.final_norm, runner.head, runner.softcap
 
     def forward(
         self,
@@ -742,41 +777,37 @@ class StepGraph(nn.Module):
         views: str,
         base: int,
         sequence: bool,
-    ) -> torch.Tensor:
+        fill: tuple | None = None,
+        head: bool = False,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
-        one loop of every row (one depth a layer), else one depth-wise pass."""
+        one loop of every row (one depth a layer), else one depth-wise pass. ``fill``: the
+        exit hidden states, positions, depths at offset 0, slots and views' name of rows whose
+        state propagation runs first. Returns the hidden states and, ``head``, each row's exit
+        confidence and token."""
+        if fill is not None:
+            self.propagate(cache, *fill)
         layout = Static(cache, key_pos, pos, depth0, slots, 0 if sequence else None)
         for i, layer in enumerate(self.views[views]):
             emb = rotary_at(self.rotary, self.layer_types, h, layout, base + i)
             call = LayerCall(layout, base + i, self.windows)
             out = layer(h, position_embeddings=emb, rrt_batch=call)
             h = out[0] if isinstance(out, tuple) else out
-        return h
+        return h, _choice(self.head, self.final_norm, self.softcap, h[0]) if head else None
 
-
-class FillGraph(nn.Module):
-    """State propagation at a fixed shape, what a compiled runner compiles: each of the K
-    shared layers' attention block, behind its norm, over the rows' exit hidden states, storing
-    their keys and values (:meth:`Runner.propagate`). It returns nothing, so the compiler drops
-    what the stored keys and values do not need (the queries, the output projection). Its
-    views are the step graph's (:meth:`Runner._bucket_views`), by name."""
-
-    def __init__(self, runner: Runner, views: nn.ModuleDict) -> None:
-        super().__init__()
-        self.views = views
-        self.rotary = runner.graph_rotary
-        self.windows, self.layer_types = runner.windows, runner.layer_types
-        self.norm, self.block = runner.family.attention_norm, runner.family.attention_block
-
-    def forward(
+    def propagate(
         self,
-        h: torch.Tensor,
         cache: KVCache,
+        h: torch.Tensor,
         pos: torch.Tensor,
         depth0: torch.Tensor,
         slots: torch.Tensor,
         views: str,
     ) -> None:
+        """State propagation (:meth:`Runner.propagate`): each of the K shared layers' attention
+        block, behind its norm, over the rows' exit hidden states ``h``, storing their keys and
+        values. Nothing else reads what it computes, so the compiler drops what the stored
+        keys and values do not need (the queries, the output projection)."""
         layout = Static(cache, None, pos, depth0, slots, None)
         for i, layer in enumerate(self.views[views]):
             emb = rotary_at(self.rotary, self.layer_types, h, layout, i)
@@ -786,17 +817,6 @@ class FillGraph(nn.Module):
                 attention_mask=None,
                 rrt_batch=LayerCall(layout, i, self.windows, keys_only=True),
             )
-
-
-class ExitHead(nn.Module):
-    """The exit head (shared final norm and head) and its choice, as a module to compile."""
-
-    def __init__(self, runner: Runner) -> None:
-        super().__init__()
-        self.final_norm, self.head, self.softcap = runner.final_norm, runner.head, runner.softcap
-
-    def forward(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return _choice(self.head, self.final_norm, self.softcap, hidden)
 
 
 def _choice(
@@ -829,8 +849,8 @@ def compiling(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 def _buckets_to(rows: int) -> list[int]:
-    """Every row bucket a step of 1 to ``rows`` rows can use."""
-    return [b for b in BUCKETS if b < bucket(rows)] + [bucket(rows)]
+    """Every row bucket a step of 1 to ``rows`` rows can use (none for 0)."""
+    return [b for b in BUCKETS if b < bucket(rows)] + [bucket(rows)] if rows else []
 
 
 def _window(layer: nn.Module) -> int | None:
