@@ -422,7 +422,7 @@ class Runner:
         Compiled, a decode step (every work one token) is one graph call: its rows, the fills'
         rows and the head over every row (only where a row asks). As graphs of their own, the
         fills' and the head's took 0.57 and 0.27 ms a step beside a 1.79 ms step graph
-        (propagating exits on the embedded model, at 11d3f19), most of it the calls."""
+        (propagating exits on the embedded model, at 11d3f19)."""
         if self.compiled and works and all(w.n == 1 for w in works):
             h, layout = self._padded(
                 self._inputs(works), self._layout(works, sequence), bucket(len(works)), cache
@@ -735,9 +735,8 @@ def rotary_at(rotary: nn.Module, layer_types, h: torch.Tensor, layout, offset: i
         return rotary(h, pos, layer_types[layout.depth + offset])
     kinds, ids = layer_kinds(layer_types)
     embs = [rotary(h, pos, t) for t in kinds]
-    pick = torch.tensor(ids, device=h.device)[
-        layout.depth0 + offset
-    ]  # [tokens] each token's layer type
+    index = torch.tensor(ids, device=h.device)  # of each virtual depth
+    pick = index[layout.depth0 + offset]  # [tokens] each token's layer type
     rows = torch.arange(pick.shape[0], device=h.device)
     cos = torch.stack([e[0] for e in embs])[pick, 0, rows]
     sin = torch.stack([e[1] for e in embs])[pick, 0, rows]
