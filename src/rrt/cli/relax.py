@@ -15,7 +15,6 @@ INPUTS = ("source", "recursive")  # the --out never is, holds or lies inside one
 
 
 def _relax_cli(args: argparse.Namespace) -> dict:
-    schema.set_threads(args.threads)
     parse_rank(args.rank)  # fail on a bad rank or model before loading any weights
     check_source(store.load_config(args.source), store.load_config(args.recursive))
     recursive = store.load_model(args.recursive, device=args.device)

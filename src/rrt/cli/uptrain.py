@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rrt import config as schema
 from rrt import tracking as mlflow_tracking
+from rrt.cli import add_paths
 from rrt.training import uptrain as library
 from rrt.training.objective import UptrainLoss
-from rrt.training.trainer import (
-    TrainConfig,
-    uptrain_recipe,
-)
+from rrt.training.trainer import TrainConfig, uptrain_recipe
 from rrt.training.uptrain import uptrain
 
 INPUTS = ("model", "corpus", "teacher", "tokenizer")  # the --out never is, holds or lies inside one
@@ -21,13 +18,10 @@ INPUTS = ("model", "corpus", "teacher", "tokenizer")  # the --out never is, hold
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    p.add_argument("--model", required=True, type=Path, help="model folder to start from")
-    p.add_argument(
-        "--corpus", required=True, type=Path, help="corpus folder (rrt corpus, rrt download corpus)"
-    )
-    p.add_argument("--out", required=True, type=Path, help="output model folder")
-    p.add_argument("--teacher", type=Path, help="full-size teacher model folder (KD)")
-    p.add_argument("--tokenizer", type=Path, help="tokenizer folder (default: the model's)")
+    paths = {"model": "model folder to start from", "out": "output model folder"}
+    paths["corpus"] = "corpus folder (rrt corpus, rrt download corpus)"
+    optional = {"teacher": "full-size teacher model folder (KD)"}
+    add_paths(p, paths, optional | {"tokenizer": "tokenizer folder (default: the model's)"})
     schema.add_setting(p, "threads")
     schema.add_arguments(p, UptrainLoss, title="uptrain.loss")
     schema.add_arguments(p, TrainConfig, uptrain_recipe(), title="uptrain (the train recipe)")
@@ -35,7 +29,6 @@ def add_cli(p: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> None:
-    schema.set_threads(args.threads)
     loss = schema.from_arguments(UptrainLoss, args)
     recipe = schema.from_arguments(TrainConfig, args)
     tracking = mlflow_tracking.from_arguments(args)

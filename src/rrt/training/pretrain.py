@@ -32,10 +32,9 @@ from rrt.training.data import read_meta
 from rrt.training.objective import UptrainLoss, load_teacher, uptrain_loss
 from rrt.training.trainer import (
     TrainConfig,
-    cache_dir,
     causal_lm_loss,
     resolve_precision,
-    token_file,
+    token_files,
     train,
 )
 
@@ -114,8 +113,6 @@ def pretrain(
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, model.config.vocab_size)
         loss_fn = uptrain_loss(loss, teacher, resolve_precision(recipe.precision))
-    train_tokens = token_file(corpus, tokenizer_dir, "train", cache_dir(out))
-    validation_tokens = token_file(corpus, tokenizer_dir, "validation", cache_dir(out))
     run_info = {
         "model": asdict(shape) if like is None else {"like": str(like), "layers": shape.layers},
         "architecture": type(model).__name__,
@@ -129,8 +126,7 @@ def pretrain(
     return train(
         model,
         tokenizer,
-        train_tokens=train_tokens,
-        validation_tokens=validation_tokens,
+        **token_files(corpus, tokenizer_dir, out),
         out=out,
         config=recipe,
         run_info=run_info,

@@ -150,6 +150,13 @@ def cache_dir(out: str | Path) -> Path:
     return Path(out).parent / ".rrt-cache"
 
 
+def token_files(corpus: str | Path, tokenizer_dir: str | Path, out: str | Path) -> dict[str, Path]:
+    """The corpus's train and validation splits as token files (:func:`token_file`, cached for
+    ``out``), as :func:`train`'s keyword arguments ``train_tokens`` and ``validation_tokens``."""
+    splits = ("train", "validation")
+    return {f"{s}_tokens": token_file(corpus, tokenizer_dir, s, cache_dir(out)) for s in splits}
+
+
 def token_file(corpus: str | Path, tokenizer_dir: str | Path, split: str, cache: Path) -> Path:
     """The split's tokens as one array (.npy, memory-mapped when read), written once into
     ``cache``: uint16 where the vocabulary fits, else uint32 (Gemma's 256k).

@@ -24,10 +24,9 @@ from rrt.training.objective import UptrainLoss, exit_metrics, load_teacher, uptr
 from rrt.training.trainer import (
     PackedBlocks,
     TrainConfig,
-    cache_dir,
     evaluate_loss,
     resolve_precision,
-    token_file,
+    token_files,
     train,
 )
 
@@ -80,15 +79,13 @@ def uptrain(
     if teacher_dir is not None and loss.kd_weight > 0:
         teacher = load_teacher(teacher_dir, text.vocab_size)
     model.train()
-    train_tokens = token_file(corpus, tokenizer_dir, "train", cache_dir(out))
-    validation_tokens = token_file(corpus, tokenizer_dir, "validation", cache_dir(out))
+    tokens = token_files(corpus, tokenizer_dir, out)
 
     def final_metrics(trained: nn.Module) -> dict[str, Any]:
         if recipe.eval_tokens <= 0:
             return {}
-        exits = held_out_exits(
-            trained, validation_tokens, recipe.seq_len, recipe.eval_tokens, recipe.micro_batch_size
-        )
+        validation, batch = tokens["validation_tokens"], recipe.micro_batch_size
+        exits = held_out_exits(trained, validation, recipe.seq_len, recipe.eval_tokens, batch)
         return {"held_out_exits": exits}
 
     run_info = {
@@ -103,8 +100,7 @@ def uptrain(
     return train(
         model,
         tokenizer,
-        train_tokens=train_tokens,
-        validation_tokens=validation_tokens,
+        **tokens,
         out=out,
         config=recipe,
         loss_fn=uptrain_loss(loss, teacher, resolve_precision(recipe.precision)),
