@@ -15,8 +15,8 @@ from _eval_fixtures import make_model_dir
 from rrt.cli import main
 from rrt.errors import UserError
 from rrt.evaluation.suites import load_suites
-from rrt.evaluation.text_tasks import GROUP, TASKS, fold, write_tasks
-from rrt.stories.tasks import TasksConfig, token_counter
+from rrt.evaluation.text_tasks import GROUP, TASKS, TEXT, fold
+from rrt.stories.tasks import TasksConfig, token_counter, write_tasks
 
 SMALL = TasksConfig(seed=0, items=50, perplexity_documents=50, max_tokens=256)
 
@@ -145,17 +145,17 @@ def _cut_at(doc: str, context: str) -> int:
 
 
 def test_same_seed_gives_byte_identical_task_files(corpus: Path, tmp_path: Path) -> None:
-    write_tasks(corpus, tmp_path / "a", SMALL)
-    write_tasks(corpus, tmp_path / "b", SMALL)
+    write_tasks(TEXT, corpus, tmp_path / "a", SMALL)
+    write_tasks(TEXT, corpus, tmp_path / "b", SMALL)
     first = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
-    write_tasks(corpus, tmp_path / "a", SMALL)  # again, into the same folder
+    write_tasks(TEXT, corpus, tmp_path / "a", SMALL)  # again, into the same folder
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == first
     for name, content in first.items():
         # Only the absolute data paths written into the YAMLs differ between folders.
         assert content.replace(str(tmp_path / "a").encode(), b"DIR") == (
             tmp_path / "b" / name
         ).read_bytes().replace(str(tmp_path / "b").encode(), b"DIR")
-    write_tasks(corpus, tmp_path / "c", replace(SMALL, seed=1))
+    write_tasks(TEXT, corpus, tmp_path / "c", replace(SMALL, seed=1))
     for task in ("text_cloze", "text_continuation"):
         assert (tmp_path / "c" / f"{task}.jsonl").read_bytes() != first[f"{task}.jsonl"]
 
@@ -163,7 +163,7 @@ def test_same_seed_gives_byte_identical_task_files(corpus: Path, tmp_path: Path)
 def test_cloze_target_is_the_real_next_word_after_the_real_prefix(
     corpus: Path, tmp_path: Path
 ) -> None:
-    write_tasks(corpus, tmp_path / "t", SMALL)
+    write_tasks(TEXT, corpus, tmp_path / "t", SMALL)
     rows = _rows(tmp_path / "t", "text_cloze")
     assert [r["document"] for r in rows] == list(range(len(DOCUMENTS)))  # one each, in order
     for row in rows:
@@ -178,7 +178,7 @@ def test_cloze_target_is_the_real_next_word_after_the_real_prefix(
 def test_continuation_gold_is_the_real_next_sentence_and_the_others_other_documents(
     corpus: Path, tmp_path: Path
 ) -> None:
-    write_tasks(corpus, tmp_path / "t", SMALL)
+    write_tasks(TEXT, corpus, tmp_path / "t", SMALL)
     rows = _rows(tmp_path / "t", "text_continuation")
     assert len(rows) == len(DOCUMENTS)
     for row in rows:
@@ -200,7 +200,7 @@ def test_items_fit_max_tokens_and_long_documents_are_cut_not_dropped(
     corpus: Path, model_dir: Path, tmp_path: Path
 ) -> None:
     config = replace(SMALL, max_tokens=96)
-    info = write_tasks(corpus, tmp_path / "t", config, model_dir)
+    info = write_tasks(TEXT, corpus, tmp_path / "t", config, model_dir)
     count = token_counter(model_dir)
     assert info["tokenizer"] == str(model_dir.resolve())
     heads = _rows(tmp_path / "t", "text_perplexity")
@@ -216,7 +216,7 @@ def test_items_fit_max_tokens_and_long_documents_are_cut_not_dropped(
         assert count(row["context"] + row["target"]) <= 96
     for row in _rows(tmp_path / "t", "text_continuation"):
         assert count(row["context"] + max(row["choices"], key=len)) <= 96
-    write_tasks(corpus, tmp_path / "w", SMALL)
+    write_tasks(TEXT, corpus, tmp_path / "w", SMALL)
     whole = _rows(tmp_path / "w", "text_perplexity")
     assert [h["text"] for h in whole] == DOCUMENTS  # without a tokenizer a word is a token
 
@@ -255,7 +255,7 @@ def test_a_test_split_without_items_is_one_line_naming_the_corpus(
 ) -> None:
     folder = write_corpus(tmp_path / "small", test)
     with pytest.raises(UserError, match=f"no {missing} items from {folder}/test.jsonl") as err:
-        write_tasks(folder, tmp_path / "t", SMALL)
+        write_tasks(TEXT, folder, tmp_path / "t", SMALL)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "t").exists()
 
@@ -268,7 +268,7 @@ def test_an_edited_test_split_is_refused(corpus: Path, tmp_path: Path) -> None:
     with (edited / "test.jsonl").open("a") as f:
         f.write(json.dumps({"text": "A line someone added later."}) + "\n")
     with pytest.raises(UserError, match="does not match the sha256 its meta.json records"):
-        write_tasks(edited, tmp_path / "t", SMALL)
+        write_tasks(TEXT, edited, tmp_path / "t", SMALL)
 
 
 def test_tasks_cli_writes_the_text_group_from_any_corpus_folder(
@@ -300,7 +300,7 @@ def test_text_suite_runs_through_lm_eval_and_averages_its_accuracy_tasks(
     corpus: Path, model_dir: Path, tmp_path: Path
 ) -> None:
     tasks = tmp_path / "tasks"
-    write_tasks(corpus, tasks, SMALL, model_dir)
+    write_tasks(TEXT, corpus, tasks, SMALL, model_dir)
     out = tmp_path / "eval" / "text.json"
     argv = ["evaluate", "--model", str(model_dir), "--tasks", "text", "--task-dir", str(tasks)]
     argv += ["--out", str(out), "--device", "cpu", "--threads", "1", "--bootstrap-iters", "0"]

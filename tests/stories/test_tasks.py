@@ -14,7 +14,7 @@ from rrt.cli import main
 from rrt.errors import UserError
 from rrt.stories.baseline import NgramLM, evaluate, headline
 from rrt.stories.corpus import held_out_stories, question_prompt
-from rrt.stories.tasks import CHANCE, GROUP, TASKS, TasksConfig, write_tasks
+from rrt.stories.tasks import CHANCE, EMBEDDED, GROUP, TASKS, TasksConfig, write_tasks
 from rrt.training.data import read_texts
 from rrt.training.pretrain import llama_config
 
@@ -27,7 +27,7 @@ def data(tmp_path_factory):
     corpus_dir = corpus(root, replace(CORPUS, test_documents=500))
     tok_dir = tokenizer(corpus_dir, root)
     tasks_dir = root / "tasks"
-    write_tasks(corpus_dir, tasks_dir, replace(SMALL, items=300), tok_dir)
+    write_tasks(EMBEDDED, corpus_dir, tasks_dir, replace(SMALL, items=300), tok_dir)
     return {"corpus": corpus_dir, "tokenizer": tok_dir, "tasks": tasks_dir}
 
 
@@ -36,10 +36,10 @@ def _rows(folder: Path, task: str) -> list[dict]:
 
 
 def test_same_seed_gives_byte_identical_task_files(data, tmp_path):
-    write_tasks(data["corpus"], tmp_path / "a", SMALL)
-    write_tasks(data["corpus"], tmp_path / "b", SMALL)
+    write_tasks(EMBEDDED, data["corpus"], tmp_path / "a", SMALL)
+    write_tasks(EMBEDDED, data["corpus"], tmp_path / "b", SMALL)
     first = {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()}
-    write_tasks(data["corpus"], tmp_path / "a", SMALL)  # again, into the same folder
+    write_tasks(EMBEDDED, data["corpus"], tmp_path / "a", SMALL)  # again, into the same folder
     assert {p.name: p.read_bytes() for p in (tmp_path / "a").iterdir()} == first
     for name, content in first.items():
         other = (tmp_path / "b" / name).read_bytes()
@@ -47,7 +47,7 @@ def test_same_seed_gives_byte_identical_task_files(data, tmp_path):
         assert content.replace(str(tmp_path / "a").encode(), b"DIR") == other.replace(
             str(tmp_path / "b").encode(), b"DIR"
         )
-    write_tasks(data["corpus"], tmp_path / "c", replace(SMALL, seed=1))
+    write_tasks(EMBEDDED, data["corpus"], tmp_path / "c", replace(SMALL, seed=1))
     assert (tmp_path / "c" / "embedded_qa.jsonl").read_bytes() != first["embedded_qa.jsonl"]
 
 
@@ -97,7 +97,8 @@ def test_lm_eval_runs_every_task_offline_from_any_working_directory(data, tmp_pa
     from rrt.store import load_tokenizer
 
     tasks_dir = tmp_path / "tasks"
-    write_tasks(data["corpus"], tasks_dir, replace(SMALL, items=8, perplexity_documents=4))
+    config = replace(SMALL, items=8, perplexity_documents=4)
+    write_tasks(EMBEDDED, data["corpus"], tasks_dir, config)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -132,7 +133,7 @@ def test_tasks_refuse_a_corpus_whose_test_split_was_edited(data, tmp_path):
     lines[0] = json.dumps({"text": "Someone else's story."})
     (edited / "test.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(UserError, match="does not match"):
-        write_tasks(edited, tmp_path / "t", SMALL)
+        write_tasks(EMBEDDED, edited, tmp_path / "t", SMALL)
 
 
 def test_tasks_cli_writes_the_group_and_names_bad_values(data, tmp_path, capsys):

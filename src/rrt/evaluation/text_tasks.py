@@ -51,11 +51,12 @@ from rrt.errors import UserError
 from rrt.io import sha256_of
 from rrt.stories.tasks import (
     Item,
+    Items,
     TasksConfig,
+    TaskSuite,
     choice_item,
     draw_items,
     token_counter,
-    write_task_folder,
 )
 from rrt.training.data import read_meta, read_texts
 
@@ -308,14 +309,11 @@ def build_items(texts: list[str], config: TasksConfig, count: Count) -> dict[str
     return items
 
 
-def write_tasks(
-    corpus: str | Path,
-    out: str | Path,
-    config: TasksConfig,
-    tokenizer_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Write the text tasks' YAMLs, their JSONL and meta.json into ``out`` (atomically, as a
-    whole) from the test split of any corpus folder."""
+def text_items(
+    corpus: str | Path, config: TasksConfig, tokenizer_dir: str | Path | None = None
+) -> tuple[Items, dict[str, Any]]:
+    """The text tasks' items, from the test split of any corpus folder, and what their
+    meta.json records of the corpus."""
     meta = read_meta(corpus)
     test = meta["splits"]["test"]
     recorded = test.get("sha256") if isinstance(test, dict) else None
@@ -337,4 +335,7 @@ def write_tasks(
         "test_documents": len(texts),
         "test_sha256": recorded,
     }
-    return write_task_folder(out, GROUP, items, TEMPLATES, config, corpus_info, tokenizer_dir)
+    return items, corpus_info
+
+
+TEXT = TaskSuite(GROUP, TEMPLATES, text_items)

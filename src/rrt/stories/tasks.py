@@ -16,8 +16,8 @@ help, which :mod:`rrt.stories.baseline` checks with a unigram and a bigram model
 | embedded_perplexity | held-out perplexity | loglikelihood_rolling | word_perplexity |
 
 The YAMLs are templates shipped in ``rrt/stories/task_templates``; generation fills in the
-absolute path of each JSONL (:func:`write_task_folder`, which :mod:`rrt.evaluation.text_tasks`
-shares), because lm-eval resolves a relative ``data_files`` against the working directory.
+absolute path of each JSONL (:func:`write_tasks`, which writes :mod:`rrt.evaluation.text_tasks`'
+suite too), because lm-eval resolves a relative ``data_files`` against the working directory.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from functools import partial
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -275,13 +275,14 @@ def build_items(
     return items
 
 
-def write_tasks(
-    corpus: str | Path,
-    out: str | Path,
-    config: TasksConfig,
-    tokenizer_dir: str | Path | None = None,
-) -> dict[str, Any]:
-    """Write the task YAMLs, their JSONL and meta.json into ``out`` (atomically, as a whole)."""
+Items = dict[str, list[Item]]  # task -> its items
+
+
+def story_items(
+    corpus: str | Path, config: TasksConfig, tokenizer_dir: str | Path | None = None
+) -> tuple[Items, dict[str, Any]]:
+    """The embedded tasks' items, from the stories of a generated corpus's test split, and what
+    their meta.json records of the corpus."""
     meta = read_generated_meta(corpus)
     corpus_config = CorpusConfig(**meta["config"])
     stories = held_out_stories(corpus_config, "test")
@@ -295,28 +296,40 @@ def write_tasks(
     for task, rows in items.items():
         if not rows:
             raise UserError(f"no items for {task}: the test split has too few stories")
-    corpus_info = {"config": meta["config"], "test_sha256": meta["splits"]["test"]["sha256"]}
-    return write_task_folder(out, GROUP, items, TEMPLATES, config, corpus_info, tokenizer_dir)
+    return items, {"config": meta["config"], "test_sha256": meta["splits"]["test"]["sha256"]}
 
 
-def write_task_folder(
+class TaskSuite(NamedTuple):
+    """A suite of offline lm-eval tasks: its group, its YAML templates, and its items from a
+    corpus folder's test split (:func:`story_items`; :func:`rrt.evaluation.text_tasks.text_items`)
+    with what the suite's meta.json records of that corpus."""
+
+    group: str
+    templates: Traversable
+    items: Callable[[str | Path, TasksConfig, str | Path | None], tuple[Items, dict[str, Any]]]
+
+
+EMBEDDED = TaskSuite(GROUP, TEMPLATES, story_items)
+
+
+def write_tasks(
+    suite: TaskSuite,
+    corpus: str | Path,
     out: str | Path,
-    group: str,
-    items: dict[str, list[Item]],
-    templates: Traversable,
     config: TasksConfig,
-    corpus: dict[str, Any],
-    tokenizer_dir: str | Path | None,
+    tokenizer_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Write each task's JSONL and YAML (its template from ``templates``, reading the JSONL by
-    absolute path), the group's YAML and meta.json into ``out``, atomically as a whole; return
-    the meta: the group, each task's item count, the settings, the corpus and the tokenizer."""
-    final = Path(out).resolve()
+    """Write ``suite``'s tasks from ``corpus`` into ``out``, atomically as a whole: each task's
+    JSONL and YAML (its template, reading the JSONL by absolute path), the group's YAML and
+    meta.json; return the meta: the group, each task's item count, the settings, the corpus and
+    the tokenizer."""
+    items, corpus_info = suite.items(corpus, config, tokenizer_dir)
+    final, group, templates = Path(out).resolve(), suite.group, suite.templates
     info = {
         "group": group,
         "tasks": {t: len(rows) for t, rows in items.items()},
         "config": asdict(config),
-        "corpus": corpus,
+        "corpus": corpus_info,
         "tokenizer": str(Path(tokenizer_dir).resolve()) if tokenizer_dir else None,
     }
     with atomic_path(final) as tmp:
