@@ -2,6 +2,14 @@
 post-training (sec. 3.7). Both start one data-parallel process per GPU of the job through torchrun
 (one process without a GPU): the same command for any number of GPUs of one node."""
 
+# uptraining and early-exit post-training: one command, one data-parallel process per GPU
+UPTRAIN = (
+    "torchrun --standalone --nproc-per-node {params.processes} -m rrt uptrain"
+    " --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
+    " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
+    " --threads {threads} {params.track} > {log} 2>&1"
+)
+
 
 rule uptrain:
     """All weights train on the uptraining budget; the full-size baseline (base: source) with
@@ -27,10 +35,7 @@ rule uptrain:
         track=lambda w: track("uptrain", base=w.base, variant=w.variant),
         processes=processes,
     shell:
-        "torchrun --standalone --nproc-per-node {params.processes} -m rrt uptrain"
-        " --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
-        " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
-        " --threads {threads} {params.track} > {log} 2>&1"
+        UPTRAIN
 
 
 rule early_exit:
@@ -57,7 +62,4 @@ rule early_exit:
         track=lambda w: track("early_exit", base=w.base),
         processes=processes,
     shell:
-        "torchrun --standalone --nproc-per-node {params.processes} -m rrt uptrain"
-        " --model {input.model} --teacher {input.teacher} --corpus {input.corpus}"
-        " --tokenizer {input.tokenizer} --out {output} {params.recipe} {params.loss}"
-        " --threads {threads} {params.track} > {log} 2>&1"
+        UPTRAIN
