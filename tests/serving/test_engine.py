@@ -12,7 +12,7 @@ from _families import VOCAB, source_model
 from rrt.method.convert import convert
 from rrt.method.relax import relax
 from rrt.serving import Engine
-from rrt.serving.runner import SERVED, RotaryTable, Runner, Static, rotary_at, round_up
+from rrt.serving.runner import SERVED, RotaryTable, Runner, Static, bucket, rotary_at, round_up
 
 PROMPT_LENGTHS = (3, 11, 6, 17, 1)
 NEW_TOKENS = (9, 4, 12, 7, 10)
@@ -393,7 +393,6 @@ def _graph_key(h, *step) -> tuple:
 
 
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
-    from rrt.serving.runner import bucket
 
     rows = (1, 2, 4, 5, 9, 16, 17, 33, 64, 65, 129)
     assert [bucket(n) for n in rows] == [1, 4, 4, 8, 16, 16, 32, 64, 64, 128, 192]
@@ -473,7 +472,7 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     runner, rows = engine.runner, []
 
     def step(h, *args):
-        rows.append((args[5], h.shape[1], args[8] is not None))
+        rows.append((args[5], h.shape[1], args[8][0].shape[1] if args[8] is not None else 0))
         return runner._step(h, *args)
 
     runner._graph = step
@@ -484,7 +483,10 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     chunks = {n for views, n, _ in rows if views.startswith("chunk")}
     assert chunks and all(n % 64 == 0 for n in chunks)
     assert {n for views, n, _ in rows if not views.startswith("chunk")} <= {1, 4}
-    assert any(fill for *_, fill in rows)  # exits' state propagation in the decode step's call
+    # exits' state propagation in the decode step's call, its rows padded to one bucket: that
+    # of the most a step can have, a fill for each loop after the first of every slot
+    most = engine.slots * (runner.loops - 1)
+    assert {fill for *_, fill in rows if fill} == {bucket(most)} and most > 1
 
 
 @pytest.mark.parametrize(

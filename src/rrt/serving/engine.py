@@ -109,7 +109,7 @@ class Engine:
                 )
         self.slots = slots
         if compile:
-            self.runner.compile(self.max_len)
+            self.runner.compile(self.max_len, self._max_fills())
         self.max_batch_tokens = max_batch_tokens
         self.cache: KVCache | None = None  # the last generate's, kept for inspection
         # steps, rows, mixed-loop steps, exits, KV rows; FLOPs, bytes and seconds of all steps
@@ -198,14 +198,17 @@ class Engine:
         """Compile now every graph a compiled engine's steps can use (no-op when eager)."""
         if self.runner.compiled:
             rows = self.slots * (1 if self.sequence else self.runner.loops)
-            propagates = self.exit_threshold is not None and self.kv_fill is Kind.PROPAGATE
-            # an exit at loop j owes the loops after it: at most loops - 1 fills a slot
-            fills = self.slots * (self.runner.loops - 1) if propagates else 0
             # every decode step asks the head sequence-wise and, with exits, at nearly every
             # step (each request's newest token at loop 1); depth-wise without, at some steps
             asks = self.sequence or self.exit_threshold is not None
             heads = (True,) if asks else (False, True)
-            self.runner.warm_up(self._cache(), rows, self.sequence, fills, heads)
+            self.runner.warm_up(self._cache(), rows, self.sequence, heads)
+
+    def _max_fills(self) -> int:
+        """The most state propagation rows a step can run: an exit at loop j owes the loops
+        after it, so loops - 1 a slot (none without propagating exits)."""
+        propagates = self.exit_threshold is not None and self.kv_fill is Kind.PROPAGATE
+        return self.slots * (self.runner.loops - 1) if propagates else 0
 
     def _cache(self) -> KVCache:
         return KVCache(

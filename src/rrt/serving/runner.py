@@ -373,26 +373,33 @@ class Runner:
         self.vocab_size = text.vocab_size
         self.context = getattr(text, "max_position_embeddings", None)
         self.compiled = False
+        self.fill_rows = 0  # compiled: the bucket state propagation's rows are padded to
         self._loop_ids: dict[str, torch.Tensor] = {}  # of the step graph's views, by name
+        # the same code as the compiled step's, eager, over a step's :class:`Batch`
+        self.eager = StepGraph(self, self.rotary)
 
     def embed(self, ids: list[int]) -> torch.Tensor:
         return self.lm.get_input_embeddings()(torch.tensor(ids, device=self.device))
 
-    def compile(self, positions: int) -> None:
+    def compile(self, positions: int, fills: int = 0) -> None:
         """Run every step as a compiled graph from now on (:func:`compile_options`): a decode
         step (every work one token) padded to a row bucket, with its state propagation's rows
         and the exit head in the same graph (:meth:`step`); a step with prompt chunks as one
         graph whose rows are dynamic (a row a token, up to :data:`MAX_ROWS`; more run eager).
-        Their rows' positions are below ``positions``."""
+        Their rows' positions are below ``positions``. A step's state propagation rows, at most
+        ``fills``, are padded to one bucket, that of ``fills``: one graph a row bucket with
+        them, not one for each of their buckets too (the embedded model at 4 slots, 2 loops:
+        6 graphs, not 9), for a few more rows of keys and values only."""
         options = compile_options(self.device)
         if RotaryTable.serves(self.rotary):
             self.graph_rotary = RotaryTable(
                 self.rotary, self.layer_types, positions, self.dtype, self.device
             )
-        self._step = StepGraph(self)
+        self._step = StepGraph(self, self.graph_rotary)
         self._graph = torch.compile(self._step, dynamic=False, **options)
         # Every engine compiles its own graphs, one per row bucket (and fill bucket, and head).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        self.fill_rows = bucket(fills) if fills else 0
         self.compiled = True
 
     def serving(self) -> contextlib.AbstractContextManager:
@@ -424,16 +431,7 @@ class Runner:
         fills' and the head's took 0.57 and 0.27 ms a step beside a 1.79 ms step graph
         (propagating exits on the embedded model, at 11d3f19)."""
         if self.compiled and works and all(w.n == 1 for w in works):
-            h, layout = self._padded(
-                self._inputs(works), self._layout(works, sequence), bucket(len(works)), cache
-            )
-            fill = None
-            if fills:
-                states = torch.cat([w.hidden.to(self.dtype) for w in fills]).unsqueeze(0)
-                fill = self._padded(states, self._layout(fills, False), bucket(len(fills)), cache)
-            length = max(w.start + 1 for w in works)
-            out, choice = self._graph_of(h, layout, cache, sequence, length, fill, bool(asks))
-            hidden = out[0, : len(works)]
+            hidden, choice = self._compiled(works, cache, sequence, fills, bool(asks))
             return (hidden, None, None) if choice is None else (hidden, *(c[asks] for c in choice))
         hidden = self.run(works, cache, sequence) if works else None
         if fills:
@@ -451,23 +449,43 @@ class Runner:
         Depth-wise, one pass runs the K shared layers once over rows at different loops, each
         row with its loop's LoRA.
         """
+        tokens = sum(w.n for w in works)  # a decode step (a token a work), or prompt chunks
+        if self.compiled and (tokens == len(works) or tokens <= MAX_ROWS):
+            return self._compiled(works, cache, sequence)[0]
         h = self._inputs(works)
-        tokens = h.shape[1]
-        decode = tokens == len(works)  # every work one token: rows padded to a bucket
-        if self.compiled and (decode or tokens <= MAX_ROWS):  # else prompt chunks: a row a token
-            rows = bucket(tokens) if decode else chunk_rows(tokens, self.device)
-            padded, layout = self._padded(h, self._layout(works, sequence), rows, cache)
-            length = max(w.start + w.n for w in works)
-            out, _ = self._graph_of(padded, layout, cache, sequence, length, chunk=not decode)
-            return out[0, :tokens]
         batch = Batch(works, cache, self.shared, sequence, self.device)
         k = self.shared
         if sequence:  # every loop in turn, each through its position views
             passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
         else:
             passes = [(0, self._views(works))]
-        rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
-        return self._passes(h, batch, passes, rotary)[0]
+        emb = self._rotary(h, batch, 0) if self.layer_types is None else None
+        for base, views in passes:
+            h = self.eager.layers(h, batch, views, base, emb)
+        return h[0]
+
+    def _compiled(
+        self, works: list[Work], cache: KVCache, sequence: bool, fills=(), head: bool = False
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+        """``works`` through the compiled graphs (:meth:`_graph_of`): a decode step's rows padded
+        to a bucket, with ``fills``' state propagation (its rows padded to a bucket of their
+        own) and the exit head where ``head`` asks; prompt chunks' rows a token each. Returns the
+        works' hidden states [tokens, hidden_size] and every row's exit choice, or None."""
+        h = self._inputs(works)
+        tokens = h.shape[1]
+        decode = tokens == len(works)
+        rows = bucket(tokens) if decode else chunk_rows(tokens, self.device)
+        padded, layout = self._padded(h, self._layout(works, sequence), rows, cache)
+        fill = None
+        if fills:
+            states = torch.cat([w.hidden.to(self.dtype) for w in fills]).unsqueeze(0)
+            at = self.fill_rows if len(fills) <= self.fill_rows else bucket(len(fills))
+            fill = self._padded(states, self._layout(fills, False), at, cache)
+        length = max(w.start + w.n for w in works)
+        out, choice = self._graph_of(
+            padded, layout, cache, sequence, length, fill, head, chunk=not decode
+        )
+        return out[0, :tokens], choice
 
     def _inputs(self, works: list[Work]) -> torch.Tensor:
         """The works' input hidden states, [1, tokens, hidden_size]: embeddings of the token ids
@@ -603,15 +621,16 @@ class Runner:
         cache: KVCache,
         rows: int,
         sequence: bool,
-        fills: int = 0,
         heads: tuple[bool, ...] = (False, True),
     ) -> None:
         """Compile now the graphs of every bucket a decode step of up to ``rows`` rows uses,
-        with each bucket of up to ``fills`` state propagation's rows (and none), with the exit
-        head and without as ``heads`` says, and the prompt chunks' (padding rows only: they
-        write at the spare slot)."""
+        with state propagation's rows (where :meth:`compile` was given fills) and without, with
+        the exit head and without as ``heads`` says, and the prompt chunks' (padding rows only:
+        they write at the spare slot)."""
         empty = torch.zeros(1, 0, self.hidden_size, dtype=self.dtype, device=self.device)
-        filled = [None] + [self._padded(empty, [], n, cache) for n in _buckets_to(fills)]
+        filled = [None] + (
+            [self._padded(empty, [], self.fill_rows, cache)] if self.fill_rows else []
+        )
         for size in _buckets_to(rows):
             h, layout = self._padded(empty, [], size, cache)
             for fill in filled:
@@ -624,15 +643,6 @@ class Runner:
             h, layout = self._padded(empty, [], size, cache)
             self._graph_of(h, layout, cache, sequence, cache.max_len, chunk=True)
 
-    def _passes(self, h, batch, passes, rotary) -> torch.Tensor:
-        for base, views in passes:
-            for i, layer in enumerate(views):
-                call = LayerCall(batch, base + i, self.windows)
-                emb = rotary if rotary is not None else self._rotary(h, batch, base + i)
-                out = layer(h, position_embeddings=emb, rrt_batch=call)
-                h = out[0] if isinstance(out, tuple) else out
-        return h
-
     @torch.inference_mode()
     def propagate(self, works: list[Work], cache: KVCache) -> None:
         """CALM's state propagation: the keys and values an exited token owes to the loops it
@@ -642,17 +652,8 @@ class Runner:
         graph (:meth:`step`); this runs it eager."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
         batch = Batch(works, cache, self.shared, False, self.device)
-        rotary = self._rotary(h, batch, 0) if self.layer_types is None else None
-        norm, block = self.family.attention_norm, self.family.attention_block
-        for i, view in enumerate(self._views(works)):
-            emb = rotary if rotary is not None else self._rotary(h, batch, i)
-            call = LayerCall(batch, i, self.windows, keys_only=True)
-            view.get_submodule(block)(
-                hidden_states=view.get_submodule(norm)(h),
-                position_embeddings=emb,
-                attention_mask=None,
-                rrt_batch=call,
-            )
+        emb = self._rotary(h, batch, 0) if self.layer_types is None else None
+        self.eager.store(h, batch, self._views(works), emb)
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
         """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
@@ -750,9 +751,10 @@ class StepGraph(nn.Module):
 
     ``views`` holds, by name, the K views one call runs: a plain model's layers (``"all"``),
     or views of a recursive model's shared layers whose rows carry their own loops
-    (:meth:`Runner._bucket_views`)."""
+    (:meth:`Runner._bucket_views`). The eager runner runs the same :meth:`layers` and
+    :meth:`store` (``Runner.eager``) over a :class:`Batch` and the views it builds each step."""
 
-    def __init__(self, runner: Runner) -> None:
+    def __init__(self, runner: Runner, rotary: nn.Module) -> None:
         super().__init__()
         self.views = nn.ModuleDict()
         if not runner.recursive:
@@ -760,7 +762,7 @@ class StepGraph(nn.Module):
             # the same layers under a second name: dynamo guards on the name, so decode steps
             # (4 or 8 rows) never match the prompt chunks' graph, whose rows are dynamic
             self.views["chunk"] = self.views["all"]
-        self.rotary = runner.graph_rotary
+        self.rotary = rotary  # the model's, or a RotaryTable
         self.windows, self.layer_types = runner.windows, runner.layer_types
         self.norm, self.block = runner.family.attention_norm, runner.family.attention_block
         self.final_norm, self.head, self.softcap = runner.final_norm, runner.head, runner.softcap
@@ -785,34 +787,41 @@ class StepGraph(nn.Module):
         state propagation runs first. Returns the hidden states and, ``head``, each row's exit
         confidence and token."""
         if fill is not None:
-            self.propagate(cache, *fill)
+            states, fill_pos, fill_depth0, fill_slots, fill_views = fill
+            at = Static(cache, None, fill_pos, fill_depth0, fill_slots, None)
+            self.store(states, at, self.views[fill_views])
         layout = Static(cache, key_pos, pos, depth0, slots, 0 if sequence else None)
-        for i, layer in enumerate(self.views[views]):
-            emb = rotary_at(self.rotary, self.layer_types, h, layout, base + i)
-            call = LayerCall(layout, base + i, self.windows)
-            out = layer(h, position_embeddings=emb, rrt_batch=call)
-            h = out[0] if isinstance(out, tuple) else out
+        h = self.layers(h, layout, self.views[views], base)
         return h, _choice(self.head, self.final_norm, self.softcap, h[0]) if head else None
 
-    def propagate(
-        self,
-        cache: KVCache,
-        h: torch.Tensor,
-        pos: torch.Tensor,
-        depth0: torch.Tensor,
-        slots: torch.Tensor,
-        views: str,
-    ) -> None:
+    def layers(
+        self, h: torch.Tensor, layout: Batch | Static, views, base: int, emb=None
+    ) -> torch.Tensor:
+        """``h`` through ``views`` (K layers) at layer offsets ``base`` on; ``emb``: one rotary
+        cos/sin for every layer (a model whose layers share it), else each layer's own."""
+        for i, layer in enumerate(views):
+            at = base + i
+            rotary = (
+                emb if emb is not None else rotary_at(self.rotary, self.layer_types, h, layout, at)
+            )
+            out = layer(
+                h, position_embeddings=rotary, rrt_batch=LayerCall(layout, at, self.windows)
+            )
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def store(self, h: torch.Tensor, layout: Batch | Static, views, emb=None) -> None:
         """State propagation (:meth:`Runner.propagate`): each of the K shared layers' attention
         block, behind its norm, over the rows' exit hidden states ``h``, storing their keys and
         values. Nothing else reads what it computes, so the compiler drops what the stored
         keys and values do not need (the queries, the output projection)."""
-        layout = Static(cache, None, pos, depth0, slots, None)
-        for i, layer in enumerate(self.views[views]):
-            emb = rotary_at(self.rotary, self.layer_types, h, layout, i)
+        for i, layer in enumerate(views):
+            rotary = (
+                emb if emb is not None else rotary_at(self.rotary, self.layer_types, h, layout, i)
+            )
             layer.get_submodule(self.block)(
                 hidden_states=layer.get_submodule(self.norm)(h),
-                position_embeddings=emb,
+                position_embeddings=rotary,
                 attention_mask=None,
                 rrt_batch=LayerCall(layout, i, self.windows, keys_only=True),
             )
