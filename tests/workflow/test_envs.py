@@ -59,10 +59,13 @@ def _rules() -> list[Rule]:
     """Every rule of the workflow, its conda environment and the rrt command its shell runs."""
     rules = []
     for smk in sorted((REPO / "workflow" / "rules").glob("*.smk")):
-        blocks = re.split(r"^\s*rule (\w+):\n", smk.read_text(), flags=re.M)
+        text = smk.read_text()
+        blocks = re.split(r"^\s*rule (\w+):\n", text, flags=re.M)
         for name, body in zip(blocks[1::2], blocks[2::2], strict=True):
             env = re.search(r'conda:\n\s*"\.\./\.\./envs/(\w+)\.yaml"', body)
             run = re.search(COMMAND, body)
+            if run is None and (named := re.search(r"shell:\n\s+([A-Z_]+)\n", body)):
+                run = re.search(COMMAND, text[text.index(f"\n{named[1]} = (") :])  # the file's
             assert env and run, f"rule {name} ({smk.name}) names no env or runs no rrt command"
             rules.append(Rule(name, env.group(1), tuple(run.group(1).split())))
     return rules
