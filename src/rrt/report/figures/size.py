@@ -4,12 +4,13 @@ shape of the paper's fig. 1), and its data (tables/size.csv)."""
 import math
 
 import polars as pl
+from adjustText import adjust_text
 from matplotlib.axes import Axes
 
 from rrt.report import fmt
 from rrt.report.context import Context
 from rrt.report.document import TEXT, Figure, Section, frame
-from rrt.report.figures import DPI, new, png
+from rrt.report.figures import new, png
 from rrt.report.results import Name, parse_name
 
 COLUMNS = (
@@ -123,65 +124,15 @@ def _pad_limits(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
 
 
 def _place_labels(ax: Axes, labels: list[tuple[float, float, str]]) -> None:
-    """Labels right of their points; labels that would overlap form a column right of its
-    rightmost point, stacked by their points' heights, with a leader line from each point whose
-    label moved. Call once the layout is final (pixels)."""
-    renderer = ax.figure.canvas.get_renderer()
-    measured = []
-    for x, y, text in labels:
-        probe = ax.annotate(text, (x, y), xytext=(8, 0), textcoords="offset points", fontsize=8)
-        box = probe.get_window_extent(renderer)
-        probe.remove()
-        measured.append(
-            (box.x0, box.width, ax.transData.transform((x, y))[1], box.height, x, y, text)
-        )
-    columns: list[list[tuple]] = []
-    for item in sorted(measured):  # left to right: a label that overlaps a column joins it
-        if columns and item[0] < columns[-1][-1][0] + max(i[1] for i in columns[-1]):
-            columns[-1].append(item)
-        else:
-            columns.append([item])
-    frame = ax.get_window_extent(renderer)
-    for column in columns:
-        anchor = column[-1][0]  # the rightmost left edge
-        column.sort(key=lambda item: (item[2], item[6]))
-        spread = _spread(column, frame.y0, frame.y1)
-        for y, (x0, _, py, _, x, y0, text) in zip(spread, column, strict=True):
-            dx = 8 + (anchor - x0) * 72.0 / DPI + (10 if len(column) > 1 else 0)
-            dy = (y - py) * 72.0 / DPI
-            moved = abs(dy) > 2 or dx > 9
-            ax.annotate(
-                text, (x, y0), xytext=(dx, dy), textcoords="offset points", va="center",
-                fontsize=8,
-                arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.5, "shrinkA": 0,
-                            "shrinkB": 4} if moved else None,
-            ).set_in_layout(False)  # fmt: skip
-
-
-def _spread(column: list[tuple], low: float, high: float) -> list[float]:
-    """Label centres (pixels) as near their points as they can be without overlapping: clusters of
-    overlapping labels merge and centre on their points' mean, inside [low, high]."""
-    clusters = [[i] for i in range(len(column))]
-    heights = [item[3] + 1.0 for item in column]
-
-    def place(cluster: list[int]) -> tuple[float, float]:  # bottom and top of a cluster
-        size = sum(heights[i] for i in cluster)
-        centre = sum(column[i][2] for i in cluster) / len(cluster)
-        bottom = min(max(centre - size / 2, low), high - size)
-        return bottom, bottom + size
-
-    merged = True
-    while merged:
-        merged = False
-        for k in range(len(clusters) - 1):
-            if place(clusters[k])[1] > place(clusters[k + 1])[0]:
-                clusters[k : k + 2] = [clusters[k] + clusters[k + 1]]
-                merged = True
-                break
-    out = []
-    for cluster in clusters:
-        y = place(cluster)[0]
-        for i in cluster:
-            out.append(y + heights[i] / 2)
-            y += heights[i]
-    return out
+    """Labels right of their points, moved apart where they would overlap (adjustText), with a
+    leader line from each point whose label moved. Call once the layout is final."""
+    texts = [ax.text(x, y, f"  {text}", fontsize=8, va="center") for x, y, text in labels]
+    adjust_text(
+        texts,
+        x=[x for x, _, _ in labels],
+        y=[y for _, y, _ in labels],
+        ax=ax,
+        only_move={"text": "y", "static": "y", "explode": "y", "pull": "y"},
+        arrowprops={"arrowstyle": "-", "color": "#aaaaaa", "lw": 0.5},
+        iter_lim=200,  # not adjustText's default of a second's work: the same bytes each time
+    )
