@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,7 @@ from rrt.serving.cache import KVCache
 from rrt.serving.request import Work
 
 ATTENTION = "rrt_engine"
+Rotary = tuple[torch.Tensor, torch.Tensor]  # cos and sin, [1, tokens, head_dim] each
 
 # Source families whose greedy output through the engine is tested to equal `generate`'s.
 SERVED = ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "gpt_neox")
@@ -397,7 +399,7 @@ class Runner:
             )
         self._step = StepGraph(self, self.graph_rotary)
         self._graph = torch.compile(self._step, dynamic=False, **options)
-        # Every engine compiles its own graphs, one per row bucket (and fill bucket, and head).
+        # Every engine compiles its own graphs, one per row bucket (with fills or not, head or not).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.fill_rows = bucket(fills) if fills else 0
         self.compiled = True
@@ -465,11 +467,16 @@ class Runner:
         return h[0]
 
     def _compiled(
-        self, works: list[Work], cache: KVCache, sequence: bool, fills=(), head: bool = False
+        self,
+        works: list[Work],
+        cache: KVCache,
+        sequence: bool,
+        fills: Sequence[Work] = (),
+        head: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``works`` through the compiled graphs (:meth:`_graph_of`): a decode step's rows padded
-        to a bucket, with ``fills``' state propagation (its rows padded to a bucket of their
-        own) and the exit head where ``head`` asks; prompt chunks' rows a token each. Returns the
+        to a bucket, with ``fills``' state propagation (their rows padded to :attr:`fill_rows`)
+        and the exit head where ``head`` asks; prompt chunks' rows a token each. Returns the
         works' hidden states [tokens, hidden_size] and every row's exit choice, or None."""
         h = self._inputs(works)
         tokens = h.shape[1]
@@ -795,7 +802,12 @@ class StepGraph(nn.Module):
         return h, _choice(self.head, self.final_norm, self.softcap, h[0]) if head else None
 
     def layers(
-        self, h: torch.Tensor, layout: Batch | Static, views, base: int, emb=None
+        self,
+        h: torch.Tensor,
+        layout: Batch | Static,
+        views: Sequence[nn.Module],
+        base: int,
+        emb: Rotary | None = None,
     ) -> torch.Tensor:
         """``h`` through ``views`` (K layers) at layer offsets ``base`` on; ``emb``: one rotary
         cos/sin for every layer (a model whose layers share it), else each layer's own."""
@@ -810,7 +822,13 @@ class StepGraph(nn.Module):
             h = out[0] if isinstance(out, tuple) else out
         return h
 
-    def store(self, h: torch.Tensor, layout: Batch | Static, views, emb=None) -> None:
+    def store(
+        self,
+        h: torch.Tensor,
+        layout: Batch | Static,
+        views: Sequence[nn.Module],
+        emb: Rotary | None = None,
+    ) -> None:
         """State propagation (:meth:`Runner.propagate`): each of the K shared layers' attention
         block, behind its norm, over the rows' exit hidden states ``h``, storing their keys and
         values. Nothing else reads what it computes, so the compiler drops what the stored
