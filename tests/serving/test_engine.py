@@ -553,3 +553,19 @@ def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     engine, calls = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0
     assert any(c[3] for c in calls) == (kv_fill == "propagate")
+
+
+def test_a_compiled_step_keeps_every_guard_but_those_on_module_attributes_save_identity():
+    """Dynamo's guards on the step's modules cost most of a call's lookup; the engine changes no
+    module once it serves, so only their identity (one engine's views against another's) stays."""
+    from types import SimpleNamespace
+
+    from rrt.serving.runner import step_guards
+
+    def entry(on_module: bool, kind: str) -> SimpleNamespace:
+        source = SimpleNamespace(is_unspecialized_nn_module=lambda: on_module)
+        return SimpleNamespace(orig_guard=SimpleNamespace(source=source), guard_type=kind)
+
+    kinds = [(True, "ID_MATCH"), (True, "TYPE_MATCH"), (True, "EMPTY_NN_MODULE_HOOKS_DICT")]
+    kinds += [(False, "TENSOR_MATCH"), (False, "CONSTANT_MATCH")]
+    assert step_guards([entry(*k) for k in kinds]) == [True, False, False, True, True]

@@ -857,8 +857,25 @@ def _choice(
 
 def compile_options(device: torch.device) -> dict:
     """``torch.compile``'s arguments for a decoding step: CUDA graphs on a GPU; on a CPU,
-    Inductor's defaults, with the settings of :func:`compiling` in force while it compiles."""
-    return {"mode": "reduce-overhead"} if device.type == "cuda" else {}
+    Inductor's defaults, with the settings of :func:`compiling` in force while it compiles, and
+    dynamo's guards cut to :func:`step_guards`."""
+    if device.type == "cuda":
+        return {"mode": "reduce-overhead"}
+    return {"options": {"guard_filter_fn": step_guards}}
+
+
+def step_guards(entries: list) -> list[bool]:
+    """The dynamo guards a compiled step keeps: every guard but those on its modules'
+    attributes, of which only identity (``ID_MATCH``) stays. Checking them picks one of the many
+    graphs compiled from :meth:`StepGraph.forward` at every call, but the engine changes no
+    module once it serves; identity still tells one engine's graphs from another's (each has its
+    own views). The embedded source's compiled (c) step at 4 rows: 1,383 of its 1,519 guards were
+    on modules, and the lookup took 26 instead of 68 us of a 0.37 against 0.52 ms step (one
+    run, torch.profiler)."""
+    return [
+        not entry.orig_guard.source.is_unspecialized_nn_module() or entry.guard_type == "ID_MATCH"
+        for entry in entries
+    ]
 
 
 def compiling(device: torch.device) -> contextlib.AbstractContextManager:
