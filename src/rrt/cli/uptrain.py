@@ -18,10 +18,16 @@ INPUTS = ("model", "corpus", "teacher", "tokenizer")  # the --out never is, hold
 def add_cli(p: argparse.ArgumentParser) -> None:
     p.description = library.__doc__
     p.formatter_class = argparse.RawDescriptionHelpFormatter
-    paths = {"model": "model folder to start from", "out": "output model folder"}
-    paths["corpus"] = "corpus folder (rrt corpus, rrt download corpus)"
-    optional = {"teacher": "full-size teacher model folder (KD)"}
-    add_paths(p, paths, optional | {"tokenizer": "tokenizer folder (default: the model's)"})
+    required = {
+        "model": "model folder to start from",
+        "corpus": "corpus folder (rrt corpus, rrt download corpus)",
+        "out": "output model folder",
+    }
+    optional = {
+        "teacher": "full-size teacher model folder (KD)",
+        "tokenizer": "tokenizer folder (default: the model's)",
+    }
+    add_paths(p, required, optional)
     schema.add_setting(p, "threads")
     schema.add_arguments(p, UptrainLoss, title="uptrain.loss")
     schema.add_arguments(p, TrainConfig, uptrain_recipe(), title="uptrain (the train recipe)")

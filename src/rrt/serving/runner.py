@@ -461,9 +461,8 @@ class Runner:
             passes = [(j * k, self.positions[j * k : (j + 1) * k]) for j in range(self.loops)]
         else:
             passes = [(0, self._views(works))]
-        emb = self._rotary(h, batch, 0) if self.layer_types is None else None
         for base, views in passes:
-            h = self.eager.layers(h, batch, views, base, emb)
+            h = self.eager.layers(h, batch, views, base)
         return h[0]
 
     def _compiled(
@@ -659,8 +658,7 @@ class Runner:
         graph (:meth:`step`); this runs it eager."""
         h = torch.cat([w.hidden.to(self.dtype) for w in works]).unsqueeze(0)
         batch = Batch(works, cache, self.shared, False, self.device)
-        emb = self._rotary(h, batch, 0) if self.layer_types is None else None
-        self.eager.store(h, batch, self._views(works), emb)
+        self.eager.store(h, batch, self._views(works))
 
     def _views(self, works: list[Work]) -> list[nn.Module]:
         """The K shared layers for one depth-wise pass over works sorted by loop: one loop's
@@ -673,9 +671,6 @@ class Runner:
         spans = LoopSpans.of([w.loop for w in works for _ in range(w.n)])
         fixed = self.attention_override
         return [self.layers.at_loops(i, spans, fixed, hooks=False) for i in range(k)]
-
-    def _rotary(self, h: torch.Tensor, batch: Batch, offset: int):
-        return rotary_at(self.rotary, self.layer_types, h, batch, offset)
 
 
 class RotaryTable(nn.Module):
@@ -807,17 +802,12 @@ class StepGraph(nn.Module):
         layout: Batch | Static,
         views: Sequence[nn.Module],
         base: int,
-        emb: Rotary | None = None,
     ) -> torch.Tensor:
-        """``h`` through ``views`` (K layers) at layer offsets ``base`` on; ``emb``: one rotary
-        cos/sin for every layer (a model whose layers share it), else each layer's own."""
-        for i, layer in enumerate(views):
-            at = base + i
-            rotary = (
-                emb if emb is not None else rotary_at(self.rotary, self.layer_types, h, layout, at)
-            )
+        """``h`` through ``views`` (K layers) at layer offsets ``base`` on."""
+        rotaries = self._rotaries(h, layout, base, len(views))
+        for i, (layer, rotary) in enumerate(zip(views, rotaries, strict=True)):
             out = layer(
-                h, position_embeddings=rotary, rrt_batch=LayerCall(layout, at, self.windows)
+                h, position_embeddings=rotary, rrt_batch=LayerCall(layout, base + i, self.windows)
             )
             h = out[0] if isinstance(out, tuple) else out
         return h
@@ -827,22 +817,26 @@ class StepGraph(nn.Module):
         h: torch.Tensor,
         layout: Batch | Static,
         views: Sequence[nn.Module],
-        emb: Rotary | None = None,
     ) -> None:
         """State propagation (:meth:`Runner.propagate`): each of the K shared layers' attention
         block, behind its norm, over the rows' exit hidden states ``h``, storing their keys and
         values. Nothing else reads what it computes, so the compiler drops what the stored
         keys and values do not need (the queries, the output projection)."""
-        for i, layer in enumerate(views):
-            rotary = (
-                emb if emb is not None else rotary_at(self.rotary, self.layer_types, h, layout, i)
-            )
+        rotaries = self._rotaries(h, layout, 0, len(views))
+        for i, (layer, rotary) in enumerate(zip(views, rotaries, strict=True)):
             layer.get_submodule(self.block)(
                 hidden_states=layer.get_submodule(self.norm)(h),
                 position_embeddings=rotary,
                 attention_mask=None,
                 rrt_batch=LayerCall(layout, i, self.windows, keys_only=True),
             )
+
+    def _rotaries(self, h: torch.Tensor, layout: Batch | Static, base: int, n: int) -> list[Rotary]:
+        """The rotary cos/sin of ``n`` layers at offsets ``base`` on: one, computed once, where
+        the model's layers share it (no ``layer_types``), else each layer's type's."""
+        if self.layer_types is None:
+            return [rotary_at(self.rotary, None, h, layout, base)] * n
+        return [rotary_at(self.rotary, self.layer_types, h, layout, base + i) for i in range(n)]
 
 
 def _choice(
