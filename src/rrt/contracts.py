@@ -250,6 +250,7 @@ class ServedSystem(Contract):
 
     tokens_per_s: float | None = dataclasses.field(default=None, metadata=COUNT)
     seconds: float | None = dataclasses.field(default=None, metadata=COUNT)
+    seconds_runs: list[float] | None = None  # each run's (repeats); seconds is the median's
     output_tokens: int | None = dataclasses.field(default=None, metadata=COUNT)
     latency_p50_s: float | None = None
     latency_p90_s: float | None = None

@@ -219,3 +219,40 @@ def test_a_failed_system_fails_the_benchmark_unless_errors_are_allowed(served, c
     assert main([*args, "--allow-errors"]) == 0
     systems = json.loads(out.read_text())["systems"]
     assert "error" in systems["depthwise"] and systems["vanilla"]["tokens_per_s"] > 0
+
+
+def test_repeats_serve_the_workload_again_and_report_the_median_run(served):
+    """--repeats 3: each system serves the whole workload three times after its warm-up; its
+    row is the run of median time, every run's seconds beside it, its tokens those of a run."""
+    root, data = served
+    out = root / "repeats.json"
+    args = [
+        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
+        "--data", str(data), "--out", str(out), "--requests", "3", "--max-new-tokens", "4",
+        "--max-prompt-tokens", "12", "--max-batch", "2", "--repeats", "3",
+        "--systems", "vanilla,hf_continuous,sequence_continuous,depthwise",
+        "--threads", "1", "--device", "cpu",
+    ]  # fmt: skip
+    assert main(args) == 0
+    systems = json.loads(out.read_text())["systems"]
+    for name in ("vanilla", "hf_continuous", "sequence_continuous", "depthwise"):
+        row = systems[name]
+        runs = row["seconds_runs"]
+        assert len(runs) == 3 and row["seconds"] == sorted(runs)[1], name
+        assert row["tokens_per_s"] == pytest.approx(row["output_tokens"] / row["seconds"])
+    assert systems["sequence_continuous"]["agreement"] == 1.0
+    assert systems["depthwise"]["agreement"] == 1.0
+
+
+def test_median_run_takes_the_middle_time_and_keeps_every_runs_in_order():
+    from rrt.benchmark.bench import Served, median_run
+
+    times = iter([3.0, 1.0, 2.0, 5.0])
+
+    def once() -> Served:
+        return Served([], [], [], [], next(times), None, {})
+
+    assert median_run(once, 3).extra["seconds_runs"] == [3.0, 1.0, 2.0]
+    times = iter([3.0, 1.0, 2.0, 5.0])
+    chosen = median_run(once, 4)
+    assert chosen.seconds == 2.0 and chosen.extra["seconds_runs"] == [3.0, 1.0, 2.0, 5.0]

@@ -66,6 +66,7 @@ class BenchConfig:
     dtype: str
     systems: list[str]
     compile: bool
+    repeats: int
     allow_errors: bool
 
     def __post_init__(self) -> None:
@@ -228,45 +229,62 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
         engine.warm_up()
         extra["compile_s"] = time.perf_counter() - warm
     engine.generate(work.prompts[:2], 2, ignore_eos=True, progress=False)  # warm-up
-    start = time.perf_counter()
-    out = engine.generate(work.prompts, work.outputs, work.arrivals_s, ignore_eos=True)
-    seconds = time.perf_counter() - start
-    failed = [g.error for g in out if g.error]
-    if failed:
-        raise UserError(f"the engine refused a benchmark request: {failed[0]}")
-    stats = dict(engine.stats)
-    return Served(
-        [g.tokens for g in out],
-        [g.exit_loops for g in out],
-        [g.ttft_s for g in out],
-        [g.latency_s for g in out],
-        seconds,
-        None,
-        {
-            "steps": stats.get("steps", 0),
-            "rows_per_step": stats["rows"] / max(1, stats["steps"]),
-            **extra,
-        },
-        Counter({k: stats.get(k, 0) for k in COST_STATS}),
-    )
+
+    def once() -> Served:
+        start = time.perf_counter()
+        out = engine.generate(work.prompts, work.outputs, work.arrivals_s, ignore_eos=True)
+        seconds = time.perf_counter() - start
+        failed = [g.error for g in out if g.error]
+        if failed:
+            raise UserError(f"the engine refused a benchmark request: {failed[0]}")
+        stats = dict(engine.stats)
+        return Served(
+            [g.tokens for g in out],
+            [g.exit_loops for g in out],
+            [g.ttft_s for g in out],
+            [g.latency_s for g in out],
+            seconds,
+            None,
+            {
+                "steps": stats.get("steps", 0),
+                "rows_per_step": stats["rows"] / max(1, stats["steps"]),
+                **extra,
+            },
+            Counter({k: stats.get(k, 0) for k in COST_STATS}),
+        )
+
+    return median_run(once, cfg.repeats)
+
+
+def median_run(once: Any, repeats: int) -> Served:
+    """``once()`` (the whole workload served, timed) run ``repeats`` times: the run of median
+    time (the faster of the middle two for an even count), with every run's seconds, in the
+    order they ran, as its ``seconds_runs``."""
+    runs = [once() for _ in range(repeats)]
+    chosen = sorted(runs, key=lambda run: run.seconds)[(repeats - 1) // 2]
+    chosen.extra["seconds_runs"] = [run.seconds for run in runs]
+    return chosen
 
 
 def serve_llama_cpp(gguf: str | Path, baseline: Any, work: Workload, cfg: BenchConfig) -> Served:
     """llama.cpp on the baseline's weights as GGUF (:mod:`rrt.benchmark.llama_cpp`)."""
     from rrt.benchmark import llama_cpp
 
-    run = llama_cpp.serve_llama_cpp(gguf, baseline, work, cfg, torch.get_num_threads())
-    n = len(work.prompts)
-    return Served(
-        run.tokens,
-        [[] for _ in range(n)],
-        run.ttft_s,
-        run.latency_s,
-        run.seconds,
-        None,
-        {"steps": run.steps},
-        run.cost,
-    )
+    def once() -> Served:
+        run = llama_cpp.serve_llama_cpp(gguf, baseline, work, cfg, torch.get_num_threads())
+        n = len(work.prompts)
+        return Served(
+            run.tokens,
+            [[] for _ in range(n)],
+            run.ttft_s,
+            run.latency_s,
+            run.seconds,
+            None,
+            {"steps": run.steps},
+            run.cost,
+        )
+
+    return median_run(once, cfg.repeats)
 
 
 class _Clock:
@@ -297,7 +315,6 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
     from rrt.serving.runner import Runner
 
     count = CostModel.of(Runner(model))
-    cost: Counter[str] = Counter()
     device = next(model.parameters()).device
     n = len(work.prompts)
     batches = [list(range(lo, min(n, lo + cfg.max_batch))) for lo in range(0, n, cfg.max_batch)]
@@ -335,24 +352,30 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
     warm = time.perf_counter()
     for rows in sorted({len(b) for b in batches}):  # each batch size's step, compiled or warm
         generate(next(b for b in batches if len(b) == rows), 3)
-    extra = {"compile_s": time.perf_counter() - warm} if compiled else {}
-    tokens: list[list[int]] = [[] for _ in range(n)]
-    ttft, latency = [0.0] * n, [0.0] * n
-    start = time.perf_counter()
-    for members in batches:
-        wait = max(work.arrivals_s[i] for i in members) - (time.perf_counter() - start)
-        if wait > 0:
-            time.sleep(wait)
-        new = max(work.outputs[i] for i in members)
-        clock = _Clock()
-        out, width = generate(members, new, LogitsProcessorList([clock]))
-        for row, i in enumerate(members):
-            tokens[i] = out[row, : work.outputs[i]].tolist()
-            ttft[i] = clock.times[0] - start - work.arrivals_s[i]
-            latency[i] = clock.times[work.outputs[i] - 1] - start - work.arrivals_s[i]
-        _vanilla_cost(cost, count, len(members), width, new, clock.times)
-    seconds = time.perf_counter() - start
-    return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, extra, cost)
+    compile_s = time.perf_counter() - warm
+
+    def once() -> Served:
+        cost: Counter[str] = Counter()
+        tokens: list[list[int]] = [[] for _ in range(n)]
+        ttft, latency = [0.0] * n, [0.0] * n
+        start = time.perf_counter()
+        for members in batches:
+            wait = max(work.arrivals_s[i] for i in members) - (time.perf_counter() - start)
+            if wait > 0:
+                time.sleep(wait)
+            new = max(work.outputs[i] for i in members)
+            clock = _Clock()
+            out, width = generate(members, new, LogitsProcessorList([clock]))
+            for row, i in enumerate(members):
+                tokens[i] = out[row, : work.outputs[i]].tolist()
+                ttft[i] = clock.times[0] - start - work.arrivals_s[i]
+                latency[i] = clock.times[work.outputs[i] - 1] - start - work.arrivals_s[i]
+            _vanilla_cost(cost, count, len(members), width, new, clock.times)
+        seconds = time.perf_counter() - start
+        extra = {"compile_s": compile_s} if compiled else {}
+        return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, extra, cost)
+
+    return median_run(once, cfg.repeats)
 
 
 def _compile_config(device: torch.device) -> Any:
@@ -390,6 +413,11 @@ def _vanilla_cost(cost: Counter[str], count: Any, rows: int, width: int, new: in
 def serve_hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     """transformers' own continuous batching (``init_continuous_batching``), each request with
     its own output length, submitted at its arrival time."""
+    return median_run(lambda: _hf_continuous(model, work, cfg), cfg.repeats)
+
+
+def _hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
+    """One run of :func:`serve_hf_continuous`, its manager started and stopped."""
     from transformers import GenerationConfig
 
     gen = GenerationConfig(
