@@ -40,15 +40,23 @@ def served(tmp_path_factory):
     return root, data
 
 
-def test_every_system_serves_the_workload_into_one_json(served):
+def bench_args(served, out, *options: str) -> list[str]:
+    """``rrt benchmark`` of the tiny relaxed model against its source into ``out``, on the CPU
+    with 1 thread, with ``options``."""
     root, data = served
-    out = root / "bench.json"
-    args = [
+    return [
         "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
-        "--data", str(data), "--out", str(out), "--requests", "6", "--max-new-tokens", "6",
-        "--max-prompt-tokens", "20", "--max-batch", "4", "--calibration-documents", "10",
-        "--agreement-targets", "0.5,0.9", "--threads", "1", "--device", "cpu",
+        "--data", str(data), "--out", str(out), "--threads", "1", "--device", "cpu", *options,
     ]  # fmt: skip
+
+
+def test_every_system_serves_the_workload_into_one_json(served):
+    root, _ = served
+    out = root / "bench.json"
+    args = bench_args(
+        served, out, "--requests", "6", "--max-new-tokens", "6", "--max-prompt-tokens", "20",
+        "--max-batch", "4", "--calibration-documents", "10", "--agreement-targets", "0.5,0.9",
+    )  # fmt: skip
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert {"workload", "hardware", "systems", "calibration"} <= set(result)
@@ -160,16 +168,14 @@ def test_bad_benchmark_settings_are_one_line(served, capsys):
 def test_the_benchmark_serves_in_the_dtype_asked_for(served):
     """--dtype bf16 (a GPU's default) on the CPU: every system serves bf16, and the same
     schedule reads exactly half the bytes of fp32 for the same FLOPs."""
-    root, data = served
+    root, _ = served
     rows = {}
     for dtype in ("fp32", "bf16"):
         out = root / f"bench-{dtype}.json"
-        args = [
-            "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
-            "--data", str(data), "--out", str(out), "--requests", "4", "--max-new-tokens", "5",
-            "--max-prompt-tokens", "12", "--max-batch", "4", "--dtype", dtype,
-            "--systems", "sequence_continuous,depthwise", "--threads", "1", "--device", "cpu",
-        ]  # fmt: skip
+        args = bench_args(
+            served, out, "--requests", "4", "--max-new-tokens", "5", "--max-prompt-tokens", "12",
+            "--max-batch", "4", "--dtype", dtype, "--systems", "sequence_continuous,depthwise",
+        )  # fmt: skip
         assert main(args) == 0
         result = json.loads(out.read_text())
         rows[dtype] = result["systems"]
@@ -184,14 +190,12 @@ def test_the_benchmark_serves_in_the_dtype_asked_for(served):
 def test_compile_runs_the_engines_steps_compiled_and_times_compilation_apart(served):
     """--compile: the engine's tokens are still full-depth greedy (agreement 1, and generate's
     output), its compilation reported apart; generate's own system is unchanged."""
-    root, data = served
+    root, _ = served
     out = root / "bench-compiled.json"
-    args = [
-        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
-        "--data", str(data), "--out", str(out), "--requests", "4", "--max-new-tokens", "5",
-        "--max-prompt-tokens", "12", "--max-batch", "1", "--compile",
-        "--systems", "vanilla,sequence_continuous", "--threads", "1", "--device", "cpu",
-    ]  # fmt: skip
+    args = bench_args(
+        served, out, "--requests", "4", "--max-new-tokens", "5", "--max-prompt-tokens", "12",
+        "--max-batch", "1", "--compile", "--systems", "vanilla,sequence_continuous",
+    )  # fmt: skip
     assert main(args) == 0
     systems = json.loads(out.read_text())["systems"]
     assert systems["sequence_continuous"]["compile_s"] > 0
@@ -204,14 +208,12 @@ def test_a_failed_system_fails_the_benchmark_unless_errors_are_allowed(served, c
     """A KV budget too small for one request: every engine system fails. The benchmark names
     them and writes nothing (the workflow must not take it as done); --allow-errors keeps the
     partial result, each failed system with its error."""
-    root, data = served
+    root, _ = served
     out = root / "tiny-kv.json"
-    args = [
-        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
-        "--data", str(data), "--out", str(out), "--requests", "2", "--max-new-tokens", "3",
-        "--max-prompt-tokens", "12", "--kv-cache-mb", "0.0001",
-        "--systems", "vanilla,depthwise", "--threads", "1", "--device", "cpu",
-    ]  # fmt: skip
+    args = bench_args(
+        served, out, "--requests", "2", "--max-new-tokens", "3", "--max-prompt-tokens", "12",
+        "--kv-cache-mb", "0.0001", "--systems", "vanilla,depthwise",
+    )  # fmt: skip
     assert main(args) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress lines
     assert last.startswith("rrt benchmark: error: 1 of 2 systems failed (depthwise); depthwise: ")
@@ -224,15 +226,13 @@ def test_a_failed_system_fails_the_benchmark_unless_errors_are_allowed(served, c
 def test_repeats_serve_the_workload_again_and_report_the_median_run(served):
     """--repeats 3: each system serves the whole workload three times after its warm-up; its
     row is the run of median time, every run's seconds beside it, its tokens those of a run."""
-    root, data = served
+    root, _ = served
     out = root / "repeats.json"
-    args = [
-        "benchmark", "--model", str(root / "model"), "--baseline", str(root / "source"),
-        "--data", str(data), "--out", str(out), "--requests", "3", "--max-new-tokens", "4",
-        "--max-prompt-tokens", "12", "--max-batch", "2", "--repeats", "3",
+    args = bench_args(
+        served, out, "--requests", "3", "--max-new-tokens", "4", "--max-prompt-tokens", "12",
+        "--max-batch", "2", "--repeats", "3",
         "--systems", "vanilla,hf_continuous,sequence_continuous,depthwise",
-        "--threads", "1", "--device", "cpu",
-    ]  # fmt: skip
+    )  # fmt: skip
     assert main(args) == 0
     systems = json.loads(out.read_text())["systems"]
     for name in ("vanilla", "hf_continuous", "sequence_continuous", "depthwise"):
