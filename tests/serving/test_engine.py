@@ -569,3 +569,16 @@ def test_a_compiled_step_keeps_every_guard_but_those_on_module_attributes_save_i
     kinds = [(True, "ID_MATCH"), (True, "TYPE_MATCH"), (True, "EMPTY_NN_MODULE_HOOKS_DICT")]
     kinds += [(False, "TENSOR_MATCH"), (False, "CONSTANT_MATCH")]
     assert step_guards([entry(*k) for k in kinds]) == [True, False, False, True, True]
+
+
+def test_a_gpu_step_compiles_with_cuda_graphs_and_the_same_guard_filter():
+    """``reduce-overhead``'s options (CUDA graphs), not the mode, so the guard filter rides along:
+    torch.compile takes a mode or options, not both."""
+    import torch._inductor
+
+    from rrt.serving.runner import compile_options, step_guards
+
+    gpu = compile_options(torch.device("cuda"))["options"]
+    assert gpu.pop("guard_filter_fn") is step_guards and gpu == {"triton.cudagraphs": True}
+    assert gpu == torch._inductor.list_mode_options("reduce-overhead")
+    assert compile_options(torch.device("cpu")) == {"options": {"guard_filter_fn": step_guards}}

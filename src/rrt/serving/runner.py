@@ -850,12 +850,14 @@ def _choice(
 
 
 def compile_options(device: torch.device) -> dict:
-    """``torch.compile``'s arguments for a decoding step: CUDA graphs on a GPU; on a CPU,
-    Inductor's defaults, with the settings of :func:`compiling` in force while it compiles, and
-    dynamo's guards cut to :func:`step_guards`."""
+    """``torch.compile``'s arguments for a decoding step, dynamo's guards cut to
+    :func:`step_guards`: on a GPU, CUDA graphs (``mode="reduce-overhead"``'s own options, which
+    ``torch.compile`` takes in place of the mode, as it takes no mode beside options); on a CPU,
+    Inductor's defaults, with the settings of :func:`compiling` in force while it compiles."""
+    options: dict = {"guard_filter_fn": step_guards}
     if device.type == "cuda":
-        return {"mode": "reduce-overhead"}
-    return {"options": {"guard_filter_fn": step_guards}}
+        options |= torch._inductor.list_mode_options("reduce-overhead")
+    return {"options": options}
 
 
 def step_guards(entries: list) -> list[bool]:
