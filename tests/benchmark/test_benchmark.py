@@ -247,12 +247,10 @@ def test_repeats_serve_the_workload_again_and_report_the_median_run(served):
 def test_median_run_takes_the_middle_time_and_keeps_every_runs_in_order():
     from rrt.benchmark.bench import Served, median_run
 
-    times = iter([3.0, 1.0, 2.0, 5.0])
+    def runs(*times: float) -> list[Served]:
+        return [Served([], [], [], [], t, None, {}) for t in times]
 
-    def once() -> Served:
-        return Served([], [], [], [], next(times), None, {})
-
-    assert median_run(once, 3).extra["seconds_runs"] == [3.0, 1.0, 2.0]
-    times = iter([3.0, 1.0, 2.0, 5.0])
-    chosen = median_run(once, 4)
+    chosen = median_run(runs(3.0, 1.0, 2.0))
+    assert chosen.seconds == 2.0 and chosen.extra["seconds_runs"] == [3.0, 1.0, 2.0]
+    chosen = median_run(runs(3.0, 1.0, 2.0, 5.0))
     assert chosen.seconds == 2.0 and chosen.extra["seconds_runs"] == [3.0, 1.0, 2.0, 5.0]

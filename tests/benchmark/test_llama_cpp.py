@@ -82,3 +82,38 @@ def test_a_context_llama_cpp_cannot_make_frees_the_model_and_is_one_line(monkeyp
     with pytest.raises(UserError, match="could not make a context of 64 sequences of 512"):
         LlamaCpp("model.gguf", slots=64, max_len=512, step_tokens=8, threads=1, gpu=False)
     assert freed == ["model"]
+
+
+def test_repeats_serve_the_workload_again_on_one_loaded_model(monkeypatch):
+    """--repeats 3: llama.cpp's model is loaded and warmed up once, then serves the whole
+    workload three times; the benchmark reports the run of median time and all three times."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rrt.benchmark import bench, llama_cpp
+
+    loaded: list[Recorder] = []
+
+    class Fake(Recorder):
+        def __init__(self, gguf, slots, max_len, step_tokens, threads, gpu) -> None:
+            super().__init__(slots)
+            loaded.append(self)
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(llama_cpp, "LlamaCpp", Fake)
+    shape = {"vocab_size": 64, "hidden_size": 16, "intermediate_size": 32}
+    baseline = LlamaForCausalLM(
+        LlamaConfig(**shape, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1)
+    )
+    prompts = [[1, 2, 3], [4, 5], [6, 7, 8, 9]]
+    work = bench.Workload(prompts, [3, 2, 4], [0.0, 0.0, 0.0])
+    cfg = SimpleNamespace(max_batch=2, max_batch_tokens=8, repeats=3)
+    served = bench.serve_llama_cpp("model.gguf", baseline, work, cfg)
+    assert len(loaded) == 1
+    warm_up = 2  # two short requests, fed once before the three runs
+    assert len(loaded[0].released) == warm_up + 3 * len(prompts)
+    runs = served.extra["seconds_runs"]
+    assert len(runs) == 3 and served.seconds == sorted(runs)[1]
+    outputs = zip(prompts, work.outputs, strict=True)
+    assert served.tokens == [[p[-1] + k for k in range(1, n + 1)] for p, n in outputs]

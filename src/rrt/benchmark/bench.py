@@ -253,15 +253,14 @@ def serve_engine(model: Any, work: Workload, cfg: BenchConfig, **engine_kw: Any)
             Counter({k: stats.get(k, 0) for k in COST_STATS}),
         )
 
-    return median_run(once, cfg.repeats)
+    return median_run([once() for _ in range(cfg.repeats)])
 
 
-def median_run(once: Any, repeats: int) -> Served:
-    """``once()`` (the whole workload served, timed) run ``repeats`` times: the run of median
-    time (the faster of the middle two for an even count), with every run's seconds, in the
-    order they ran, as its ``seconds_runs``."""
-    runs = [once() for _ in range(repeats)]
-    chosen = sorted(runs, key=lambda run: run.seconds)[(repeats - 1) // 2]
+def median_run(runs: list[Served]) -> Served:
+    """Of ``runs`` (the whole workload served, timed, each time), the run of median time (the
+    faster of the middle two for an even count), with every run's seconds, in the order they
+    ran, as its ``seconds_runs``."""
+    chosen = sorted(runs, key=lambda run: run.seconds)[(len(runs) - 1) // 2]
     chosen.extra["seconds_runs"] = [run.seconds for run in runs]
     return chosen
 
@@ -270,21 +269,23 @@ def serve_llama_cpp(gguf: str | Path, baseline: Any, work: Workload, cfg: BenchC
     """llama.cpp on the baseline's weights as GGUF (:mod:`rrt.benchmark.llama_cpp`)."""
     from rrt.benchmark import llama_cpp
 
-    def once() -> Served:
-        run = llama_cpp.serve_llama_cpp(gguf, baseline, work, cfg, torch.get_num_threads())
-        n = len(work.prompts)
-        return Served(
-            run.tokens,
-            [[] for _ in range(n)],
-            run.ttft_s,
-            run.latency_s,
-            run.seconds,
-            None,
-            {"steps": run.steps},
-            run.cost,
-        )
-
-    return median_run(once, cfg.repeats)
+    runs = llama_cpp.serve_llama_cpp(gguf, baseline, work, cfg, torch.get_num_threads())
+    n = len(work.prompts)
+    return median_run(
+        [
+            Served(
+                run.tokens,
+                [[] for _ in range(n)],
+                run.ttft_s,
+                run.latency_s,
+                run.seconds,
+                None,
+                {"steps": run.steps},
+                run.cost,
+            )
+            for run in runs
+        ]
+    )
 
 
 class _Clock:
@@ -375,7 +376,7 @@ def serve_vanilla(model: Any, work: Workload, cfg: BenchConfig, compiled: bool =
         extra = {"compile_s": compile_s} if compiled else {}
         return Served(tokens, [[] for _ in range(n)], ttft, latency, seconds, None, extra, cost)
 
-    return median_run(once, cfg.repeats)
+    return median_run([once() for _ in range(cfg.repeats)])
 
 
 def _compile_config(device: torch.device) -> Any:
@@ -413,7 +414,7 @@ def _vanilla_cost(cost: Counter[str], count: Any, rows: int, width: int, new: in
 def serve_hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
     """transformers' own continuous batching (``init_continuous_batching``), each request with
     its own output length, submitted at its arrival time."""
-    return median_run(lambda: _hf_continuous(model, work, cfg), cfg.repeats)
+    return median_run([_hf_continuous(model, work, cfg) for _ in range(cfg.repeats)])
 
 
 def _hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:

@@ -192,9 +192,10 @@ class LlamaCpp:
 
 def serve_llama_cpp(
     gguf: str | Path, baseline: Any, work: Any, cfg: Any, threads: int
-) -> Continuous:
-    """The workload through llama.cpp on ``gguf`` (the full-size ``baseline``'s weights), warmed
-    up on two short requests first, its steps counted as the baseline's."""
+) -> list[Continuous]:
+    """The workload through llama.cpp on ``gguf`` (the full-size ``baseline``'s weights),
+    ``cfg.repeats`` times, the model loaded and warmed up on two short requests once, its steps
+    counted as the baseline's."""
     from rrt.serving.cost import CostModel
     from rrt.serving.runner import Runner
 
@@ -207,8 +208,11 @@ def serve_llama_cpp(
         )
         serve_continuous(warm, cfg.max_batch, cfg.max_batch_tokens, engine.decode, engine.release)
         count = CostModel.of(Runner(baseline))
-        return serve_continuous(
-            work, cfg.max_batch, cfg.max_batch_tokens, engine.decode, engine.release, count
-        )
+        return [
+            serve_continuous(
+                work, cfg.max_batch, cfg.max_batch_tokens, engine.decode, engine.release, count
+            )
+            for _ in range(cfg.repeats)
+        ]
     finally:
         engine.close()
