@@ -10,7 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from rrt.io import MARKER, OutputError, atomic_path, check_output, ours, writer_lock
+from rrt.errors import UserError
+from rrt.io import (
+    MARKER,
+    OutputError,
+    atomic_path,
+    check_output,
+    ours,
+    read_json,
+    read_jsonl,
+    writer_lock,
+)
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -157,3 +167,32 @@ def test_a_torchrun_worker_dies_with_its_launcher(tmp_path: Path):
     if not _gone(pid):
         os.kill(pid, 9)
         pytest.fail("the worker outlived its launcher")
+
+
+class Wrong(UserError):
+    """An error class of a caller's own (a contract's, a config's)."""
+
+
+def test_json_readers_name_the_file_and_line_of_what_is_wrong(tmp_path):
+    good = tmp_path / "rows.jsonl"
+    good.write_bytes(b'{"a": 1}\n\n  \n{"a": 2}\n')
+    assert list(read_jsonl(good)) == [(1, {"a": 1}), (4, {"a": 2})]  # blank lines skipped
+    cases = {
+        b'{"a": 1}\n[1, 2]\n': "rows: line 2 is not a JSON object",
+        b'{"a": 1}\n{"a": \n': "rows: line 2 is not a JSON object",
+        b'{"a": "\xff"}\n': "rows: line 1 is not UTF-8",
+    }
+    for content, message in cases.items():
+        good.write_bytes(content)
+        with pytest.raises(Wrong, match=f"^{message}$"):
+            list(read_jsonl(good, "rows", Wrong))
+    with pytest.raises(UserError, match="missing.jsonl cannot be read"):
+        list(read_jsonl(tmp_path / "missing.jsonl"))
+    one = tmp_path / "one.json"
+    one.write_text('{"model_type": ')
+    with pytest.raises(Wrong, match=r"^config: one.json is not valid JSON \(Expecting value"):
+        read_json(one, "config: one.json", Wrong)
+    one.write_text('{"model_type": "llama"}')
+    assert read_json(one) == {"model_type": "llama"}
+    with pytest.raises(UserError, match="missing.json cannot be read"):
+        read_json(tmp_path / "missing.json")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import json
 import shlex
 from collections.abc import Callable, Iterator
 from functools import cache
@@ -29,6 +28,7 @@ import yaml
 
 from rrt.errors import UserError
 from rrt.evaluation.suites import load_suites, task_names
+from rrt.io import read_json
 from rrt.model.families import FAMILIES, supported
 from rrt.model.shape import check_loops
 
@@ -379,10 +379,7 @@ def source_layers(values: dict[str, Any]) -> int:
         config_file = Path(source["path"]) / "config.json"
         if not config_file.is_file():
             raise ConfigError(f"source.path: {source['path']} holds no model (no config.json)")
-        try:
-            data = json.loads(config_file.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ConfigError(f"source.path: {config_file} is not valid JSON ({err})") from None
+        data = read_json(config_file, f"source.path: {config_file}", ConfigError)
         model_type = data.get("model_type") if isinstance(data, dict) else None
         if model_type not in FAMILIES:
             raise ConfigError(

@@ -11,7 +11,6 @@ Light: plain dataclasses and JSON.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import types
 import typing
@@ -19,6 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar, Union
 
 from rrt.errors import UserError
+from rrt.io import read_json
 
 C = TypeVar("C", bound="Contract")
 
@@ -82,13 +82,7 @@ class Contract:
     @classmethod
     def read(cls: type[C], path: str | Path, where: str | None = None) -> C:
         where = where or str(path)
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ContractError(f"{where}: not valid JSON ({err})") from None
-        except (OSError, UnicodeDecodeError) as err:
-            raise ContractError(f"{where}: cannot be read ({err})") from None
-        return cls.from_dict(data, where)
+        return cls.from_dict(read_json(path, where, ContractError), where)
 
 
 def _check(value: Any, kind: Any, where: str, what: str, strict: bool) -> Any:

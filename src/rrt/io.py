@@ -170,6 +170,47 @@ def sha256_of(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def read_json(
+    path: str | os.PathLike[str], where: str | None = None, error: type[UserError] = UserError
+) -> Any:
+    """The JSON value in ``path``; a file that cannot be read, or is not JSON, is one line naming
+    ``where`` (the path by default) as ``error``."""
+    where = where or str(path)
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as err:
+        raise error(f"{where} cannot be read ({err})") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{where} is not valid JSON ({err})") from None
+
+
+def read_jsonl(
+    path: str | os.PathLike[str], where: str | None = None, error: type[UserError] = UserError
+) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Each non-blank line of ``path`` as (its number, a JSON object), read as it goes; a line
+    that is not UTF-8 or not a JSON object is one line naming ``where`` and the line as
+    ``error``."""
+    where = where or str(path)
+    try:
+        with Path(path).open("rb") as lines:
+            for number, raw in enumerate(lines, 1):
+                try:
+                    text = raw.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise error(f"{where}: line {number} is not UTF-8") from None
+                if not text.strip():
+                    continue
+                try:
+                    row = json.loads(text)
+                except json.JSONDecodeError:
+                    row = None
+                if not isinstance(row, dict):
+                    raise error(f"{where}: line {number} is not a JSON object")
+                yield number, row
+    except OSError as err:
+        raise error(f"{where} cannot be read ({err})") from None
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import subprocess
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from rrt import config as schema
 from rrt.errors import UserError
-from rrt.io import atomic_path, write_json
+from rrt.io import atomic_path, read_json, write_json
 from rrt.model.families import supported
 
 if TYPE_CHECKING:
@@ -112,10 +111,7 @@ def load_config(path: str | os.PathLike[str]) -> Any:
 
     path = Path(path)
     file = path if path.is_file() else model_dir(path) / "config.json"
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{file} is not valid JSON ({err}); it is not a model config") from None
+    data = read_json(file)
     if not isinstance(data, dict) or not isinstance(data.get("model_type"), str):
         raise UserError(f"{file} names no model_type; it is not a transformers model config")
     if data["model_type"] not in CONFIG_MAPPING:

@@ -228,7 +228,7 @@ def test_a_missing_result_is_a_gap_with_its_reason(report: Path):
         ),
         (
             lambda r: (r / "models" / "source.up" / "steps.jsonl").write_text('{"step": 1}\nxx\n'),
-            "line 2 is not valid JSON",
+            "line 2 is not a JSON object",
         ),
         (
             lambda r: (r / "benchmarks" / "toy.json").write_text(

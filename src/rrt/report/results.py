@@ -7,7 +7,6 @@ why (the failed job's last log line, or the missing result it waits for), never 
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from dataclasses import dataclass
@@ -15,6 +14,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from rrt import io
 from rrt.contracts import BenchmarkResult, ContractError, EvaluationReport, TrainingMetrics
 from rrt.errors import UserError
 from rrt.names import Name, parse_exit_evaluation
@@ -29,31 +29,16 @@ def _rel(path: Path, root: Path) -> str:
     return (root.name / path.relative_to(root)).as_posix()
 
 
-def _object(text: str, where: str) -> dict[str, Any]:
-    """One JSON object, or one line: ``where`` and what is wrong with it."""
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ContractError(f"{where} not valid JSON ({err})") from None
+def read_json(path: Path, root: Path) -> dict[str, Any]:
+    """A JSON object, or one line naming the file (relative to the results' parent)."""
+    data = io.read_json(path, _rel(path, root), ContractError)
     if not isinstance(data, dict):
-        raise ContractError(f"{where} not a JSON object")
+        raise ContractError(f"{_rel(path, root)} is not a JSON object")
     return data
 
 
-def _read(path: Path, root: Path) -> str:
-    try:
-        return path.read_text()
-    except (OSError, UnicodeDecodeError) as err:
-        raise ContractError(f"{_rel(path, root)}: cannot be read ({err})") from None
-
-
-def read_json(path: Path, root: Path) -> dict[str, Any]:
-    return _object(_read(path, root), f"{_rel(path, root)}:")
-
-
-def read_jsonl(path: Path, root: Path) -> list[dict[str, Any]]:
-    lines = enumerate(_read(path, root).splitlines(), 1)
-    return [_object(line, f"{_rel(path, root)}: line {n} is") for n, line in lines if line.strip()]
+def read_jsonl(path: Path, root: Path) -> list[tuple[int, dict[str, Any]]]:
+    return list(io.read_jsonl(path, _rel(path, root), ContractError))
 
 
 def finite(value: Any) -> float | None:
@@ -109,7 +94,7 @@ class Evaluation:
         if self.samples_file is None or not self.samples_file.is_file():
             return {}
         out: dict[str, dict[int, Sample]] = {}
-        for number, row in enumerate(read_jsonl(self.samples_file, self.root), 1):
+        for number, row in read_jsonl(self.samples_file, self.root):
             task, doc, lls = row.get("task"), row.get("doc_id"), row.get("loglikelihoods")
             if not isinstance(task, str) or not isinstance(doc, int) or not isinstance(lls, list):
                 raise ContractError(
@@ -171,7 +156,7 @@ def read_training(folder: Path, root: Path) -> Training | None:
     if isinstance(parameters, int):  # the embedded pretraining records the total only
         parameters = {"total": parameters}
     steps = read_jsonl(log, root) if log.is_file() else []
-    for number, step in enumerate(steps, 1):
+    for number, step in steps:
         if not isinstance(step.get("step"), int):
             raise ContractError(f"{_rel(log, root)}: line {number} has no integer 'step'")
     return Training(
@@ -180,7 +165,7 @@ def read_training(folder: Path, root: Path) -> Training | None:
         finite(loss.get("kd_weight")) if isinstance(loss, dict) else None,
         exits,
         {k: v for k, v in (parameters or {}).items() if isinstance(v, int)},
-        steps,
+        [step for _, step in steps],
         read_json(provenance, root) if provenance.is_file() else {},
     )
 

@@ -353,11 +353,17 @@ class StoryWriter:
         self._say(f"{self._subject(c)} put the {color} {thing} in the {container}.")
         self.last_subject = c
 
-    def reveal(self, c: _Character) -> None:
+    def _hidden_one(self) -> tuple[str, str, str] | None:
+        """A container holding a hidden item, chosen at random, and the item's colour and thing."""
         if not self.hidden:
-            return
+            return None
         container = self.rng.choice(list(self.hidden))
-        color, thing = self.hidden[container]
+        return container, *self.hidden[container]
+
+    def reveal(self, c: _Character) -> None:
+        if (found := self._hidden_one()) is None:
+            return
+        container, color, thing = found
         item = f"{color} {thing}"
         text = f"Later, {c.name} opened the {container} and found the {item}."
         slots = []
@@ -368,10 +374,9 @@ class StoryWriter:
         self.last_subject = c
 
     def seek(self, c: _Character) -> None:
-        if not self.hidden:
+        if (found := self._hidden_one()) is None:
             return
-        container = self.rng.choice(list(self.hidden))
-        color, thing = self.hidden[container]
+        container, color, thing = found
         text = f"{c.name} wanted the {color} {thing}, so {c.subj} opened the {container}."
         slots = []
         if self.annotate:

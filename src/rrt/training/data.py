@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from rrt.errors import UserError
+from rrt.io import read_json, read_jsonl
 
 SPLITS = ("train", "validation", "test")
 
@@ -26,10 +27,7 @@ def read_meta(corpus: str | Path) -> dict:
         raise UserError(
             f"{corpus} is not a corpus folder (no meta.json); write one with `rrt corpus`"
         )
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UserError(f"{path} is not valid JSON ({err})") from None
+    meta = read_json(path)
     splits = meta.get("splits") if isinstance(meta, dict) else None
     if not isinstance(splits, dict) or not set(SPLITS) <= set(splits):
         raise UserError(f"{path} does not list the splits {', '.join(SPLITS)}")
@@ -44,17 +42,10 @@ def read_texts(corpus: str | Path, split: str) -> Iterator[str]:
     path = Path(corpus) / f"{split}.jsonl"
     if not path.is_file():
         raise UserError(f"{corpus} has no {split}.jsonl (a corpus folder has {', '.join(SPLITS)})")
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, 1):
-            try:
-                text = json.loads(raw.decode("utf-8")).get("text")
-            except UnicodeDecodeError:
-                raise UserError(f"{path}: line {number} is not UTF-8") from None
-            except (json.JSONDecodeError, AttributeError):
-                raise UserError(f"{path}: line {number} is not a JSON object") from None
-            if not isinstance(text, str):
-                raise UserError(f'{path}: line {number} has no "text" string')
-            yield text
+    for number, row in read_jsonl(path):
+        if not isinstance(text := row.get("text"), str):
+            raise UserError(f'{path}: line {number} has no "text" string')
+        yield text
 
 
 def write_split(
