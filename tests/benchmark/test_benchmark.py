@@ -60,6 +60,12 @@ def test_every_system_serves_the_workload_into_one_json(served):
     assert main(args) == 0
     result = json.loads(out.read_text())
     assert {"workload", "hardware", "systems", "calibration"} <= set(result)
+    # Exits calibrated on what serving decodes: each of the 10 held-out prompts continued by
+    # the model's own full-depth greedy tokens, as many as a request asks (6 at most).
+    calibration = result["calibration"]
+    assert calibration["documents"] == 10 and 10 <= calibration["tokens"] <= 60
+    for target, row in calibration["targets"].items():
+        assert row["agreement"] >= float(target)
     systems = result["systems"]
     names = set(systems)
     base = {"vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous",

@@ -11,6 +11,7 @@ simulated speedups sit side by side.
 
 from __future__ import annotations
 
+import dataclasses
 import platform
 import sys
 import time
@@ -39,6 +40,8 @@ ALL_SYSTEMS = (
     "depthwise_exit",
     "simulated",
 )
+# the eager engine that decodes the calibration's continuations: rows enough to be quick
+CALIBRATION_BATCH = 32
 FULL_SIZE_SYSTEMS = (
     "vanilla",
     "vanilla_compiled",
@@ -148,18 +151,28 @@ def draw_workload(docs: list[list[int]], cfg: BenchConfig, context: int) -> Work
 
 
 @torch.inference_mode()
-def calibrate(model: Any, docs: list[list[int]], targets: list[float]) -> dict[str, Any]:
-    """Exit thresholds that reach each target agreement with full-depth greedy decoding on
-    held-out documents (teacher-forced): a token exits after the first loop whose exit head's
-    max probability reaches the threshold, and agrees when that loop's greedy token is the full
-    depth's. The lowest threshold that reaches a target is chosen (the most exits)."""
+def calibrate(model: Any, work: Workload, targets: list[float]) -> dict[str, Any]:
+    """Exit thresholds that reach each target agreement with full-depth greedy decoding: a
+    token exits after the first loop whose exit head's max probability reaches the threshold,
+    and agrees when that loop's greedy token is the full depth's. Measured teacher-forced on
+    what a served request decodes: ``work``'s held-out prompts and the model's own full-depth
+    greedy continuations of them (an eager engine's, as long as the benchmark's outputs), not on
+    the documents' own text, where the loops agree less often than on the model's own. The
+    lowest threshold that reaches a target is chosen (the most exits)."""
+    from rrt.serving import Engine
+
+    engine = Engine(model, mode="sequence", max_batch=CALIBRATION_BATCH, max_len=work.max_len)
+    served = engine.generate(work.prompts, work.outputs, ignore_eos=True, progress=False)
     conf, agree = [], []
     device = next(model.parameters()).device
-    for doc in tqdm(docs, desc="calibrating exits", unit="doc", file=sys.stderr):
-        logits = model.loop_logits(torch.tensor([doc], device=device))
-        final = logits[-1][0].argmax(-1)
-        conf.append(torch.stack([lg[0].float().softmax(-1).max(-1).values for lg in logits[:-1]]))
-        agree.append(torch.stack([lg[0].argmax(-1) == final for lg in logits[:-1]]))
+    pairs = [(prompt, g.tokens) for prompt, g in zip(work.prompts, served, strict=True)]
+    for prompt, out in tqdm(pairs, desc="calibrating exits", unit="doc", file=sys.stderr):
+        logits = model.loop_logits(torch.tensor([prompt + out[:-1]], device=device))
+        span = slice(len(prompt) - 1, len(prompt) - 1 + len(out))
+        exits = [lg[0, span] for lg in logits[:-1]]  # each earlier loop's exit
+        final = logits[-1][0, span].argmax(-1)
+        conf.append(torch.stack([lg.float().softmax(-1).max(-1).values for lg in exits]))
+        agree.append(torch.stack([lg.argmax(-1) == final for lg in exits]))
     c = torch.cat(conf, 1).cpu()  # [B - 1, tokens]
     a = torch.cat(agree, 1).cpu()
     candidates = torch.unique(c.flatten())
@@ -183,7 +196,12 @@ def calibrate(model: Any, docs: list[list[int]], targets: list[float]) -> dict[s
             "agreement": agreement,
             "mean_exit_loop": loops,
         }
-    return {"tokens": int(c.shape[1]), "documents": len(docs), "targets": thresholds}
+    return {
+        "tokens": int(c.shape[1]),
+        "documents": len(work.prompts),
+        "text": "full-depth greedy continuations of validation prompts",
+        "targets": thresholds,
+    }
 
 
 # --- systems -----------------------------------------------------------------------------------
@@ -774,10 +792,10 @@ def benchmark(
     calibration = None
     if "depthwise_exit" in chosen:
         say("calibrating exit thresholds on the validation split")
+        held_out = documents(data, "validation", tokenizer, cfg.calibration_documents)
+        asked = dataclasses.replace(cfg, requests=len(held_out), arrival="all")
         calibration = calibrate(
-            model,
-            documents(data, "validation", tokenizer, cfg.calibration_documents),
-            cfg.agreement_targets,
+            model, draw_workload(held_out, asked, context), cfg.agreement_targets
         )
     plan: dict[str, Any] = {}
     if "vanilla" in chosen:
