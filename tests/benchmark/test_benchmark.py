@@ -9,6 +9,7 @@ import torch
 from _embedded import corpus, tokenizer
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
+from rrt.benchmark import bench
 from rrt.benchmark.bench import ROOFLINE_FIELDS, Workload, exit_ceiling
 from rrt.cli import main
 from rrt.method.convert import convert
@@ -66,6 +67,13 @@ def test_every_system_serves_the_workload_into_one_json(served):
     assert calibration["documents"] == 10 and 10 <= calibration["tokens"] <= 60
     for target, row in calibration["targets"].items():
         assert row["agreement"] >= float(target)
+        # Exits with propagated keys have a threshold of their own, checked by serving the
+        # held-out prompts (at most 7 served runs), never below the exact keys' threshold.
+        propagated = row["propagate"]
+        assert propagated["served_agreement"] >= float(target)
+        assert propagated["threshold"] >= row["threshold"] and propagated["served_runs"] <= 7
+        name = f"depthwise_exit_{propagated['threshold']:g}_propagate"
+        assert result["systems"][name]["agreement_target"] == float(target)
     systems = result["systems"]
     names = set(systems)
     base = {"vanilla", "vanilla_compiled", "hf_continuous", "sequence_continuous",
@@ -260,3 +268,25 @@ def test_median_run_takes_the_middle_time_and_keeps_every_runs_in_order():
     assert chosen.seconds == 2.0 and chosen.extra["seconds_runs"] == [3.0, 1.0, 2.0]
     chosen = median_run(runs(3.0, 1.0, 2.0, 5.0))
     assert chosen.seconds == 2.0 and chosen.extra["seconds_runs"] == [3.0, 1.0, 2.0, 5.0]
+
+
+def test_the_lowest_threshold_reaching_a_target_is_found_in_few_served_runs():
+    """A bisection over the calibration's thresholds (ascending): each run measures one, and
+    the lowest that reaches the target is kept; the last threshold exits nothing and is never
+    served."""
+    candidates = [i / 64 for i in range(65)]
+    calls = []
+
+    def measure(threshold: float) -> float:
+        calls.append(threshold)
+        return 0.9 + threshold / 10  # 0.98 from 0.8 on: candidate 52 (0.8125) is the lowest
+
+    found = bench.lowest_reaching(candidates, 0.98, measure)
+    assert found["threshold"] == 0.8125 and found["served_agreement"] == pytest.approx(0.98125)
+    assert found["served_runs"] == len(calls) == 7
+    assert 1.0 not in calls
+    # the lowest candidate already reaches it: one run
+    assert bench.lowest_reaching(candidates, 0.5, measure)["served_runs"] == 1
+    # none reaches it but the last, never served: agreement 1 (no exit)
+    never = bench.lowest_reaching(candidates, 0.999, lambda t: 0.9)
+    assert never["threshold"] == 1.0 and never["served_agreement"] == 1.0

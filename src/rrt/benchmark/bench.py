@@ -16,6 +16,7 @@ import platform
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,14 +152,18 @@ def draw_workload(docs: list[list[int]], cfg: BenchConfig, context: int) -> Work
 
 
 @torch.inference_mode()
-def calibrate(model: Any, work: Workload, targets: list[float]) -> dict[str, Any]:
+def calibrate(
+    model: Any, work: Workload, targets: list[float], propagate: bool = False
+) -> dict[str, Any]:
     """Exit thresholds that reach each target agreement with full-depth greedy decoding: a
     token exits after the first loop whose exit head's max probability reaches the threshold,
     and agrees when that loop's greedy token is the full depth's. Measured teacher-forced on
     what a served request decodes: ``work``'s held-out prompts and the model's own full-depth
     greedy continuations of them (an eager engine's, as long as the benchmark's outputs), not on
     the documents' own text, where the loops agree less often than on the model's own. The
-    lowest threshold that reaches a target is chosen (the most exits)."""
+    lowest threshold that reaches a target is chosen (the most exits). That holds where exited
+    tokens' keys are exact (``ride``); ``propagate`` gets a threshold of its own, checked served
+    (:func:`served_threshold`)."""
     from rrt.serving import Engine
 
     engine = Engine(model, mode="sequence", max_batch=CALIBRATION_BATCH, max_len=work.max_len)
@@ -189,18 +194,68 @@ def calibrate(model: Any, work: Workload, targets: list[float]) -> dict[str, Any
         curve.append((t, float(ok.float().mean()), float(loops.mean())))
     thresholds = {}
     for target in targets:
-        good = [(t, agreement, loops) for t, agreement, loops in curve if agreement >= target]
-        t, agreement, loops = min(good)
+        at = next(i for i, (_, agreement, _) in enumerate(curve) if agreement >= target)
+        t, agreement, loops = curve[at]
         thresholds[f"{target:g}"] = {
             "threshold": round(t, 6),
             "agreement": agreement,
             "mean_exit_loop": loops,
         }
+        if propagate:
+            thresholds[f"{target:g}"]["propagate"] = served_threshold(
+                model, work, [t for t, _, _ in curve[at:]], target
+            )
     return {
         "tokens": int(c.shape[1]),
         "documents": len(work.prompts),
         "text": "full-depth greedy continuations of validation prompts",
         "targets": thresholds,
+    }
+
+
+def served_threshold(
+    model: Any, work: Workload, candidates: list[float], target: float
+) -> dict[str, Any]:
+    """The threshold of exits with propagated keys: the lowest of ``candidates`` (ascending;
+    the last exits nothing) at which an eager engine exiting so serves ``work`` with ``target``
+    agreement, teacher-forced against full depth as the benchmark measures it. Propagated keys
+    are not the full depth's, so later tokens agree less often than the calibration, with exact
+    keys, counted."""
+    from rrt.serving import Engine
+
+    def agreement(threshold: float) -> float:
+        engine = Engine(
+            model,
+            exit_threshold=min(threshold, 1.0),
+            kv_fill="propagate",
+            max_batch=CALIBRATION_BATCH,
+            max_len=work.max_len,
+        )
+        out = engine.generate(work.prompts, work.outputs, ignore_eos=True, progress=False)
+        return full_depth_view(model, work, [g.tokens for g in out])["agreement"]
+
+    return lowest_reaching(candidates, target, agreement)
+
+
+def lowest_reaching(
+    candidates: list[float], target: float, measure: Callable[[float], float], runs: int = 7
+) -> dict[str, Any]:
+    """Of ``candidates`` (ascending), the lowest whose ``measure`` reaches ``target`` that a
+    bisection of at most ``runs`` measures finds, ``measure`` rising with the candidate and the
+    last one's taken to reach it (1: it is never measured)."""
+    measured: dict[int, float] = {}
+    low, high = 0, len(candidates) - 1
+    measured[low] = measure(candidates[low])
+    if measured[low] >= target:
+        high = low
+    while high - low > 1 and len(measured) < runs:
+        middle = (low + high) // 2
+        measured[middle] = measure(candidates[middle])
+        low, high = (low, middle) if measured[middle] >= target else (middle, high)
+    return {
+        "threshold": round(min(candidates[high], 1.0), 6),
+        "served_agreement": measured.get(high, 1.0),
+        "served_runs": len(measured),
     }
 
 
@@ -794,9 +849,9 @@ def benchmark(
         say("calibrating exit thresholds on the validation split")
         held_out = documents(data, "validation", tokenizer, cfg.calibration_documents)
         asked = dataclasses.replace(cfg, requests=len(held_out), arrival="all")
-        calibration = calibrate(
-            model, draw_workload(held_out, asked, context), cfg.agreement_targets
-        )
+        work_held_out = draw_workload(held_out, asked, context)
+        propagate = "propagate" in cfg.kv_fills
+        calibration = calibrate(model, work_held_out, cfg.agreement_targets, propagate)
     plan: dict[str, Any] = {}
     if "vanilla" in chosen:
         plan["vanilla"] = lambda: serve_vanilla(baseline, work, cfg)
@@ -812,10 +867,13 @@ def benchmark(
         plan["recursive_sequence"] = lambda: serve_engine(model, work, cfg, mode="sequence")
     if "depthwise" in chosen or "simulated" in chosen:
         plan["depthwise"] = lambda: serve_engine(model, work, cfg)
-    for row in (calibration or {}).get("targets", {}).values():
+    targets: dict[str, float] = {}  # an exit system's agreement target
+    for target, row in (calibration or {}).get("targets", {}).items():
         for fill in cfg.kv_fills:
-            t = row["threshold"]
-            plan[names.exit_system(t, fill).name] = lambda t=t, fill=fill: serve_engine(
+            t = row["propagate"]["threshold"] if fill == "propagate" else row["threshold"]
+            name = names.exit_system(t, fill).name
+            targets.setdefault(name, float(target))
+            plan[name] = lambda t=t, fill=fill: serve_engine(
                 model, work, cfg, exit_threshold=t, kv_fill=fill
             )
     outputs: dict[str, list[list[int]]] = {}
@@ -837,10 +895,8 @@ def benchmark(
         systems[name] = summarize(served, work, view, ceilings)
         system = names.parse_system(name)
         if system.threshold is not None:
-            t = f"{system.threshold:g}"
             systems[name].update(threshold=system.threshold, kv_fill=system.kv_fill)
-            target = [k for k, v in calibration["targets"].items() if f"{v['threshold']:g}" == t]
-            systems[name]["agreement_target"] = float(target[0]) if target else None
+            systems[name]["agreement_target"] = targets.get(name)
         if name == "depthwise":
             oracle = view["oracle_exit_loops"]
         say(f"  {name}: {systems[name]['tokens_per_s']:.1f} tokens/s")
