@@ -169,15 +169,11 @@ def calibrate(
     engine = Engine(model, mode="sequence", max_batch=CALIBRATION_BATCH, max_len=work.max_len)
     served = engine.generate(work.prompts, work.outputs, ignore_eos=True, progress=False)
     conf, agree = [], []
-    device = next(model.parameters()).device
     pairs = [(prompt, g.tokens) for prompt, g in zip(work.prompts, served, strict=True)]
     for prompt, out in tqdm(pairs, desc="calibrating exits", unit="doc", file=sys.stderr):
-        logits = model.loop_logits(torch.tensor([prompt + out[:-1]], device=device))
-        span = slice(len(prompt) - 1, len(prompt) - 1 + len(out))
-        exits = [lg[0, span] for lg in logits[:-1]]  # each earlier loop's exit
-        final = logits[-1][0, span].argmax(-1)
+        *exits, final = output_logits(model, prompt, out)  # each earlier loop's exit, full depth
         conf.append(torch.stack([lg.float().softmax(-1).max(-1).values for lg in exits]))
-        agree.append(torch.stack([lg.argmax(-1) == final for lg in exits]))
+        agree.append(torch.stack([lg.argmax(-1) == final.argmax(-1) for lg in exits]))
     c = torch.cat(conf, 1).cpu()  # [B - 1, tokens]
     a = torch.cat(agree, 1).cpu()
     candidates = torch.unique(c.flatten())
@@ -561,22 +557,28 @@ def _hf_continuous(model: Any, work: Workload, cfg: BenchConfig) -> Served:
 # --- metrics -----------------------------------------------------------------------------------
 
 
+def output_logits(model: Any, prompt: list[int], out: list[int]) -> list[torch.Tensor]:
+    """Teacher-forced over ``prompt`` and ``out``: the logits that predict each token of ``out``
+    ([len(out), vocab]), after each loop of a recursive model (the last: full depth), else the
+    model's one."""
+    ids = torch.tensor([prompt + out[:-1]], device=next(model.parameters()).device)
+    logits = model.loop_logits(ids) if hasattr(model, "loop_logits") else (model(ids).logits,)
+    span = slice(len(prompt) - 1, len(prompt) - 1 + len(out))
+    return [lg[0, span] for lg in logits]
+
+
 @torch.inference_mode()
 def full_depth_view(model: Any, work: Workload, outputs: list[list[int]]) -> dict[str, Any]:
     """Teacher-forced over each request's prompt and output: how many output tokens are the
     model's full-depth greedy token for the same prefix (agreement), and, for a recursive model,
     the oracle exit loop of each (the first loop whose greedy token is the full depth's)."""
-    device = next(model.parameters()).device
     recursive = hasattr(model, "loop_logits")
     same, total, oracle = 0, 0, []
     for prompt, out in zip(work.prompts, outputs, strict=True):
         if not out:
             continue
-        ids = torch.tensor([prompt + out[:-1]], device=device)
-        logits = model.loop_logits(ids) if recursive else (model(ids).logits,)
-        span = slice(len(prompt) - 1, len(prompt) - 1 + len(out))
-        greedy = [lg[0, span].argmax(-1) for lg in logits]
-        target = torch.tensor(out, device=device)
+        greedy = [lg.argmax(-1) for lg in output_logits(model, prompt, out)]
+        target = torch.tensor(out, device=greedy[-1].device)
         same += int((greedy[-1] == target).sum())
         total += len(out)
         if recursive:
