@@ -353,10 +353,10 @@ def test_per_loop_norms_and_biases_are_served_depth_wise(family):
 def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     """Serve the prompts eagerly and compiled; the compiled engine's tokens and exits must be the
     eager engine's (which are generate's, tested above). The compiled engine compiles one graph
-    for each row bucket (and loop, sequence-wise) its steps use, with each bucket of state
-    propagation's rows (or none) and with the exit head or without, whatever the lengths of
-    keys its steps read. Returns the compiled engine and the graph calls it made (row bucket,
-    views, layer offset, state propagation's rows, head)."""
+    for each row bucket its steps use (sequence-wise, every loop in one graph), with each
+    bucket of state propagation's rows (or none) and with the exit head or without, whatever
+    the lengths of keys its steps read. Returns the compiled engine and the graph calls it made
+    (row bucket, views, layer offset, state propagation's rows, head)."""
     from torch._dynamo.utils import counters
 
     # Hidden states asked for once, as the benchmark's exit calibration does: transformers then
@@ -386,8 +386,10 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
 def _graph_key(h, *step) -> tuple:
     """What tells a step graph's compiled graphs apart, from its arguments (h, cache, key_pos,
     pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt chunks'
-    graph is one whatever its rows), views, layer offset, fill rows (0: none), head."""
-    rows = "chunk" if step[5].startswith("chunk") else h.shape[1]
+    graph is one whatever its rows), views (sequence-wise, every loop's), layer offset, fill
+    rows (0: none), head."""
+    first = step[5] if isinstance(step[5], str) else step[5][0]
+    rows = "chunk" if first.startswith("chunk") else h.shape[1]
     fill = step[8][0].shape[1] if step[8] is not None else 0
     return (rows, step[5], step[6], fill, step[9])
 
@@ -499,7 +501,8 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
 ):
     """``warm_up`` compiles every graph a generation then calls (the benchmark starts its
     clock after it): each row bucket, views, layer offset, state propagation's bucket and
-    head or none. The step module runs uncompiled; its calls' keys are compared."""
+    head or none. The step module runs uncompiled; its calls' keys are compared. Every step is
+    one call, sequence-wise too (every loop in one graph)."""
     monkeypatch.setattr("torch.compile", lambda module, **options: module)
     engine = served(llama_relaxed, compile=True, **kwargs)
     runner, keys = engine.runner, []
@@ -514,6 +517,7 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
     keys.clear()
     engine.generate(prompts(), list(NEW_TOKENS), progress=False)
     assert keys and set(keys) <= warmed
+    assert len(keys) == engine.stats["steps"]
     assert any(key[3] for key in keys) == ("kv_fill" in kwargs)
 
 

@@ -540,9 +540,9 @@ class Runner:
         chunk: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """Run the compiled pass on ``h`` [1, rows, hidden] and ``layout`` [rows, 3] (position,
-        loop, slot of each row), attending over the first ``length`` keys: sequence-wise one
-        call a loop, depth-wise one call. Returns the hidden states leaving it and, ``head``,
-        every row's exit confidence and token (computed in the last call).
+        loop, slot of each row), attending over the first ``length`` keys: one call, sequence-wise
+        every loop in turn, depth-wise one pass. Returns the hidden states leaving it and,
+        ``head``, every row's exit confidence and token.
 
         ``fill``: exit hidden states [1, fill rows, hidden] and their layout, whose state
         propagation (:meth:`propagate`) runs in the same call (depth-wise only).
@@ -554,7 +554,7 @@ class Runner:
         rounded up to a multiple of 64, as CUDA graphs record one graph for each size they see.
 
         ``chunk``: the rows are a prompt-chunk step's tokens, unpadded, their number a dynamic
-        size (one graph for every such step, sequence-wise one a loop)."""
+        size (one graph for every such step)."""
         pos, loops, slots = layout.unbind(1)
         rows, depth0 = h.shape[1], loops * self.shared
         if self.device.type == "cuda":
@@ -578,13 +578,8 @@ class Runner:
                     depth = fill_loops * self.shared
                     fill = (states, fill_pos, depth, fill_slots, fill_views)
                 return self._graph(h, *step, views, 0, False, fill, head)
-            for loop in range(self.loops):
-                views = self._bucket_views(rows, loop, chunk)
-                last = loop == self.loops - 1
-                h, choice = self._graph(
-                    h, *step, views, loop * self.shared, True, None, last and head
-                )
-            return h, choice
+            every = tuple(self._bucket_views(rows, loop, chunk) for loop in range(self.loops))
+            return self._graph(h, *step, every, 0, True, None, head)
 
     def _bucket_views(
         self, rows: int, loop: int | None, chunk: bool = False, fill: bool = False
@@ -777,14 +772,15 @@ class StepGraph(nn.Module):
         pos: torch.Tensor,
         depth0: torch.Tensor,
         slots: torch.Tensor,
-        views: str,
+        views: str | tuple[str, ...],
         base: int,
         sequence: bool,
         fill: tuple | None = None,
         head: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
-        one loop of every row (one depth a layer), else one depth-wise pass. ``fill``: the
+        every row through each named loop in turn (one depth a layer), else one depth-wise
+        pass. ``fill``: the
         exit hidden states, positions, depths at offset 0, slots and views' name of rows whose
         state propagation runs first. Returns the hidden states and, ``head``, each row's exit
         confidence and token."""
@@ -793,7 +789,9 @@ class StepGraph(nn.Module):
             at = Static(cache, None, fill_pos, fill_depth0, fill_slots, None)
             self.store(states, at, self.views[fill_views])
         layout = Static(cache, key_pos, pos, depth0, slots, 0 if sequence else None)
-        h = self.layers(h, layout, self.views[views], base)
+        for name in (views,) if isinstance(views, str) else views:
+            h = self.layers(h, layout, self.views[name], base)
+            base += len(self.views[name])
         return h, _choice(self.head, self.final_norm, self.softcap, h[0]) if head else None
 
     def layers(
