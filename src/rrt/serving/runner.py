@@ -780,10 +780,9 @@ class StepGraph(nn.Module):
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
         every row through each named loop in turn (one depth a layer), else one depth-wise
-        pass. ``fill``: the
-        exit hidden states, positions, depths at offset 0, slots and views' name of rows whose
-        state propagation runs first. Returns the hidden states and, ``head``, each row's exit
-        confidence and token."""
+        pass. ``fill``: the exit hidden states, positions, depths at offset 0, slots and views'
+        name of rows whose state propagation runs first. Returns the hidden states and,
+        ``head``, each row's exit confidence and token."""
         if fill is not None:
             states, fill_pos, fill_depth0, fill_slots, fill_views = fill
             at = Static(cache, None, fill_pos, fill_depth0, fill_slots, None)
