@@ -25,13 +25,11 @@ def a_call_a_loop(engine: Engine) -> None:
     graph = runner._graph
 
     def call(h, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head):
-        if isinstance(views, str):
-            return graph(h, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head)
         for loop, name in enumerate(views):
             last = loop == len(views) - 1
             at = base + loop * runner.shared
             h, choice = graph(
-                h, cache, key_pos, pos, depth0, slots, name, at, sequence, fill, last and head
+                h, cache, key_pos, pos, depth0, slots, (name,), at, sequence, fill, last and head
             )
         return h, choice
 

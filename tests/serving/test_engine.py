@@ -388,8 +388,7 @@ def _graph_key(h, *step) -> tuple:
     pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt chunks'
     graph is one whatever its rows), views (sequence-wise, every loop's), layer offset, fill
     rows (0: none), head."""
-    first = step[5] if isinstance(step[5], str) else step[5][0]
-    rows = "chunk" if first.startswith("chunk") else h.shape[1]
+    rows = "chunk" if step[5][0].startswith("chunk") else h.shape[1]
     fill = step[8][0].shape[1] if step[8] is not None else 0
     return (rows, step[5], step[6], fill, step[9])
 
@@ -474,7 +473,7 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     runner, rows = engine.runner, []
 
     def step(h, *args):
-        rows.append((args[5], h.shape[1], args[8][0].shape[1] if args[8] is not None else 0))
+        rows.append((args[5][0], h.shape[1], args[8][0].shape[1] if args[8] is not None else 0))
         return runner._step(h, *args)
 
     runner._graph = step
@@ -527,7 +526,7 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
     exits) run as one compiled graph whose rows are dynamic, a row a token: tokens and exits
     equal eager's, one graph for all of them."""
     engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
-    assert ("chunk", "chunk", 0, 0, False) in calls
+    assert ("chunk", ("chunk",), 0, 0, False) in calls
     assert engine.stats["exits"] > 0
 
 

@@ -569,7 +569,7 @@ class Runner:
         step = (cache, key_pos, pos, depth0, slots)
         with compiling(self.device):
             if not self.recursive:
-                return self._graph(h, *step, "chunk" if chunk else "all", 0, True, None, head)
+                return self._graph(h, *step, ("chunk" if chunk else "all",), 0, True, None, head)
             if not sequence:
                 views = self._depthwise_views(loops, chunk)
                 if fill is not None:
@@ -577,7 +577,7 @@ class Runner:
                     fill_views = self._depthwise_views(fill_loops, fill=True)
                     depth = fill_loops * self.shared
                     fill = (states, fill_pos, depth, fill_slots, fill_views)
-                return self._graph(h, *step, views, 0, False, fill, head)
+                return self._graph(h, *step, (views,), 0, False, fill, head)
             every = tuple(self._bucket_views(rows, loop, chunk) for loop in range(self.loops))
             return self._graph(h, *step, every, 0, True, None, head)
 
@@ -772,14 +772,14 @@ class StepGraph(nn.Module):
         pos: torch.Tensor,
         depth0: torch.Tensor,
         slots: torch.Tensor,
-        views: str | tuple[str, ...],
+        views: tuple[str, ...],
         base: int,
         sequence: bool,
         fill: tuple | None = None,
         head: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """``h`` through the views named ``views``, at layer offsets ``base`` on: sequence-wise
-        every row through each named loop in turn (one depth a layer), else one depth-wise
+        """``h`` through each of the views named in ``views`` in turn, at layer offsets ``base``
+        on: sequence-wise each loop of every row (one depth a layer), else one depth-wise
         pass. ``fill``: the exit hidden states, positions, depths at offset 0, slots and views'
         name of rows whose state propagation runs first. Returns the hidden states and,
         ``head``, each row's exit confidence and token."""
@@ -788,7 +788,7 @@ class StepGraph(nn.Module):
             at = Static(cache, None, fill_pos, fill_depth0, fill_slots, None)
             self.store(states, at, self.views[fill_views])
         layout = Static(cache, key_pos, pos, depth0, slots, 0 if sequence else None)
-        for name in (views,) if isinstance(views, str) else views:
+        for name in views:
             h = self.layers(h, layout, self.views[name], base)
             base += len(self.views[name])
         return h, _choice(self.head, self.final_norm, self.softcap, h[0]) if head else None
