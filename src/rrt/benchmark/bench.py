@@ -172,8 +172,9 @@ def calibrate(
     pairs = [(prompt, g.tokens) for prompt, g in zip(work.prompts, served, strict=True)]
     for prompt, out in tqdm(pairs, desc="calibrating exits", unit="doc", file=sys.stderr):
         *exits, final = output_logits(model, prompt, out)  # each earlier loop's exit, full depth
+        greedy = final.argmax(-1)
         conf.append(torch.stack([lg.float().softmax(-1).max(-1).values for lg in exits]))
-        agree.append(torch.stack([lg.argmax(-1) == final.argmax(-1) for lg in exits]))
+        agree.append(torch.stack([lg.argmax(-1) == greedy for lg in exits]))
     c = torch.cat(conf, 1).cpu()  # [B - 1, tokens]
     a = torch.cat(agree, 1).cpu()
     candidates = torch.unique(c.flatten())
