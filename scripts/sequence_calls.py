@@ -1,10 +1,13 @@
-"""Serve one workload sequence-wise with two compiled engines in one process, in turn: every loop
-in one graph call a step (the engine's way) against one call a loop (as before 8d7b01c). Both
-share the process's autotuning, so they run the same matmul kernels; prints each generation's
-tokens/s and mean decode step, and whether their tokens are equal. Each engine compiles every
-row bucket first (minutes each on a 2-core CPU).
+"""Serve one workload sequence-wise with compiled engines in one process, in turn: the engine's
+way (every loop in one graph call a step, the token ids looked up in the graph) against its
+earlier forms, each an engine changed back in one thing: one graph call a loop (as before
+8d7b01c), or the token ids embedded eagerly before the call (as before the graph looked them up).
+All share the process's autotuning, so they run the same matmul kernels; prints each
+generation's tokens/s and mean decode step, and whether the tokens equal the engine's. Each
+engine compiles every row bucket first (minutes each on a 2-core CPU).
 
     python scripts/sequence_calls.py MODEL_DIR [--threads 1] [--max-batch 4 16] [--repeats 5]
+        [--against loop embed]
 """
 
 from __future__ import annotations
@@ -24,16 +27,43 @@ def a_call_a_loop(engine: Engine) -> None:
     runner = engine.runner
     graph = runner._graph
 
-    def call(h, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head):
+    def call(inputs, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head):
         for loop, name in enumerate(views):
             last = loop == len(views) - 1
             at = base + loop * runner.shared
-            h, choice = graph(
-                h, cache, key_pos, pos, depth0, slots, (name,), at, sequence, fill, last and head
+            inputs, choice = graph(
+                inputs,
+                cache,
+                key_pos,
+                pos,
+                depth0,
+                slots,
+                (name,),
+                at,
+                sequence,
+                fill,
+                last and head,
             )
-        return h, choice
+        return inputs, choice
 
     runner._graph = call
+
+
+def eager_embedding(engine: Engine) -> None:
+    """Make ``engine``'s compiled step take the rows' embeddings, looked up eagerly, in place of
+    their token ids."""
+    runner = engine.runner
+    graph = runner._graph
+
+    def call(inputs, *step):
+        if inputs.dim() == 1:
+            inputs = runner.lm.get_input_embeddings()(inputs)[None]
+        return graph(inputs, *step)
+
+    runner._graph = call
+
+
+EARLIER = {"loop": ("a call a loop", a_call_a_loop), "embed": ("eager embedding", eager_embedding)}
 
 
 def main() -> None:
@@ -42,21 +72,22 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-batch", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--against", nargs="+", choices=sorted(EARLIER), default=sorted(EARLIER))
     args = parser.parse_args()
     config.set_threads(args.threads)
     model = store.load_model(args.model, dtype="fp32", device="cpu")
     for rows in args.max_batch:
-        engines = {
-            "one call": Engine(model, mode="sequence", max_batch=rows, compile=True),
-            "a call a loop": Engine(model, mode="sequence", max_batch=rows, compile=True),
-        }
-        a_call_a_loop(engines["a call a loop"])
-        for engine in engines.values():
-            engine.warm_up()
+        engines = {"now": Engine(model, mode="sequence", max_batch=rows, compile=True)}
+        for key in args.against:
+            name, change = EARLIER[key]
+            engines[name] = Engine(model, mode="sequence", max_batch=rows, compile=True)
+            change(engines[name])
         rng = random.Random(0)
         prompts = [[rng.randrange(10, 500) for _ in range(rng.randrange(10, 60))]
                    for _ in range(4 * rows)]  # fmt: skip
         new = [rng.randrange(64, 192) for _ in prompts]
+        for engine in engines.values():
+            engine.warm_up()  # through the changed graph call: compiles the changed graphs
         speed: dict[str, list[float]] = {name: [] for name in engines}
         step: dict[str, list[float]] = {name: [] for name in engines}
         tokens = {}
@@ -74,9 +105,9 @@ def main() -> None:
             print(
                 f"max_batch {rows}, {name}: median {statistics.median(speed[name]):,.0f} tokens/s, "
                 f"decode step {statistics.median(step[name]):.3f} ms "
-                f"(runs: {', '.join(f'{s:,.0f}' for s in speed[name])})"
+                f"(runs: {', '.join(f'{s:,.0f}' for s in speed[name])}), "
+                f"tokens equal the engine's: {tokens[name] == tokens['now']}"
             )
-        print(f"max_batch {rows}: tokens equal: {tokens['one call'] == tokens['a call a loop']}")
 
 
 if __name__ == "__main__":

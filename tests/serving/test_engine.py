@@ -383,14 +383,19 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     return engine, calls
 
 
-def _graph_key(h, *step) -> tuple:
-    """What tells a step graph's compiled graphs apart, from its arguments (h, cache, key_pos,
-    pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt chunks'
-    graph is one whatever its rows), views (sequence-wise, every loop's), layer offset, fill
-    rows (0: none), head."""
-    rows = "chunk" if step[5][0].startswith("chunk") else h.shape[1]
+def _rows(inputs: torch.Tensor) -> int:
+    """The rows of a step graph's inputs: hidden states [1, rows, hidden] or token ids [rows]."""
+    return inputs.shape[1] if inputs.dim() == 3 else inputs.shape[0]
+
+
+def _graph_key(inputs, *step) -> tuple:
+    """What tells a step graph's compiled graphs apart, from its arguments (inputs, cache,
+    key_pos, pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt
+    chunks' graph is one whatever its rows), inputs (token ids or hidden states), views
+    (sequence-wise, every loop's), layer offset, fill rows (0: none), head."""
+    rows = "chunk" if step[5][0].startswith("chunk") else _rows(inputs)
     fill = step[8][0].shape[1] if step[8] is not None else 0
-    return (rows, step[5], step[6], fill, step[9])
+    return (rows, inputs.dim(), step[5], step[6], fill, step[9])
 
 
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
@@ -473,7 +478,7 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     runner, rows = engine.runner, []
 
     def step(h, *args):
-        rows.append((args[5][0], h.shape[1], args[8][0].shape[1] if args[8] is not None else 0))
+        rows.append((args[5][0], _rows(h), args[8][0].shape[1] if args[8] is not None else 0))
         return runner._step(h, *args)
 
     runner._graph = step
@@ -517,7 +522,7 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
     engine.generate(prompts(), list(NEW_TOKENS), progress=False)
     assert keys and set(keys) <= warmed
     assert len(keys) == engine.stats["steps"]
-    assert any(key[3] for key in keys) == ("kv_fill" in kwargs)
+    assert any(key[4] for key in keys) == ("kv_fill" in kwargs)
 
 
 @pytest.mark.slow
@@ -526,7 +531,7 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
     exits) run as one compiled graph whose rows are dynamic, a row a token: tokens and exits
     equal eager's, one graph for all of them."""
     engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
-    assert ("chunk", ("chunk",), 0, 0, False) in calls
+    assert ("chunk", 3, ("chunk",), 0, 0, False) in calls
     assert engine.stats["exits"] > 0
 
 
@@ -555,7 +560,7 @@ def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     exits = {"exit_threshold": 0.02, "kv_fill": kv_fill} if mode == "depthwise" else {}
     engine, calls = _compiled_equals_eager(relaxed, mode=mode, **exits)
     assert engine.stats["exits"] > 0 if exits else engine.stats["decode_steps"] > 0
-    assert any(c[3] for c in calls) == (kv_fill == "propagate")
+    assert any(c[4] for c in calls) == (kv_fill == "propagate")
 
 
 def test_a_compiled_step_keeps_every_guard_but_those_on_module_attributes_save_identity():
