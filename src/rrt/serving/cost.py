@@ -51,10 +51,6 @@ class StepCost:
     flops: float = 0.0
     bytes: float = 0.0
 
-    def add(self, other: StepCost) -> None:
-        self.flops += other.flops
-        self.bytes += other.bytes
-
     def tally(self, totals: Counter[str], decode: bool, seconds: float = 0.0) -> None:
         """Add this step to running ``totals``: its FLOPs, bytes and seconds, and, for a decode
         step (no prompt chunk), the same again under ``decode_`` with the decode step count."""
@@ -131,14 +127,16 @@ class CostModel:
             passes = self.loops
             cost.flops += 2 * rows * passes * (self.layer.macs + self.layer.lora_macs)
             cost.bytes += passes * (self.layer.bytes + self.layer.lora_bytes)
-            for w in works:
-                cost.add(self._attention(w, self.all_windows))
         elif works:  # one pass of the k shared layers, each row at its own loop
             present = {w.loop for w in works}
             cost.flops += 2 * rows * (self.layer.macs + self.layer.lora_macs)
             cost.bytes += self.layer.bytes + len(present) * self.layer.lora_bytes
-            for w in works:
-                cost.add(self._attention(w, self.windows[w.loop]))
+        scores = positions = 0
+        for w in works:
+            seen, moved = self._attention(w, self.all_windows if sequence else self.windows[w.loop])
+            scores, positions = scores + seen, positions + moved
+        cost.flops += scores * self.score_flops
+        cost.bytes += positions * self.kv_position
         if fills:
             keys = self.keys
             present = {w.loop for w in fills}
@@ -147,10 +145,12 @@ class CostModel:
             cost.bytes += sum(w.n for w in fills) * self.k * self.kv_position  # keys written
         return cost
 
-    def _attention(self, w: Work, windows: Counter[int]) -> StepCost:
-        """Attention of a work's queries at each depth its pass visits: scores over the keys
-        each query may see; the keys read once, the new ones written."""
-        cost = StepCost()
+    @staticmethod
+    def _attention(w: Work, windows: Counter[int]) -> tuple[int, int]:
+        """Attention of a work's queries at each depth its pass visits: the query-key scores
+        over the keys each query may see, and the key positions moved (those read once, the
+        new ones written), summed over a step's works before they become FLOPs and bytes."""
+        scores = positions = 0
         first, last = w.start, w.start + w.n - 1
         for window, depths in windows.items():
             if window:  # query p sees keys max(0, p - window + 1) .. p
@@ -159,6 +159,6 @@ class CostModel:
             else:
                 seen = w.n * first + w.n * (w.n + 1) // 2
                 read = last + 1
-            cost.flops += depths * seen * self.score_flops
-            cost.bytes += depths * (read + w.n) * self.kv_position
-        return cost
+            scores += depths * seen
+            positions += depths * (read + w.n)
+        return scores, positions

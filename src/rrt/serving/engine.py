@@ -268,18 +268,18 @@ class Engine:
             r = w.request
             if r.id in finished:
                 continue
-            out = hidden[ends[i] - w.n + 1 : ends[i] + 1]
             done_loop = final if self.sequence else w.loop
             if i in tokens and (
                 done_loop == final or confidence[i] >= (self.exit_threshold or 2.0)
             ):
                 if done_loop < final:  # exited: the skipped loops' KV is still owed
                     self.stats["exits"] += 1
-                    carried.extend(self._fill(w, out))
+                    carried.extend(self._fill(w, hidden[ends[i] - w.n + 1 : ends[i] + 1]))
                 if self._emit(r, tokens[i], done_loop + 1, now, carried, bar):
                     finished.add(r.id)
                     scheduler.finish(r)
-            elif done_loop < final:
+            elif done_loop < final:  # on to the next loop with the hidden states it left
+                out = hidden[ends[i] - w.n + 1 : ends[i] + 1]
                 carried.append(
                     Work(r, w.start, w.loop + 1, w.kind, hidden=out, emits=w.emits, decode=w.decode)
                 )
