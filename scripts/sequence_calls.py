@@ -17,8 +17,11 @@ import random
 import statistics
 import time
 
+import torch
+
 from rrt import config, store
 from rrt.serving import Engine
+from rrt.serving.runner import MAX_ROWS
 
 
 def a_call_a_loop(engine: Engine) -> None:
@@ -58,6 +61,8 @@ def eager_embedding(engine: Engine) -> None:
     def call(inputs, *step):
         if inputs.dim() == 1:
             inputs = runner.lm.get_input_embeddings()(inputs)[None]
+            if step[5][0].startswith("chunk"):  # the prompt chunks' graph: its rows dynamic
+                torch._dynamo.mark_dynamic(inputs, 1, min=2, max=MAX_ROWS)
         return graph(inputs, *step)
 
     runner._graph = call

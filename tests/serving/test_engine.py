@@ -526,13 +526,18 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
 
 
 @pytest.mark.slow
-def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed):
-    """Steps with prompt chunks (16 tokens a step, beside decode rows at either loop, with
-    exits) run as one compiled graph whose rows are dynamic, a row a token: tokens and exits
-    equal eager's, one graph for all of them."""
-    engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
-    assert ("chunk", 3, ("chunk",), 0, 0, False) in calls
-    assert engine.stats["exits"] > 0
+@pytest.mark.parametrize("mode", ["depthwise", "sequence"])
+def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed, mode):
+    """Steps with prompt chunks (16 tokens a step, beside decode rows: depth-wise at either
+    loop, with exits) run as one compiled graph whose rows are dynamic, a row a token: tokens
+    and exits equal eager's, one graph for all of them. Sequence-wise the graph takes the rows'
+    token ids (a view of the step's layout tensor, whose rows are dynamic too), depth-wise
+    their hidden states."""
+    kwargs = {"exit_threshold": 0.02} if mode == "depthwise" else {"mode": "sequence"}
+    engine, calls = _compiled_equals_eager(llama_relaxed, **kwargs)
+    views = ("chunk",) if mode == "depthwise" else ("chunk/0", "chunk/1")
+    assert any(c[:4] == ("chunk", 3 if mode == "depthwise" else 1, views, 0) for c in calls)
+    assert engine.stats["exits"] > 0 if mode == "depthwise" else engine.stats["steps"] > 0
 
 
 @pytest.mark.slow
