@@ -45,7 +45,7 @@ def main() -> None:
         for length in (16, 64, args.max_len - 10):
             for rows in (1, 4, 8):
                 h = torch.randn(1, rows, hidden)
-                layout = torch.tensor([[60 + i % 4, i % 2, i % 4, 0] for i in range(rows)])
+                layout = torch.tensor([[60 + i % 4, i % 2, i % 4, -1] for i in range(rows)])
                 for name, engine in engines.items():
                     runner, cache = engine.runner, engine._cache()
                     with torch.inference_mode(), runner.serving():

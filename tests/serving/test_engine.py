@@ -383,19 +383,14 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     return engine, calls
 
 
-def _rows(inputs: torch.Tensor) -> int:
-    """The rows of a step graph's inputs: hidden states [1, rows, hidden] or token ids [rows]."""
-    return inputs.shape[1] if inputs.dim() == 3 else inputs.shape[0]
-
-
-def _graph_key(inputs, *step) -> tuple:
-    """What tells a step graph's compiled graphs apart, from its arguments (inputs, cache,
+def _graph_key(ids, h, *step) -> tuple:
+    """What tells a step graph's compiled graphs apart, from its arguments (ids, h, cache,
     key_pos, pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt
-    chunks' graph is one whatever its rows), inputs (token ids or hidden states), views
+    chunks' graph is one whatever its rows), hidden states beside the token ids or none, views
     (sequence-wise, every loop's), layer offset, fill rows (0: none), head."""
-    rows = "chunk" if step[5][0].startswith("chunk") else _rows(inputs)
+    rows = "chunk" if step[5][0].startswith("chunk") else ids.shape[0]
     fill = step[8][0].shape[1] if step[8] is not None else 0
-    return (rows, inputs.dim(), step[5], step[6], fill, step[9])
+    return (rows, h is not None, step[5], step[6], fill, step[9])
 
 
 def test_a_compiled_step_pads_its_rows_to_few_buckets():
@@ -477,9 +472,9 @@ def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
     engine = served(llama_relaxed, compile=True, **kwargs)
     runner, rows = engine.runner, []
 
-    def step(h, *args):
-        rows.append((args[5][0], _rows(h), args[8][0].shape[1] if args[8] is not None else 0))
-        return runner._step(h, *args)
+    def step(ids, *args):
+        rows.append((args[6][0], ids.shape[0], args[9][0].shape[1] if args[9] is not None else 0))
+        return runner._step(ids, *args)
 
     runner._graph = step
     out = engine.generate(prompts(), list(NEW_TOKENS), progress=False)
@@ -511,9 +506,9 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
     engine = served(llama_relaxed, compile=True, **kwargs)
     runner, keys = engine.runner, []
 
-    def step(h, *args):
-        keys.append(_graph_key(h, *args))
-        return runner._step(h, *args)
+    def step(*args):
+        keys.append(_graph_key(*args))
+        return runner._step(*args)
 
     runner._graph = step
     engine.warm_up()
@@ -530,13 +525,13 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
 def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed, mode):
     """Steps with prompt chunks (16 tokens a step, beside decode rows: depth-wise at either
     loop, with exits) run as one compiled graph whose rows are dynamic, a row a token: tokens
-    and exits equal eager's, one graph for all of them. Sequence-wise the graph takes the rows'
-    token ids (a view of the step's layout tensor, whose rows are dynamic too), depth-wise
-    their hidden states."""
+    and exits equal eager's, one graph for all of them. The graph embeds the rows' token ids
+    (a view of the step's layout tensor, whose rows are dynamic too); depth-wise, the hidden
+    states of rows past the first loop come beside them."""
     kwargs = {"exit_threshold": 0.02} if mode == "depthwise" else {"mode": "sequence"}
     engine, calls = _compiled_equals_eager(llama_relaxed, **kwargs)
     views = ("chunk",) if mode == "depthwise" else ("chunk/0", "chunk/1")
-    assert any(c[:4] == ("chunk", 3 if mode == "depthwise" else 1, views, 0) for c in calls)
+    assert any(c[:4] == ("chunk", mode == "depthwise", views, 0) for c in calls)
     assert engine.stats["exits"] > 0 if mode == "depthwise" else engine.stats["steps"] > 0
 
 

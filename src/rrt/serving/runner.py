@@ -478,15 +478,15 @@ class Runner:
         and the exit head where ``head`` asks; prompt chunks' rows a token each. Returns the
         works' hidden states [tokens, hidden_size] and every row's exit choice, or None.
 
-        Sequence-wise every work's input is token ids, and the graph looks their embeddings up
-        itself: the eager lookup, split and concatenation took 42 of the 80 microseconds a
-        step spent outside the graph (the embedded model at 16 rows)."""
-        h = None if sequence else self._inputs(works)
+        The graph looks the embeddings of the works at the first loop up itself, from their
+        token ids in the layout; the others' hidden states come beside them (none
+        sequence-wise). The eager lookup, split and concatenation took 42 of the 80
+        microseconds a (c) step spent outside the graph (the embedded model at 16 rows)."""
         layout = self._layout(works, sequence)
         tokens = len(layout)
         decode = tokens == len(works)
         rows = bucket(tokens) if decode else chunk_rows(tokens, self.device)
-        padded, layout = self._padded(h, layout, rows, cache)
+        padded, layout = self._padded(self._carried(works, rows, sequence), layout, rows, cache)
         fill = None
         if fills:
             states = torch.cat([w.hidden.to(self.dtype) for w in fills]).unsqueeze(0)
@@ -509,13 +509,23 @@ class Runner:
                 pieces[i] = e
         return torch.cat([p.to(self.dtype) for p in pieces]).unsqueeze(0)
 
+    def _carried(self, works: list[Work], rows: int, sequence: bool) -> torch.Tensor | None:
+        """The hidden states the works past the first loop bring, at their rows of ``rows``
+        [1, rows, hidden] (zeros at the other rows, which the graph embeds); sequence-wise,
+        where every work starts at the first loop, None."""
+        if sequence:
+            return None
+        zeros = torch.zeros(rows, self.hidden_size, dtype=self.dtype, device=self.device)
+        pieces = [zeros[: w.n] if w.ids is not None else w.hidden.to(self.dtype) for w in works]
+        return torch.cat([*pieces, zeros[: rows - sum(w.n for w in works)]]).unsqueeze(0)
+
     @staticmethod
     def _layout(works: list[Work], sequence: bool) -> list[list[int]]:
         """The rows of ``works`` as a compiled graph takes them, a row a token: its position,
-        loop (sequence-wise 0: each call runs one loop of every row), slot and token id (0 for
+        loop (sequence-wise 0: each call runs one loop of every row), slot and token id (-1 for
         a work whose input is a hidden state)."""
         return [
-            [w.start + t, 0 if sequence else w.loop, w.request.slot, w.ids[t] if w.ids else 0]
+            [w.start + t, 0 if sequence else w.loop, w.request.slot, w.ids[t] if w.ids else -1]
             for w in works
             for t in range(w.n)
         ]
@@ -523,12 +533,11 @@ class Runner:
     def _padded(
         self, h: torch.Tensor | None, layout: list[list[int]], rows: int, cache: KVCache
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """Inputs ``h`` [1, tokens, hidden] (None: the rows' token ids are their inputs) and
-        their ``layout`` padded to ``rows`` rows, the padding ones at the cache's spare slot,
-        position 0, loop 0, token 0 (so they write no request's keys); the layout as one tensor
-        [rows, 4] on the device."""
+        """Inputs ``h`` [1, tokens or rows, hidden] (or None) and their ``layout`` padded to
+        ``rows`` rows, the padding ones at the cache's spare slot, position 0, loop 0, token 0
+        (so they write no request's keys); the layout as one tensor [rows, 4] on the device."""
         n = len(layout)
-        if h is not None and rows > n:
+        if h is not None and rows > h.shape[1]:
             padded = h.new_zeros(1, rows, h.shape[2])
             padded[:, :n] = h
             h = padded
@@ -546,11 +555,11 @@ class Runner:
         head: bool = False,
         chunk: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """Run the compiled pass on ``h`` [1, rows, hidden] (None: on the embeddings of the
-        rows' token ids) and ``layout`` [rows, 4] (position, loop, slot and token id of each
-        row), attending over the first ``length`` keys: one call, sequence-wise
-        every loop in turn, depth-wise one pass. Returns the hidden states leaving it and,
-        ``head``, every row's exit confidence and token.
+        """Run the compiled pass on the rows of ``layout`` [rows, 4] (position, loop, slot and
+        token id of each row: the graph embeds those whose token id is not -1) with ``h`` [1,
+        rows, hidden] at the others (None: no others), attending over the first ``length``
+        keys: one call, sequence-wise every loop in turn, depth-wise one pass. Returns the
+        hidden states leaving it and, ``head``, every row's exit confidence and token.
 
         ``fill``: exit hidden states [1, fill rows, hidden] and their layout, whose state
         propagation (:meth:`propagate`) runs in the same call (depth-wise only).
@@ -565,17 +574,17 @@ class Runner:
         size (one graph for every such step)."""
         pos, loops, slots, ids = layout.unbind(1)
         rows, depth0 = layout.shape[0], loops * self.shared
-        inputs = ids if h is None else h
         if self.device.type == "cuda":
             length = round_up(length)
         key_pos = torch.arange(min(max(length, 2), cache.max_len), device=self.device)
         if cache.max_len > 2:
             torch._dynamo.mark_dynamic(key_pos, 0, min=2, max=cache.max_len)
         if chunk:
-            torch._dynamo.mark_dynamic(inputs, 0 if h is None else 1, min=2, max=MAX_ROWS)
-            for t in (pos, depth0, slots):
+            if h is not None:
+                torch._dynamo.mark_dynamic(h, 1, min=2, max=MAX_ROWS)
+            for t in (ids, pos, depth0, slots):
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_ROWS)
-        step = (inputs, cache, key_pos, pos, depth0, slots)
+        step = (ids, h, cache, key_pos, pos, depth0, slots)
         with compiling(self.device):
             if not self.recursive:
                 return self._graph(*step, ("chunk" if chunk else "all",), 0, True, None, head)
@@ -641,7 +650,7 @@ class Runner:
         filled = [None] + (
             [self._padded(empty, [], self.fill_rows, cache)] if self.fill_rows else []
         )
-        inputs = None if sequence else empty  # sequence-wise, the graph embeds token ids
+        inputs = None if sequence else empty  # sequence-wise every row's input is its token id
         for size in _buckets_to(rows):
             h, layout = self._padded(inputs, [], size, cache)
             for fill in filled:
@@ -777,7 +786,8 @@ class StepGraph(nn.Module):
 
     def forward(
         self,
-        inputs: torch.Tensor,
+        ids: torch.Tensor,
+        h: torch.Tensor | None,
         cache: KVCache,
         key_pos: torch.Tensor,
         pos: torch.Tensor,
@@ -789,14 +799,15 @@ class StepGraph(nn.Module):
         fill: tuple | None = None,
         head: bool = False,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
-        """``inputs`` through each of the views named in ``views`` in turn, at layer offsets
+        """The rows through each of the views named in ``views`` in turn, at layer offsets
         ``base`` on: sequence-wise each loop of every row (one depth a layer), else one
-        depth-wise pass. ``inputs`` are the rows' hidden states [1, rows, hidden], or their
-        token ids [rows], looked up in the model's embeddings here. ``fill``: the exit hidden
-        states, positions, depths at offset 0, slots and views' name of rows whose state
-        propagation runs first. Returns the hidden states and, ``head``, each row's exit
-        confidence and token."""
-        h = self.embed(inputs)[None] if inputs.dim() == 1 else inputs
+        depth-wise pass. A row's input is the embedding of its token id in ``ids`` [rows],
+        looked up here, or where that is -1 its hidden state in ``h`` [1, rows, hidden] (None:
+        no such row). ``fill``: the exit hidden states, positions, depths at offset 0, slots
+        and views' name of rows whose state propagation runs first. Returns the hidden states
+        and, ``head``, each row's exit confidence and token."""
+        embedded = self.embed(ids.clamp(min=0))[None]
+        h = embedded if h is None else torch.where((ids >= 0)[None, :, None], embedded, h)
         if fill is not None:
             states, fill_pos, fill_depth0, fill_slots, fill_views = fill
             at = Static(cache, None, fill_pos, fill_depth0, fill_slots, None)

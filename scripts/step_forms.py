@@ -1,13 +1,13 @@
-"""Serve one workload sequence-wise with compiled engines in one process, in turn: the engine's
-way (every loop in one graph call a step, the token ids looked up in the graph) against its
-earlier forms, each an engine changed back in one thing: one graph call a loop (as before
-8d7b01c), or the token ids embedded eagerly before the call (as before the graph looked them up).
+"""Serve one workload with compiled engines in one process, in turn: the engine's step against
+its earlier forms, each an engine changed back in one thing: one graph call a loop sequence-wise
+(as before 8d7b01c; ``--against loop``), or every row's input a hidden state, the first loop's
+embedded eagerly before the call (as before the graph looked token ids up; ``--against embed``).
 All share the process's autotuning, so they run the same matmul kernels; prints each
 generation's tokens/s and mean decode step, and whether the tokens equal the engine's. Each
 engine compiles every row bucket first (minutes each on a 2-core CPU).
 
-    python scripts/sequence_calls.py MODEL_DIR [--threads 1] [--max-batch 4 16] [--repeats 5]
-        [--against loop embed]
+    python scripts/step_forms.py MODEL_DIR [--threads 1] [--max-batch 4 16] [--repeats 5]
+        [--mode sequence|depthwise] [--against loop embed]
 """
 
 from __future__ import annotations
@@ -24,48 +24,46 @@ from rrt.serving import Engine
 from rrt.serving.runner import MAX_ROWS
 
 
+def _no_ids(ids: torch.Tensor, views: tuple[str, ...]) -> torch.Tensor:
+    """Token ids that ask the step graph to embed no row (every row's input its hidden state),
+    as dynamic in their rows as ``ids`` are in the prompt chunks' graph."""
+    none = torch.full_like(ids, -1)
+    if views[0].startswith("chunk"):
+        torch._dynamo.mark_dynamic(none, 0, min=2, max=MAX_ROWS)
+    return none
+
+
 def a_call_a_loop(engine: Engine) -> None:
     """Make ``engine``'s compiled step call its graph once a loop, each call one loop's views at
     its layer offset, the exit head in the last."""
     runner = engine.runner
     graph = runner._graph
 
-    def call(inputs, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head):
+    def call(ids, h, cache, key_pos, pos, depth0, slots, views, base, sequence, fill, head):
         for loop, name in enumerate(views):
             last = loop == len(views) - 1
             at = base + loop * runner.shared
-            inputs, choice = graph(
-                inputs,
-                cache,
-                key_pos,
-                pos,
-                depth0,
-                slots,
-                (name,),
-                at,
-                sequence,
-                fill,
-                last and head,
-            )
-        return inputs, choice
+            step = (cache, key_pos, pos, depth0, slots, (name,), at, sequence, fill, last and head)
+            h, choice = graph(ids if loop == 0 else _no_ids(ids, views), h, *step)
+        return h, choice
 
     runner._graph = call
 
 
 def eager_embedding(engine: Engine) -> None:
-    """Make ``engine``'s compiled step take the rows' embeddings, looked up eagerly, in place of
-    their token ids."""
+    """Make ``engine``'s compiled step take every row's input as a hidden state, the first
+    loop's rows embedded eagerly (``Runner._inputs``, the eager engine's), none by the graph."""
     runner = engine.runner
     graph = runner._graph
 
-    def call(inputs, *step):
-        if inputs.dim() == 1:
-            inputs = runner.lm.get_input_embeddings()(inputs)[None]
-            if step[5][0].startswith("chunk"):  # the prompt chunks' graph: its rows dynamic
-                torch._dynamo.mark_dynamic(inputs, 1, min=2, max=MAX_ROWS)
-        return graph(inputs, *step)
+    def carried(works, rows, sequence):
+        h = runner._inputs(works)[0]
+        return torch.cat([h, h.new_zeros(rows - h.shape[0], h.shape[1])])[None]
 
-    runner._graph = call
+    def call(ids, h, *step):
+        return graph(_no_ids(ids, step[5]), h, *step)
+
+    runner._carried, runner._graph = carried, call
 
 
 EARLIER = {"loop": ("a call a loop", a_call_a_loop), "embed": ("eager embedding", eager_embedding)}
@@ -78,14 +76,17 @@ def main() -> None:
     parser.add_argument("--max-batch", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--against", nargs="+", choices=sorted(EARLIER), default=sorted(EARLIER))
+    parser.add_argument("--mode", choices=["sequence", "depthwise"], default="sequence")
     args = parser.parse_args()
+    if args.mode == "depthwise" and "loop" in args.against:
+        parser.error("--against loop compares sequence-wise steps only: give --against embed")
     config.set_threads(args.threads)
     model = store.load_model(args.model, dtype="fp32", device="cpu")
     for rows in args.max_batch:
-        engines = {"now": Engine(model, mode="sequence", max_batch=rows, compile=True)}
+        engines = {"now": Engine(model, mode=args.mode, max_batch=rows, compile=True)}
         for key in args.against:
             name, change = EARLIER[key]
-            engines[name] = Engine(model, mode="sequence", max_batch=rows, compile=True)
+            engines[name] = Engine(model, mode=args.mode, max_batch=rows, compile=True)
             change(engines[name])
         rng = random.Random(0)
         prompts = [[rng.randrange(10, 500) for _ in range(rng.randrange(10, 60))]
