@@ -61,6 +61,10 @@ def eager_embedding(engine: Engine) -> None:
         return torch.cat([h, h.new_zeros(rows - h.shape[0], h.shape[1])])[None]
 
     def call(ids, h, *step):
+        if h is None:  # warm_up, sequence-wise: compile the graph that takes hidden states
+            h = torch.zeros(1, ids.shape[0], runner.hidden_size, dtype=runner.dtype)
+            if step[5][0].startswith("chunk"):
+                torch._dynamo.mark_dynamic(h, 1, min=2, max=MAX_ROWS)
         return graph(_no_ids(ids, step[5]), h, *step)
 
     runner._carried, runner._graph = carried, call
