@@ -1,4 +1,4 @@
-"""The relaxed recursive model runs through lm-eval's HFLM unpatched (DESIGN.md contract)."""
+"""The relaxed recursive model runs through lm-eval's HFLM as it is, lm-eval unpatched."""
 
 from __future__ import annotations
 

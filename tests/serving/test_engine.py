@@ -50,7 +50,7 @@ def models(family):
 
 
 def served(model, **kwargs) -> Engine:
-    return Engine(model, max_batch=3, max_batch_tokens=16, eos_token_id=[], **kwargs)
+    return Engine(model, **{"max_batch": 3, "max_batch_tokens": 16, "eos_token_id": []} | kwargs)
 
 
 def expected(model) -> list[list[int]]:
@@ -527,8 +527,10 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
     loop, with exits) run as one compiled graph whose rows are dynamic, a row a token: tokens
     and exits equal eager's, one graph for all of them. The graph embeds the rows' token ids
     (a view of the step's layout tensor, whose rows are dynamic too); depth-wise, the hidden
-    states of rows past the first loop come beside them."""
-    kwargs = {"exit_threshold": 0.02} if mode == "depthwise" else {"mode": "sequence"}
+    states of rows past the first loop come beside them. Sequence-wise one request at a time:
+    one row bucket's graph to compile besides (each of its graphs runs every loop)."""
+    one = {"mode": "sequence", "max_batch": 1}
+    kwargs = {"exit_threshold": 0.02} if mode == "depthwise" else one
     engine, calls = _compiled_equals_eager(llama_relaxed, **kwargs)
     views = ("chunk",) if mode == "depthwise" else ("chunk/0", "chunk/1")
     assert any(c[:4] == ("chunk", mode == "depthwise", views, 0) for c in calls)
