@@ -52,8 +52,9 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "DIR/provenance.json.",
     )  # fmt: skip
     data.add_argument(
-        "--tasks", help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)"
-    )
+        "--tasks", nargs="+", metavar="TASK",
+        help=f"some of {', '.join(PAPER_SOURCES)} (default: all)",
+    )  # fmt: skip
     gguf = _command(
         sub, "gguf", _gguf_cli, "output model directory",
         "a GGUF file (llama.cpp's format) as a model folder",
@@ -162,9 +163,8 @@ def _pip_cli(args: argparse.Namespace) -> None:
 
 
 def _paper_data_cli(args: argparse.Namespace) -> None:
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()] if args.tasks else None
-    recorded = download_paper_data(args.out, tasks)
-    for name in tasks or list(PAPER_SOURCES):
+    recorded = download_paper_data(args.out, args.tasks)
+    for name in dict.fromkeys(args.tasks or PAPER_SOURCES):
         splits = recorded[name]["splits"]
         rows = ", ".join(f"{s} {v['rows']}" for s, v in splits.items())
         print(f"{name}: {rows} rows in {Path(args.out) / name}")
