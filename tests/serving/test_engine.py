@@ -383,6 +383,18 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
     return engine, calls
 
 
+@pytest.fixture
+def default_kernels(monkeypatch):
+    """Compile with Inductor's default kernels: frozen weights as the engine has them, without
+    ``max_autotune``, whose choice between GEMM kernels (compiling and timing each candidate) is
+    Inductor's, not the step's semantics, and most of a cold compile (131 against 40 s for one
+    of these tests alone, on the 2-core CPU). The engine's own settings are tested in
+    test_a_compiled_engine_decodes_as_the_eager_one and rrt benchmark's --compile test."""
+    monkeypatch.setattr(
+        "rrt.serving.runner.compiling", lambda device: torch._inductor.config.patch(freezing=True)
+    )
+
+
 def _graph_key(ids, h, *step) -> tuple:
     """What tells a step graph's compiled graphs apart, from its arguments (ids, h, cache,
     key_pos, pos, depth0, slots, views, offset, sequence, fill, head): row bucket (the prompt
@@ -433,29 +445,37 @@ def test_no_rotary_table_stands_for_a_rotary_that_changes_with_the_longest_posit
         assert not RotaryTable.serves(SimpleNamespace(rope_type=kind))
 
 
+@pytest.mark.usefixtures("default_kernels")
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
-    Compiled with the engine's real settings (frozen weights, max_autotune), held over the
-    whole generation. Steps with more
-    rows than the prompt chunks' graph takes run eager (here all of them: its compilation is
-    tested, slow, below)."""
+    Steps with more rows than the prompt chunks' graph takes run eager (here all of them: its
+    compilation is tested, slow, below)."""
     monkeypatch.setattr("rrt.serving.runner.MAX_ROWS", 1)
-    config = type(torch._inductor.config)  # every torch config module's class
-    ours, held, patch = {"freezing": True, "max_autotune": True}, [], config.patch
-
-    def spy(self, *args, **kwargs):  # torch patches its configs too, while it compiles
-        held.append(not args and kwargs == ours)
-        return patch(self, *args, **kwargs)
-
-    monkeypatch.setattr(config, "patch", spy)
     engine, calls = _compiled_equals_eager(llama_relaxed, exit_threshold=0.02)
     assert engine.runner.compiled
-    assert sum(held) == 1  # the engine's settings held over the generation, not at each call
     assert not any(c[0] == "chunk" for c in calls)
     assert engine.stats["decode_steps"] > 0
     assert engine.stats["exits"] > 0 and engine.stats["mixed_steps"] > 0
     assert engine.cache.free_slots == 3  # the spare slot of padding rows is never handed out
+
+
+def test_the_engines_compile_settings_hold_over_a_whole_generation(llama_relaxed, monkeypatch):
+    """Frozen weights and max_autotune, entered once for a generation, not at each step's call
+    (the step module runs uncompiled here; rrt benchmark's --compile test compiles with them)."""
+    monkeypatch.setattr("torch.compile", lambda module, **options: module)
+    config = type(torch._inductor.config)  # every torch config module's class
+    ours, held, patch = {"freezing": True, "max_autotune": True}, [], config.patch
+
+    def spy(self, *args, **kwargs):
+        held.append(not args and kwargs == ours)
+        return patch(self, *args, **kwargs)
+
+    monkeypatch.setattr(config, "patch", spy)
+    engine = served(llama_relaxed, compile=True, exit_threshold=0.02)
+    engine.generate(prompts(), list(NEW_TOKENS), progress=False)
+    assert engine.stats["decode_steps"] > 0
+    assert held == [True]
 
 
 def test_compiled_graphs_with_chunk_rows_padded_as_on_a_gpu_decode_as_eager(
@@ -522,6 +542,7 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["depthwise", "sequence"])
+@pytest.mark.usefixtures("default_kernels")
 def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed, mode):
     """Steps with prompt chunks (16 tokens a step, beside decode rows: depth-wise at either
     loop, with exits) run as one compiled graph whose rows are dynamic, a row a token: tokens
@@ -546,6 +567,7 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
         ("gemma3_text", "depthwise", True, "propagate"),
     ],
 )
+@pytest.mark.usefixtures("default_kernels")
 def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     family, mode, relax_vectors, kv_fill, monkeypatch
 ):
