@@ -106,7 +106,8 @@ def test_the_report_and_the_workflows_imports_need_neither_torch_nor_transformer
         "        if name.split('.')[0] in ('torch', 'transformers', 'lm_eval'):\n"
         "            raise ModuleNotFoundError(name)\n"
         "sys.meta_path.insert(0, Absent())\n"
-        "import rrt, rrt.config, rrt.experiment, rrt.report, rrt.report.compose, rrt.store\n"
+        "import rrt, rrt.config, rrt.experiment, rrt.flags, rrt.report, rrt.report.compose\n"
+        "import rrt.store\n"
         "from rrt.cli import main\n"
         "sys.exit(main(['report', '--help']))"
     )

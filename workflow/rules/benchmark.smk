@@ -22,9 +22,9 @@ rule benchmark:
     resources:
         **job_resources(gpu=True),
     params:
-        options=benchmark_options,
+        options=lambda w: flags.benchmark(config, w.stem),
         torch_threads=config["resources"]["threads"],
-        track=lambda w: track("benchmark", stem=w.stem),
+        track=lambda w: flags.track("benchmark", stem=w.stem),
     shell:
         "OMP_WAIT_POLICY=PASSIVE python -m rrt benchmark --model {input.model} --baseline {input.baseline}"
         " --data {input.corpus}"

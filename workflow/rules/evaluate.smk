@@ -15,8 +15,8 @@ rule evaluate:
     resources:
         **job_resources(gpu=True),
     params:
-        options=evaluation_options(),
-        track=lambda w: track("evaluate", name=w.name),
+        options=flags.evaluation(config, task_dirs()),
+        track=lambda w: flags.track("evaluate", name=w.name),
     shell:
         "python -m rrt evaluate --model {input.model} --out {output} {params.options}"
         " --threads {threads} {params.track} > {log} 2>&1"
@@ -35,8 +35,8 @@ rule evaluate_exit:
     resources:
         **job_resources(gpu=True),
     params:
-        options=evaluation_options(),
-        track=lambda w: track("evaluate_exit", name=w.name, exit=w.exit),
+        options=flags.evaluation(config, task_dirs()),
+        track=lambda w: flags.track("evaluate_exit", name=w.name, exit=w.exit),
     shell:
         "python -m rrt evaluate --model {input.model} --exit-loop {wildcards.exit} --out {output}"
         " {params.options} --threads {threads} {params.track} > {log} 2>&1"

@@ -19,7 +19,7 @@ rule relax:
         vectors="--relax-vectors" if config["relaxed"]["relax_vectors"] else "",
         device=config["device"],
         seed=config["relaxed"]["seed"],
-        track=lambda w: track("relax", loops=w.loops, init=w.init, rank=w.rank),
+        track=lambda w: flags.track("relax", loops=w.loops, init=w.init, rank=w.rank),
     shell:
         "python -m rrt relax --source {input.source} --recursive {input.recursive} --rank {wildcards.rank}"
         " {params.vectors} --seed {params.seed} --device {params.device} --threads {threads}"

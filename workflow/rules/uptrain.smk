@@ -30,9 +30,9 @@ rule uptrain:
     resources:
         **job_resources(gpu=True),
     params:
-        recipe=lambda w: uptrain_recipe(w.variant),
-        loss=lambda w: uptrain_loss(w.base, w.variant),
-        track=lambda w: track("uptrain", base=w.base, variant=w.variant),
+        recipe=lambda w: flags.uptrain_recipe(config, w.variant),
+        loss=lambda w: flags.uptrain_loss(config, w.base, w.variant),
+        track=lambda w: flags.track("uptrain", base=w.base, variant=w.variant),
         processes=processes,
     shell:
         UPTRAIN
@@ -55,11 +55,13 @@ rule early_exit:
     resources:
         **job_resources(gpu=True),
     params:
-        recipe=recipe(
-            tokens=config["early_exit"]["tokens"], lr=config["early_exit"]["lr"]
+        recipe=flags.recipe(
+            config,
+            tokens=config["early_exit"]["tokens"],
+            lr=config["early_exit"]["lr"],
         ),
-        loss=loss(early_exit=True),
-        track=lambda w: track("early_exit", base=w.base),
+        loss=flags.loss(config, early_exit=True),
+        track=lambda w: flags.track("early_exit", base=w.base),
         processes=processes,
     shell:
         UPTRAIN
