@@ -11,18 +11,14 @@ from rrt.config import as_flags
 from rrt.errors import UserError
 
 # The locks of a run killed with SIGKILL are cleared, but not inside a cluster job: the node it
-# runs on cannot see the Snakemake process that holds them.
-OWNER = Path(
-    ".snakemake", "rrt-owner.pid"
-)  # the Snakemake process that holds the locks
+# runs on cannot see the Snakemake process that holds them (its PID is in OWNER).
+OWNER = Path(".snakemake", "rrt-owner.pid")
 if workflow.is_main_process:
     experiment.clear_stale_locks(OWNER, Path(".snakemake", "locks"))
 experiment.find_rrt_first(Path(workflow.basedir, "src"))
 experiment.check_conda(workflow.deployment_settings.deployment_method)
 
 RESULTS = f"{config['results']}/{config['experiment']}"
-EMBEDDED = config["source"]["kind"] == "embedded"
-GENERATED_CORPUS = config["corpus_source"]["kind"] == "generated"
 
 
 wildcard_constraints:
@@ -83,7 +79,9 @@ def corpus():
 
 def tokenizer():
     """The embedded source's own tokenizer, or the source model's."""
-    return data("tokenizer") if EMBEDDED else model("source")
+    return (
+        data("tokenizer") if config["source"]["kind"] == "embedded" else model("source")
+    )
 
 
 # --- what an experiment makes (rrt.experiment) --------------------------------------------------
