@@ -95,7 +95,8 @@ def text_corpus(config: Config) -> str:
     else:
         source = as_flags({"requirement": c["requirement"], "sha256": c["sha256"]})
         source += " " + _list("--include", c["include"])
-        source += " " + _list("--exclude", c["exclude"]) if c["exclude"] else ""
+        if c["exclude"]:
+            source += " " + _list("--exclude", c["exclude"])
     held_out = {k: sizes[k] for k in ("validation_documents", "test_documents", "seed")}
     return f"{source} {as_flags(held_out)}"
 
