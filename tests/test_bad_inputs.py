@@ -461,7 +461,7 @@ CASES: list[tuple[str, list[str], str, Callable[[Path], None] | None]] = [
     ),
     (
         "download: unknown paper task",
-        ["download", "paper-data", "--out", "{tmp}/p", "--tasks", "piqa", "nope"],
+        ["download", "paper-data", "--out", "{tmp}/p", "--tasks", "piqa,nope"],
         "--tasks nope: not a task of suite paper",
         NONE,
     ),

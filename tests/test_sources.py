@@ -668,7 +668,7 @@ def test_cli_failure_prints_one_line_and_exits_2(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--revision is required for someone/else" in err
 
-    assert cli(["download", "paper-data", "--out", str(tmp_path), "--tasks", "piqa", "nope"]) == 2
+    assert cli(["download", "paper-data", "--out", str(tmp_path), "--tasks", "piqa,nope"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--tasks nope: not a task of suite paper" in err
 

@@ -201,6 +201,12 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def comma_list(text: str) -> list[str]:
+    """A list on the command line, ``a,b``: how every list option of rrt's commands but paths
+    (which take separate words) is given, and split here only."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def _parser(spec: dict[str, Any], flag: str) -> Callable[[str], Any]:
     kinds = spec.get("type", [])
     kinds = kinds if isinstance(kinds, list) else [kinds]
@@ -208,9 +214,9 @@ def _parser(spec: dict[str, Any], flag: str) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         if "null" in kinds and text.lower() in ("none", "null"):
             return None
-        if "array" in kinds:  # a list on the command line: comma-separated, split here only
+        if "array" in kinds:
             item = _parser(spec.get("items", {}), flag)
-            return [item(part.strip()) for part in text.split(",") if part.strip()]
+            return [item(part) for part in comma_list(text)]
         for kind, convert in (("integer", int), ("number", float)):
             if kind in kinds:
                 try:

@@ -52,8 +52,8 @@ def add_cli(p: argparse.ArgumentParser) -> None:
         "DIR/provenance.json.",
     )  # fmt: skip
     data.add_argument(
-        "--tasks", nargs="+", metavar="TASK",
-        help=f"some of {', '.join(PAPER_SOURCES)} (default: all)",
+        "--tasks", type=schema.comma_list,
+        help=f"comma-separated subset of {', '.join(PAPER_SOURCES)} (default: all)",
     )  # fmt: skip
     gguf = _command(
         sub, "gguf", _gguf_cli, "output model directory",
