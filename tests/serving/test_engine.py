@@ -388,8 +388,8 @@ def default_kernels(monkeypatch):
     """Compile with Inductor's default kernels: frozen weights as the engine has them, without
     ``max_autotune``, whose choice between GEMM kernels (compiling and timing each candidate) is
     Inductor's, not the step's semantics, and most of a cold compile (131 against 40 s for one
-    of these tests alone, on the 2-core CPU). The engine's own settings are tested in
-    test_a_compiled_engine_decodes_as_the_eager_one and rrt benchmark's --compile test."""
+    of these tests alone, cold, on the 2-core CPU). The engine's own settings compile in rrt
+    benchmark's --compile test; that they hold over a generation is tested below."""
     monkeypatch.setattr(
         "rrt.serving.runner.compiling", lambda device: torch._inductor.config.patch(freezing=True)
     )
