@@ -124,20 +124,16 @@ def evaluations():
 
 # an evaluation's input name -> the data() folder the workflow makes for it
 TASK_DATA = {"tasks": "tasks", "text_tasks": "text-tasks", "paper": "paper"}
-
-
-def task_dirs():
-    """The task data the evaluations read, by input name: the config's folder (paper_data) or
-    one the workflow makes."""
-    return {
-        key: path or data(TASK_DATA[key])
-        for key, path in flags.task_data(config).items()
-    }
+# the task data the evaluations read, by input name: the config's folder (paper_data) or one
+# the workflow makes; the same for every evaluation, so found once (suites.yaml read once)
+TASK_DIRS = {
+    key: path or data(TASK_DATA[key]) for key, path in flags.task_data(config).items()
+}
 
 
 def evaluation_inputs(wildcards):
     """The model, and the task data its evaluation reads."""
-    return {"model": model(wildcards.name), **task_dirs()}
+    return {"model": model(wildcards.name), **TASK_DIRS}
 
 
 def job_resources(gpu=False):

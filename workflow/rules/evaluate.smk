@@ -15,7 +15,7 @@ rule evaluate:
     resources:
         **job_resources(gpu=True),
     params:
-        options=flags.evaluation(config, task_dirs()),
+        options=flags.evaluation(config, TASK_DIRS),
         track=lambda w: flags.track("evaluate", name=w.name),
     shell:
         "python -m rrt evaluate --model {input.model} --out {output} {params.options}"
@@ -35,7 +35,7 @@ rule evaluate_exit:
     resources:
         **job_resources(gpu=True),
     params:
-        options=flags.evaluation(config, task_dirs()),
+        options=flags.evaluation(config, TASK_DIRS),
         track=lambda w: flags.track("evaluate_exit", name=w.name, exit=w.exit),
     shell:
         "python -m rrt evaluate --model {input.model} --exit-loop {wildcards.exit} --out {output}"
