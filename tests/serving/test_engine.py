@@ -391,7 +391,8 @@ def default_kernels(monkeypatch):
     of these tests alone, cold, on the 2-core CPU). The engine's own settings compile in rrt
     benchmark's --compile test; that they hold over a generation is tested below."""
     monkeypatch.setattr(
-        "rrt.serving.runner.compiling", lambda device: torch._inductor.config.patch(freezing=True)
+        "rrt.serving.runner.compiling",
+        lambda device, dtype: torch._inductor.config.patch(freezing=True),
     )
 
 
@@ -614,3 +615,22 @@ def test_a_gpu_step_compiles_with_cuda_graphs_and_the_same_guard_filter():
     assert gpu.pop("guard_filter_fn") is step_guards and gpu == {"triton.cudagraphs": True}
     assert gpu == torch._inductor.list_mode_options("reduce-overhead")
     assert compile_options(torch.device("cpu")) == {"options": {"guard_filter_fn": step_guards}}
+
+
+def test_a_cpu_step_compiles_frozen_and_autotuned_and_in_bf16_on_onednn_kernels_alone():
+    """fp32: max_autotune picks between oneDNN's and Inductor's C++ GEMM for each matmul; bf16:
+    oneDNN's alone (Inductor's wins max_autotune's timing, its weights in the CPU's caches, and
+    loses in a step that reads them from memory). A GPU's step takes CUDA graphs' settings."""
+    import contextlib
+
+    from rrt.serving.runner import compiling
+
+    config, cpu = torch._inductor.config, torch.device("cpu")
+    every = config.max_autotune_gemm_backends
+    for dtype, backends in ((torch.float32, every), (torch.bfloat16, "ATEN")):
+        with compiling(cpu, dtype):
+            assert config.freezing and config.max_autotune
+            assert config.max_autotune_gemm_backends == backends
+            assert isinstance(compiling(cpu, dtype), contextlib.nullcontext)  # held already
+        assert not config.freezing and config.max_autotune_gemm_backends == every
+    assert isinstance(compiling(torch.device("cuda"), torch.bfloat16), contextlib.nullcontext)

@@ -411,7 +411,7 @@ class Runner:
         call, they cost a compiled two-linear module 108 microseconds a call against 50 held
         (torch 2.13, this CPU), where a compiled decode step of the embedded model takes about
         1.5 ms."""
-        return compiling(self.device) if self.compiled else contextlib.nullcontext()
+        return compiling(self.device, self.dtype) if self.compiled else contextlib.nullcontext()
 
     @torch.inference_mode()
     def exit_tokens(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -586,7 +586,7 @@ class Runner:
             for t in (ids, pos, depth0, slots):
                 torch._dynamo.mark_dynamic(t, 0, min=2, max=MAX_ROWS)
         step = (ids, h, cache, key_pos, pos, depth0, slots)
-        with compiling(self.device):
+        with compiling(self.device, self.dtype):
             if not self.recursive:
                 return self._graph(*step, ("chunk" if chunk else "all",), 0, True, None, head)
             if not sequence:
@@ -897,17 +897,25 @@ def step_guards(entries: list) -> list[bool]:
     ]
 
 
-def compiling(device: torch.device) -> contextlib.AbstractContextManager:
+def compiling(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
     """Inductor's settings for a CPU decoding step, to hold while its graphs are compiled (they
     are read then, not from ``torch.compile``'s options): the weights frozen into the graph
     (packed for oneDNN), and ``max_autotune``, which picks for each matmul shape between
     oneDNN and Inductor's own C++ GEMM. At a few rows a step that halves a matmul's time
-    against eager (measured in the README). A null context where they are in force already
-    (:meth:`Runner.serving` holds them)."""
+    against eager (measured in the README). In bf16 (any dtype but fp32) it picks among
+    oneDNN's kernels only: ``max_autotune`` times each candidate alone, its weights in the
+    CPU's caches, where Inductor's bf16 GEMM wins, but a step reads every layer's weights from
+    memory, where oneDNN's are faster: SmolLM2-135M's compiled bf16 decode step at 1 and 4 rows
+    took 14.8 and 17.3 ms against 26.6 and 27.5, compiled in 170 against 295 s (one run,
+    ``scripts/gemm_choice.py``). In fp32 Inductor's GEMM is kept: there it was the faster.
+    A null context where they are in force already (:meth:`Runner.serving` holds them)."""
     config = torch._inductor.config
-    if device.type == "cuda" or (config.freezing and config.max_autotune):
+    settings: dict = {"freezing": True, "max_autotune": True}
+    if dtype != torch.float32:
+        settings["max_autotune_gemm_backends"] = "ATEN"
+    if device.type == "cuda" or all(getattr(config, k) == v for k, v in settings.items()):
         return contextlib.nullcontext()
-    return config.patch(freezing=True, max_autotune=True)
+    return config.patch(**settings)
 
 
 def _buckets_to(rows: int) -> list[int]:
