@@ -1,10 +1,11 @@
 """Serve one workload with compiled (c) engines (the model at full depth, sequence-wise) in one
-process, in turn, each compiled with ``max_autotune`` choosing its matmul kernels among other
-backends (Inductor's ``max_autotune_gemm_backends``): ``ATEN`` is oneDNN's kernels (frozen,
-packed weights), ``CPP`` Inductor's own C++ GEMM. Prints the machine's ceilings, each engine's
-compile time, then, at each number of requests served at once, each engine's median decode step
-and whether its tokens equal the first engine's. Every engine compiles every row bucket up to
-the most requests first (minutes each on a 2-core CPU).
+process, in turn, each compiled with the engine's settings (``rrt.serving.runner.cpu_settings``)
+but for the backends among which ``max_autotune`` chooses its matmul kernels (Inductor's
+``max_autotune_gemm_backends``): ``ATEN`` is oneDNN's kernels (frozen, packed weights), ``CPP``
+Inductor's own C++ GEMM. Prints the machine's ceilings, each engine's compile time, then, at
+each number of requests served at once, each engine's median decode step and whether its tokens
+equal the first engine's. Every engine compiles every row bucket up to the most requests first
+(minutes each on a 2-core CPU).
 
     python scripts/gemm_choice.py MODEL_DIR [--dtype bf16] [--requests 1 4 16]
         [--backends ATEN,CPP ATEN] [--threads 1] [--repeats 3]
@@ -23,6 +24,7 @@ import torch
 from rrt import config, store
 from rrt.benchmark.bench import peaks
 from rrt.serving import Engine
+from rrt.serving.runner import cpu_settings
 
 
 def main() -> None:
@@ -44,7 +46,7 @@ def main() -> None:
             model, mode="sequence", max_batch=max(args.requests), max_len=160, compile=True,
             dtype=args.dtype, eos_token_id=[],
         )  # fmt: skip
-        settings = {"freezing": True, "max_autotune": True, "max_autotune_gemm_backends": backends}
+        settings = cpu_settings(model.dtype) | {"max_autotune_gemm_backends": backends}
         start = time.perf_counter()
         with mock.patch(
             "rrt.serving.runner.compiling",

@@ -909,13 +909,18 @@ def compiling(device: torch.device, dtype: torch.dtype) -> contextlib.AbstractCo
     took 14.8 and 17.3 ms against 26.6 and 27.5, compiled in 170 against 295 s (one run,
     ``scripts/gemm_choice.py``). In fp32 Inductor's GEMM is kept: there it was the faster.
     A null context where they are in force already (:meth:`Runner.serving` holds them)."""
-    config = torch._inductor.config
-    settings: dict = {"freezing": True, "max_autotune": True}
-    if dtype != torch.float32:
-        settings["max_autotune_gemm_backends"] = "ATEN"
+    config, settings = torch._inductor.config, cpu_settings(dtype)
     if device.type == "cuda" or all(getattr(config, k) == v for k, v in settings.items()):
         return contextlib.nullcontext()
     return config.patch(**settings)
+
+
+def cpu_settings(dtype: torch.dtype) -> dict:
+    """The Inductor settings :func:`compiling` holds for a CPU step in ``dtype``."""
+    settings: dict = {"freezing": True, "max_autotune": True}
+    if dtype != torch.float32:
+        settings["max_autotune_gemm_backends"] = "ATEN"
+    return settings
 
 
 def _buckets_to(rows: int) -> list[int]:
