@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+import types
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -398,7 +399,7 @@ class Runner:
                 self.rotary, self.layer_types, positions, self.dtype, self.device
             )
         self._step = StepGraph(self, self.graph_rotary)
-        self._graph = torch.compile(self._step, dynamic=False, **options)
+        self._graph = torch.compile(own_code(self._step.forward), dynamic=False, **options)
         # Every engine compiles its own graphs, one per row bucket (with fills or not, head or not).
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
         self.fill_rows = bucket(fills) if fills else 0
@@ -883,14 +884,29 @@ def compile_options(device: torch.device) -> dict:
     return {"options": options}
 
 
+def own_code(method: types.MethodType) -> types.MethodType:
+    """``method`` with a code object of its own. Dynamo keeps the graphs it compiles from a
+    function, and their guards, on the function's code object, so one engine's steps never look
+    up another engine's graphs: :func:`step_guards` keeps too few guards to tell them apart. With
+    weights that are not frozen (a GPU's steps), a Gemma 2 engine built after a Llama one in the
+    same process otherwise checked the Llama engine's guards against its own modules and failed
+    with ``KeyError: 'weight'``."""
+    fn = method.__func__
+    own = types.FunctionType(
+        fn.__code__.replace(), fn.__globals__, fn.__name__, fn.__defaults__, fn.__closure__
+    )
+    own.__kwdefaults__, own.__qualname__ = fn.__kwdefaults__, fn.__qualname__
+    return types.MethodType(own, method.__self__)
+
+
 def step_guards(entries: list) -> list[bool]:
     """The dynamo guards a compiled step keeps: every guard but those on its modules'
     attributes, of which only identity (``ID_MATCH``) stays. Checking them picks one of the many
     graphs compiled from :meth:`StepGraph.forward` at every call, but the engine changes no
-    module once it serves; identity still tells one engine's graphs from another's (each has its
-    own views). The embedded source's compiled (c) step at 4 rows: 1,383 of its 1,519 guards were
-    on modules, and the lookup took 26 instead of 68 us of a 0.37 against 0.52 ms step (one
-    run, torch.profiler)."""
+    module once it serves (and each engine's graphs are its own: :func:`own_code`). The
+    embedded source's compiled (c) step at 4 rows: 1,383 of its 1,519 guards were on modules,
+    and the lookup took 26 instead of 68 us of a 0.37 against 0.52 ms step (one run,
+    torch.profiler)."""
     return [
         not entry.orig_guard.source.is_unspecialized_nn_module() or entry.guard_type == "ID_MATCH"
         for entry in entries
