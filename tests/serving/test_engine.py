@@ -384,16 +384,16 @@ def _compiled_equals_eager(model, **kwargs) -> tuple[Engine, set]:
 
 
 @pytest.fixture
-def default_kernels(monkeypatch):
-    """Compile with Inductor's default kernels: frozen weights as the engine has them, without
-    ``max_autotune``, whose choice between GEMM kernels (compiling and timing each candidate) is
-    Inductor's, not the step's semantics, and most of a cold compile (131 against 40 s for one
-    of these tests alone, cold, on the 2-core CPU). The engine's own settings compile in rrt
-    benchmark's --compile test; that they hold over a generation is tested below."""
-    monkeypatch.setattr(
-        "rrt.serving.runner.compiling",
-        lambda device, dtype: torch._inductor.config.patch(freezing=True),
-    )
+def cacheable_compile(monkeypatch):
+    """Compile with Inductor's defaults, not the engine's settings (``compiling``: frozen weights
+    packed for oneDNN, ``max_autotune``), which are Inductor's choices, not the step's semantics,
+    and which its caches cannot keep (packed weights are not picklable, and AOTAutograd caches no
+    frozen graph), so every run compiled these tests' graphs anew. With the defaults a second
+    run on the machine finds them all in Inductor's cache. The engine's own settings compile in
+    rrt benchmark's --compile test; that they hold over a generation is tested below."""
+    import contextlib
+
+    monkeypatch.setattr("rrt.serving.runner.compiling", lambda *_: contextlib.nullcontext())
 
 
 def _graph_key(ids, h, *step) -> tuple:
@@ -446,7 +446,7 @@ def test_no_rotary_table_stands_for_a_rotary_that_changes_with_the_longest_posit
         assert not RotaryTable.serves(SimpleNamespace(rope_type=kind))
 
 
-@pytest.mark.usefixtures("default_kernels")
+@pytest.mark.usefixtures("cacheable_compile")
 def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     """Decode steps run as compiled graphs padded to row buckets (5 requests on 3 slots, rows
     leaving as requests finish); depth-wise with exits, a step mixes loops and ride-along rows.
@@ -567,7 +567,7 @@ def test_a_warmed_up_engine_steps_only_through_graphs_compiled_before(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", ["depthwise", "sequence"])
-@pytest.mark.usefixtures("default_kernels")
+@pytest.mark.usefixtures("cacheable_compile")
 def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relaxed, mode):
     """Steps with prompt chunks (16 tokens a step, beside decode rows: depth-wise at either
     loop, with exits) run as one compiled graph whose rows are dynamic, a row a token: tokens
@@ -592,7 +592,7 @@ def test_compiled_prompt_chunks_run_as_one_graph_whatever_their_rows(llama_relax
         ("gemma3_text", "depthwise", True, "propagate"),
     ],
 )
-@pytest.mark.usefixtures("default_kernels")
+@pytest.mark.usefixtures("cacheable_compile")
 def test_compiled_steps_keep_softcapping_windows_and_layer_types(
     family, mode, relax_vectors, kv_fill, monkeypatch
 ):
