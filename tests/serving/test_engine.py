@@ -461,15 +461,13 @@ def test_a_compiled_engine_decodes_as_the_eager_one(llama_relaxed, monkeypatch):
     assert engine.cache.free_slots == 3  # the spare slot of padding rows is never handed out
 
 
+@pytest.mark.usefixtures("cacheable_compile")
 def test_engines_of_two_families_in_one_process_each_step_through_their_own_graphs(monkeypatch):
     """Dynamo keeps the graphs compiled from a function on its code object, and a step keeps few
     of their guards (step_guards), so each engine compiles a forward of its own: a Gemma 2
     engine built after a Llama one never checks the Llama engine's graphs against its modules
     (which raised KeyError: 'weight'). The weights are not frozen, as on a GPU; the graphs go
     through dynamo and AOTAutograd, not Inductor's code generation."""
-    import contextlib
-
-    monkeypatch.setattr("rrt.serving.runner.compiling", lambda *_: contextlib.nullcontext())
     compile_ = torch.compile
     monkeypatch.setattr("torch.compile", lambda fn, **kw: compile_(fn, backend="aot_eager", **kw))
     monkeypatch.setattr("rrt.serving.runner.MAX_ROWS", 1)
